@@ -31,3 +31,14 @@ class MsgrError(Exception):
 
     #: A short machine-readable code, used on the wire and in ``--json`` output.
     code: str = "error"
+
+
+class CryptoError(MsgrError):
+    """Base of every end-to-end crypto failure (static box, CPace, ratchet).
+
+    Raised for data from the peer or the relay that does not authenticate,
+    parse or verify. The session that sees one never shows the data.
+    """
+
+    remote = True
+    code = "crypto"
