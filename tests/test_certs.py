@@ -1,0 +1,683 @@
+"""Tests for certs: the DER encoder, generated certificates, and real TLS on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import shutil
+import ssl
+import stat
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nacl.signing import VerifyKey
+
+import certs
+from certs import (
+    CertificateChanged,
+    CertificateFileError,
+    KnownHosts,
+    KnownHostsError,
+    PinMismatch,
+    TlsError,
+    UnknownCertificate,
+)
+
+UTC = timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+)
+OPENSSL = shutil.which("openssl")
+needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl binary")
+TIMEOUT = 5.0
+
+
+def fixed_rng(label: bytes) -> Callable[[int], bytes]:
+    """A deterministic stand-in for os.urandom."""
+    counter = 0
+
+    def rng(n: int) -> bytes:
+        nonlocal counter
+        counter += 1
+        return hashlib.sha512(label + counter.to_bytes(4, "big")).digest()[:n]
+
+    return rng
+
+
+# A tiny DER reader, to check structure without trusting the encoder under test.
+def tlvs(data: bytes) -> list[tuple[int, bytes]]:
+    out = []
+    i = 0
+    while i < len(data):
+        tag, n = data[i], data[i + 1]
+        i += 2
+        if n & 0x80:
+            k = n & 0x7F
+            assert 1 <= k <= 4 and data[i] != 0, "non-minimal long form"
+            n = int.from_bytes(data[i : i + k], "big")
+            assert n >= 0x80, "long form for a short length"
+            i += k
+        out.append((tag, data[i : i + n]))
+        i += n
+    assert i == len(data)
+    return out
+
+
+def one(data: bytes) -> tuple[int, bytes]:
+    (item,) = tlvs(data)
+    return item
+
+
+def pem_body(pem: bytes) -> bytes:
+    lines = pem.decode().strip().splitlines()
+    return base64.b64decode("".join(lines[1:-1]))
+
+
+# --------------------------------------------------------------------------
+# DER encoder
+
+
+@pytest.mark.parametrize(
+    ("n", "encoded"),
+    [
+        (0, "00"),
+        (1, "01"),
+        (127, "7f"),
+        (128, "8180"),
+        (255, "81ff"),
+        (256, "820100"),
+        (65535, "82ffff"),
+        (65536, "83010000"),
+    ],
+)
+def test_der_length_boundaries(n: int, encoded: str) -> None:
+    assert certs.der_length(n).hex() == encoded
+    tag, content = one(certs.der_tlv(0x04, b"x" * n))
+    assert (tag, len(content)) == (0x04, n)
+
+
+@pytest.mark.parametrize(
+    ("n", "content"),
+    [
+        (0, "00"),
+        (1, "01"),
+        (127, "7f"),
+        (128, "0080"),  # high bit set: 0x00 keeps it positive
+        (255, "00ff"),
+        (256, "0100"),
+        (0x8000, "008000"),
+        (-1, "ff"),
+        (-128, "80"),
+        (-129, "ff7f"),
+    ],
+)
+def test_der_integer(n: int, content: str) -> None:
+    assert certs.der_integer(n) == bytes([0x02, len(content) // 2]) + bytes.fromhex(content)
+
+
+@given(st.integers(min_value=-(2**200), max_value=2**200))
+def test_der_integer_round_trip_and_minimal(n: int) -> None:
+    tag, content = one(certs.der_integer(n))
+    assert tag == 0x02
+    assert int.from_bytes(content, "big", signed=True) == n
+    if len(content) > 1:  # X.690 8.3.2: first 9 bits not all equal
+        assert not (content[0] == 0x00 and content[1] < 0x80)
+        assert not (content[0] == 0xFF and content[1] >= 0x80)
+
+
+@given(st.binary(max_size=70000))
+def test_der_tlv_round_trip(content: bytes) -> None:
+    assert one(certs.der_tlv(0x30, content)) == (0x30, content)
+
+
+def test_der_oid_and_others() -> None:
+    assert certs.der_oid("1.3.101.112").hex() == "06032b6570"
+    assert certs.der_oid("1.2.840.113549.1.1.11").hex() == "06092a864886f70d01010b"
+    assert certs.der_oid("2.5.29.19").hex() == "0603551d13"
+    with pytest.raises(ValueError):
+        certs.der_oid("3.1")
+    assert certs.der_boolean(True).hex() == "0101ff"
+    assert certs.der_boolean(False).hex() == "010100"
+    assert certs.der_bit_string(b"\x84", unused_bits=2).hex() == "03020284"
+    assert certs.der_set(b"\x02\x01\x02", b"\x02\x01\x01").hex() == "3106020101020102"
+    assert certs.der_utf8_string("é").hex() == "0c02c3a9"
+    assert certs.der_explicit(0, certs.der_integer(2)).hex() == "a003020102"
+    assert certs.der_implicit(2, b"a").hex() == "820161"
+
+
+def test_der_time_switches_to_generalized_time_in_2050() -> None:
+    t = datetime(2049, 12, 31, 23, 59, 59, 999, tzinfo=UTC)
+    assert certs.der_time(t) == b"\x17\x0d491231235959Z"
+    assert certs.der_time(t + timedelta(seconds=1)) == b"\x18\x0f20500101000000Z"
+    assert certs.der_time(datetime(1949, 1, 2, tzinfo=UTC)) == b"\x18\x0f19490102000000Z"
+    plus_two = timezone(timedelta(hours=2))
+    assert certs.der_time(datetime(2030, 1, 1, 2, 0, tzinfo=plus_two)) == (
+        b"\x17\x0d300101000000Z"
+    )
+
+
+# --------------------------------------------------------------------------
+# Generated certificate and key
+
+
+def test_private_key_matches_rfc8410_example() -> None:
+    # RFC 8410 section 10.3: the same seed must give byte-for-byte the same PEM.
+    seed = bytes.fromhex("d4ee72dbf913584ad5b6d8f1f769f8ad3afe7c28cbf1d4fbe097a88f44755842")
+    _, key_pem = certs.generate_self_signed(rng=lambda n: seed if n == 32 else b"\x01" * n)
+    assert key_pem == (
+        b"-----BEGIN PRIVATE KEY-----\n"
+        b"MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n"
+        b"-----END PRIVATE KEY-----\n"
+    )
+
+
+def test_generation_is_deterministic_given_rng_and_now() -> None:
+    now = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
+    a = certs.generate_self_signed(rng=fixed_rng(b"a"), now=now)
+    assert a == certs.generate_self_signed(rng=fixed_rng(b"a"), now=now)
+    assert a != certs.generate_self_signed(rng=fixed_rng(b"b"), now=now)
+    assert a[0] != certs.generate_self_signed(rng=fixed_rng(b"a"), now=now + timedelta(1))[0]
+
+
+def test_certificate_structure() -> None:
+    now = datetime(2030, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    cert_pem, key_pem = certs.generate_self_signed(
+        common_name="relay.example",
+        hostnames=["Relay.Example.", "localhost"],
+        ip_addresses=["192.0.2.7", "2001:db8::1"],
+        days=30,
+        rng=fixed_rng(b"s"),
+        now=now,
+    )
+    tag, cert = one(pem_body(cert_pem))
+    assert tag == 0x30
+    (t1, tbs_body), (t2, sig_alg), (t3, sig) = tlvs(cert)
+    assert (t1, t2, t3) == (0x30, 0x30, 0x03)
+    ed25519 = certs.der_oid("1.3.101.112")
+    assert sig_alg == ed25519  # RFC 8410: no parameters at all
+    version, serial, alg, issuer, validity, subject, spki, exts = tlvs(tbs_body)
+    assert version == (0xA0, certs.der_integer(2))
+    assert serial[0] == 0x02 and 0 < int.from_bytes(serial[1], "big", signed=True) < 2**159
+    assert alg == (0x30, ed25519)
+    assert issuer == subject
+    assert b"relay.example" in subject[1]
+    not_before, not_after = tlvs(validity[1])
+    assert not_before == (0x17, b"300601110000Z")  # one hour of clock skew, no fraction
+    assert not_after == (0x17, b"300701120000Z")
+    spki_alg, (bit_tag, bits) = tlvs(spki[1])
+    assert spki_alg == (0x30, ed25519) and bit_tag == 0x03 and bits[0] == 0
+    public_key = bits[1:]
+
+    # The signature covers the TBS bytes and verifies with the embedded key.
+    tbs = certs.der_tlv(0x30, tbs_body)
+    assert cert.startswith(tbs)
+    assert sig[0] == 0 and len(sig) == 65
+    VerifyKey(public_key).verify(tbs, sig[1:])
+
+    # And the key file holds the matching seed.
+    key = pem_body(key_pem)
+    assert key[:16].hex() == "302e020100300506032b657004220420"
+    from nacl.signing import SigningKey
+
+    assert bytes(SigningKey(key[16:]).verify_key) == public_key
+
+    assert exts[0] == 0xA3
+    found = {}
+    for _, ext in tlvs(one(exts[1])[1]):
+        fields = tlvs(ext)
+        oid = fields[0][1]
+        critical = len(fields) == 3 and fields[1] == (0x01, b"\xff")
+        found[oid] = (critical, fields[-1][1])
+    key_id = hashlib.sha256(public_key).digest()[:20]
+    oid = {name: certs.der_oid(dotted)[2:] for name, dotted in [
+        ("bc", "2.5.29.19"), ("ku", "2.5.29.15"), ("san", "2.5.29.17"),
+        ("ski", "2.5.29.14"), ("aki", "2.5.29.35"),
+    ]}  # fmt: skip
+    assert found[oid["bc"]] == (True, certs.der_sequence(certs.der_boolean(True)))
+    assert found[oid["ku"]] == (True, bytes.fromhex("03020284"))
+    assert found[oid["ski"]] == (False, certs.der_octet_string(key_id))
+    assert found[oid["aki"]] == (False, certs.der_sequence(b"\x80\x14" + key_id))
+    critical, san = found[oid["san"]]
+    assert not critical
+    assert tlvs(one(san)[1]) == [
+        (0x82, b"relay.example"),
+        (0x82, b"localhost"),
+        (0x87, bytes([192, 0, 2, 7])),
+        (0x87, bytes.fromhex("20010db8000000000000000000000001")),
+    ]
+    assert len(found) == 5
+
+
+def test_single_names_are_not_split_into_letters() -> None:
+    one_name, _ = certs.generate_self_signed(hostnames="relay.example", ip_addresses="::1")
+    assert b"relay.example" in pem_body(one_name)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"common_name": ""},
+        {"common_name": "x" * 65},
+        {"days": 0},
+        {"hostnames": ["bad name"]},
+        {"hostnames": ["bücher.example"]},
+        {"ip_addresses": ["300.1.1.1"]},
+        {"hostnames": [], "ip_addresses": []},
+        {"now": datetime(2030, 1, 1)},  # naive on purpose
+    ],
+)
+def test_generation_rejects_bad_arguments(kwargs: dict[str, object]) -> None:
+    with pytest.raises(TlsError):
+        certs.generate_self_signed(**kwargs)  # type: ignore[arg-type]
+
+
+def test_fingerprint_forms() -> None:
+    cert_pem, _ = certs.generate_self_signed()
+    der = pem_body(cert_pem)
+    fp = certs.fingerprint(der)
+    assert fp == certs.fingerprint(cert_pem) == certs.fingerprint(b"junk\n" + cert_pem)
+    assert fp == "SHA256:" + ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+    assert certs.normalize_fingerprint(fp) == fp
+    bare = fp.removeprefix("SHA256:").replace(":", "")
+    for text in [bare, bare.lower(), "sha256:" + bare, f"  {fp.lower()} ",
+                 "sha256 Fingerprint=" + fp[7:], fp[7:].replace(":", " ")]:  # fmt: skip
+        assert certs.normalize_fingerprint(text) == fp
+    for bad in ["", bare[:-2], bare + "00", bare[:-1] + "G", "SHA1:" + bare, "sha256:"]:
+        with pytest.raises(TlsError):
+            certs.normalize_fingerprint(bad)
+    # A peer could embed someone else's PEM certificate in its own DER one:
+    # DER is hashed as it is, never searched for PEM.
+    tricky = certs.der_sequence(certs.der_utf8_string(cert_pem.decode()))
+    assert certs.fingerprint(tricky) != fp
+    with pytest.raises(TlsError, match="DER"):
+        certs.verify_peer(cert_pem, address="relay:1", pin=fp)
+    assert certs.verify_peer(der, address="relay:1", pin=fp) == (fp, "pinned")
+    for junk in [b"", b"hello", b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----"]:
+        with pytest.raises(TlsError):
+            certs.fingerprint(junk)
+
+
+def test_openssl_version_supports_ed25519() -> None:
+    assert ssl.OPENSSL_VERSION_INFO >= (1, 1, 1), ssl.OPENSSL_VERSION
+
+
+@needs_openssl
+def test_openssl_parses_certificate_and_key(tmp_path: Path) -> None:
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    created, fp = certs.ensure_certificate(cert_path, key_path, hostnames=["relay.example"])
+    assert created
+
+    def openssl(*args: str) -> str:
+        done = subprocess.run(
+            [OPENSSL, *args], capture_output=True, text=True, timeout=10, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    text = openssl("x509", "-noout", "-text", "-in", str(cert_path))
+    assert "ED25519" in text and "CA:TRUE" in text and "DNS:relay.example" in text
+    assert "IP Address:127.0.0.1" in text
+    line = openssl("x509", "-noout", "-fingerprint", "-sha256", "-in", str(cert_path))
+    assert line.strip().split("=", 1)[1] == fp.removeprefix("SHA256:")
+    assert certs.normalize_fingerprint(line) == fp  # users may paste openssl's line
+    assert openssl("pkey", "-in", str(key_path), "-pubout") == openssl(
+        "x509", "-noout", "-pubkey", "-in", str(cert_path)
+    )
+    openssl("verify", "-x509_strict", "-CAfile", str(cert_path), str(cert_path))
+
+
+# --------------------------------------------------------------------------
+# Files: ensure_certificate and server_context
+
+
+@pytest.mark.parametrize("umask", [0, 0o022, 0o077])
+def test_key_is_created_owner_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int
+) -> None:
+    created: dict[str, tuple[int, int, int]] = {}
+    real_open = os.open
+
+    def spy(path: str, flags: int, mode: int = 0o777, *args: object, **kw: object) -> int:
+        fd = real_open(path, flags, mode, *args, **kw)  # type: ignore[arg-type]
+        if flags & os.O_CREAT:
+            created[os.fspath(path)] = (flags, mode, stat.S_IMODE(os.fstat(fd).st_mode))
+        return fd
+
+    monkeypatch.setattr(os, "open", spy)
+    cert_path, key_path = tmp_path / "new" / "cert.pem", tmp_path / "new" / "key.pem"
+    old = os.umask(umask)
+    try:
+        assert certs.ensure_certificate(cert_path, key_path)[0]
+    finally:
+        os.umask(old)
+    flags, mode, mode_at_creation = created[str(key_path)]
+    assert flags & os.O_EXCL and mode == 0o600
+    assert mode_at_creation & 0o077 == 0  # never readable by others, even briefly
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(cert_path).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(key_path.parent).st_mode) == 0o700 & ~umask
+
+
+def test_ensure_certificate_is_idempotent(tmp_path: Path) -> None:
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    created, fp = certs.ensure_certificate(cert_path, key_path)
+    assert created and fp == certs.fingerprint(cert_path.read_bytes())
+    before = cert_path.read_bytes(), key_path.read_bytes()
+    assert certs.ensure_certificate(str(cert_path), str(key_path)) == (False, fp)
+    assert (cert_path.read_bytes(), key_path.read_bytes()) == before
+
+
+@pytest.mark.parametrize("missing", ["cert", "key"])
+def test_only_one_file_present(tmp_path: Path, missing: str) -> None:
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certs.ensure_certificate(cert_path, key_path)
+    gone = cert_path if missing == "cert" else key_path
+    gone.unlink()
+    with pytest.raises(CertificateFileError) as info:
+        certs.ensure_certificate(cert_path, key_path)
+    assert str(gone) in str(info.value) and info.value.path == str(gone)
+    assert not gone.exists()  # nothing was "repaired" behind the user's back
+
+
+def test_bad_files_are_reported_with_their_path(tmp_path: Path) -> None:
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certs.ensure_certificate(cert_path, key_path)
+    other_cert, other_key = certs.generate_self_signed()
+
+    with pytest.raises(CertificateFileError, match="does not exist"):
+        certs.server_context(tmp_path / "nope.pem", key_path)
+    with pytest.raises(CertificateFileError, match="is a directory"):
+        certs.server_context(tmp_path, key_path)
+
+    bad = tmp_path / "bad.pem"
+    bad.write_bytes(b"not a certificate\n")
+    with pytest.raises(CertificateFileError, match="no PEM certificate") as info:
+        certs.ensure_certificate(bad, key_path)
+    assert info.value.path == str(bad)
+    with pytest.raises(CertificateFileError, match="no PEM private key"):
+        certs.server_context(cert_path, bad)
+
+    wrong_key = tmp_path / "other-key.pem"
+    wrong_key.write_bytes(other_key)
+    with pytest.raises(CertificateFileError, match="does not belong") as info:
+        certs.server_context(cert_path, wrong_key)
+    assert str(wrong_key) in str(info.value)
+
+    garbled = tmp_path / "garbled.pem"
+    body = other_cert.splitlines()
+    garbled.write_bytes(b"\n".join([body[0], b"AAAA" + body[1][4:], *body[2:]]))
+    with pytest.raises(CertificateFileError, match=str(garbled)):
+        certs.server_context(garbled, key_path)
+
+    encrypted = tmp_path / "enc.pem"
+    encrypted.write_bytes(
+        b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n"
+    )
+    with pytest.raises(CertificateFileError, match="passphrase"):
+        certs.server_context(cert_path, encrypted)
+
+
+def test_client_context_cafile_errors(tmp_path: Path) -> None:
+    with pytest.raises(CertificateFileError, match="does not exist"):
+        certs.client_context(cafile=str(tmp_path / "nope.pem"))
+    empty = tmp_path / "empty.pem"
+    empty.write_bytes(b"")
+    with pytest.raises(CertificateFileError, match=str(empty)):
+        certs.client_context(cafile=empty)
+
+
+def test_contexts_require_tls12() -> None:
+    assert certs.client_context().minimum_version == ssl.TLSVersion.TLSv1_2
+    assert certs.client_context().verify_mode == ssl.CERT_NONE
+
+
+# --------------------------------------------------------------------------
+# Real TLS on loopback
+
+
+class Pair:
+    """A certificate and key written to disk, with the certificate's fingerprint."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.cert = directory / f"{name}-cert.pem"
+        self.key = directory / f"{name}-key.pem"
+        _, self.fp = certs.ensure_certificate(self.cert, self.key)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Pair:
+    return Pair(tmp_path, "relay")
+
+
+@contextlib.asynccontextmanager
+async def echo_server(pair: Pair, port: int = 0) -> AsyncIterator[int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            writer.write(await reader.readline())
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(
+        handle, "127.0.0.1", port, ssl=certs.server_context(pair.cert, pair.key)
+    )
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def talk(
+    port: int,
+    context: ssl.SSLContext,
+    *,
+    server_hostname: str = "localhost",
+    check: Callable[[bytes], object] = lambda der: None,
+) -> str:
+    """Connect, ``check`` the peer certificate, echo one line; return the TLS version."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname=server_hostname
+        ),
+        TIMEOUT,
+    )
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        check(certs.peer_certificate(ssl_object))  # before any application byte
+        writer.write(b"hello\n")
+        assert await asyncio.wait_for(reader.readline(), TIMEOUT) == b"hello\n"
+        return ssl_object.version()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+def limit(context: ssl.SSLContext, version: str) -> ssl.SSLContext:
+    tls = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}[version]
+    context.minimum_version = context.maximum_version = tls
+    return context
+
+
+@pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
+@pytest.mark.parametrize("hostname", ["localhost", "127.0.0.1"])
+def test_cafile_verifies(pair: Pair, version: str, hostname: str) -> None:
+    async def main() -> None:
+        async with echo_server(pair) as port:
+            context = limit(certs.client_context(cafile=str(pair.cert)), version)
+            assert await talk(port, context, server_hostname=hostname) == version
+            # Python 3.13's default context adds X.509 strict mode: still fine.
+            context = certs.client_context(cafile=pair.cert)
+            context.verify_flags |= ssl.VERIFY_X509_STRICT
+            assert await talk(port, context, server_hostname=hostname) == "TLSv1.3"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("hostname", ["localhost", "relay.example"])
+def test_cafile_rejects_other_certificates_and_names(
+    pair: Pair, tmp_path: Path, hostname: str
+) -> None:
+    other = Pair(tmp_path, "other")
+    cafile = other.cert if hostname == "localhost" else pair.cert
+
+    async def main() -> None:
+        async with echo_server(pair) as port:
+            address = certs.relay_address(hostname, port)
+            with pytest.raises(ssl.SSLCertVerificationError) as info:
+                await talk(port, certs.client_context(cafile=cafile), server_hostname=hostname)
+            err = certs.unknown_certificate(info.value, address=address, cafile=cafile)
+            assert isinstance(err, UnknownCertificate) and err.remote
+            assert address in str(err) and str(cafile) in str(err) and "--pin" in str(err)
+            reason = "self-signed" if hostname == "localhost" else "Hostname mismatch"
+            assert reason in str(err)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
+def test_pin(pair: Pair, tmp_path: Path, version: str) -> None:
+    other = Pair(tmp_path, "other")
+
+    async def main() -> None:
+        async with echo_server(pair) as port:
+            address = certs.relay_address("127.0.0.1", port)
+            results = []
+
+            def pinned(pin: str) -> Callable[[bytes], object]:
+                return lambda der: results.append(
+                    certs.verify_peer(der, address=address, pin=pin)
+                )
+
+            context = limit(certs.client_context(), version)
+            pin = pair.fp.removeprefix("SHA256:").replace(":", "").lower()
+            assert await talk(port, context, check=pinned(pin)) == version
+            assert results == [(pair.fp, "pinned")]
+            with pytest.raises(PinMismatch) as info:
+                await talk(port, context, check=pinned(other.fp))
+            assert pair.fp in str(info.value) and other.fp in str(info.value)
+            assert info.value.remote and info.value.code == "pin_mismatch"
+
+    asyncio.run(main())
+
+
+def test_trust_on_first_use(pair: Pair, tmp_path: Path) -> None:
+    known = KnownHosts(tmp_path / "config" / "msgr" / "known_hosts")
+    replacement = Pair(tmp_path, "replacement")
+
+    async def main() -> None:
+        results: list[tuple[str, str]] = []
+
+        def tofu(der: bytes) -> None:
+            results.append(certs.verify_peer(der, address=address, known_hosts=known))
+
+        async with echo_server(pair) as port:
+            address = certs.relay_address("localhost", port)
+            await talk(port, certs.client_context(), check=tofu)
+            await talk(port, certs.client_context(), check=tofu)
+        assert results == [(pair.fp, "new"), (pair.fp, "known")]
+        assert known.lookup(address) == pair.fp
+
+        # The relay restarts on the same port with another certificate.
+        async with echo_server(replacement, port) as same_port:
+            assert same_port == port
+            with pytest.raises(CertificateChanged) as info:
+                await talk(port, certs.client_context(), check=tofu)
+        err = info.value
+        message = str(err)
+        assert pair.fp in message and replacement.fp in message
+        assert address in message and str(known.path) in message and "line 3" in message
+        assert "attack" in message
+        assert (err.expected, err.presented, err.line) == (pair.fp, replacement.fp, 3)
+        assert known.lookup(address) == pair.fp  # the old fingerprint stays
+
+    asyncio.run(main())
+
+
+def test_verify_peer_without_any_trust_source(pair: Pair) -> None:
+    with pytest.raises(UnknownCertificate, match="--cafile or --pin"):
+        certs.verify_peer(pem_body(pair.cert.read_bytes()), address="localhost:1")
+    with pytest.raises(TlsError, match="invalid fingerprint"):
+        certs.verify_peer(pem_body(pair.cert.read_bytes()), address="localhost:1", pin="abc")
+
+
+# --------------------------------------------------------------------------
+# KnownHosts
+
+
+FP_A = "SHA256:" + ":".join(["AA"] * 32)
+FP_B = "SHA256:" + ":".join(["BB"] * 32)
+
+
+def test_known_hosts_remember_lookup_forget(tmp_path: Path) -> None:
+    path = tmp_path / "cfg" / "msgr" / "known_hosts"
+    known = KnownHosts(path)
+    assert known.lookup("relay:7000") is None
+    assert not known.forget("relay:7000")
+    known.remember("Relay:7000", FP_A.lower())
+    known.remember("[::1]:7000", FP_B)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    assert known.lookup("relay:7000") == FP_A
+    assert KnownHosts(str(path)).lookup("[::1]:7000") == FP_B
+
+    with path.open("a") as f:
+        f.write("# my comment\n\n")
+    known.remember("relay:7000", FP_B)  # replaced in place
+    text = path.read_text()
+    assert "# my comment" in text and text.count("relay:7000") == 1
+    assert known.lookup("relay:7000") == FP_B
+    assert known.forget("relay:7000") and not known.forget("relay:7000")
+    assert known.lookup("relay:7000") is None and known.lookup("[::1]:7000") == FP_B
+    assert "# my comment" in path.read_text()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["known_hosts"]  # no temp left
+
+
+@pytest.mark.parametrize(
+    "bad_line",
+    [
+        "relay:7000",
+        "relay:7000 SHA256:AA extra",
+        "relay:7000 SHA256:ZZ",
+        f"relay:7000 {FP_B}",  # the same address again with another fingerprint
+    ],
+)
+def test_known_hosts_corrupt_line_is_reported(tmp_path: Path, bad_line: str) -> None:
+    path = tmp_path / "known_hosts"
+    path.write_text(f"# comment\nrelay:7000 {FP_A}\n\n{bad_line}\nother:1 {FP_B}\n")
+    known = KnownHosts(path)
+    for call in (
+        lambda: known.lookup("other:1"),
+        lambda: known.remember("new:1", FP_A),
+        lambda: known.forget("relay:7000"),
+    ):
+        with pytest.raises(KnownHostsError) as info:
+            call()
+        assert info.value.line == 4 and "line 4" in str(info.value)
+        assert str(path) in str(info.value)
+    assert path.read_text().count("\n") == 5  # untouched
+
+
+def test_known_hosts_undecodable_and_bad_addresses(tmp_path: Path) -> None:
+    path = tmp_path / "known_hosts"
+    path.write_bytes(b"ok:1 " + FP_A.encode() + b"\n\xff\xfe\n")
+    with pytest.raises(KnownHostsError, match="line 2"):
+        KnownHosts(path).lookup("ok:1")
+    for address in ["", "a b:1", "#x:1", "bad\x1b[31m:1"]:
+        with pytest.raises(TlsError):
+            KnownHosts(tmp_path / "k2").remember(address, FP_A)
+
+
+def test_relay_address_and_default_path() -> None:
+    assert certs.relay_address("LocalHost", 7000) == "localhost:7000"
+    assert certs.relay_address("::1", 7000) == "[::1]:7000"
+    assert certs.relay_address("[::1]", 7000) == "[::1]:7000"
+    path = certs.default_known_hosts_path
+    assert path({"XDG_CONFIG_HOME": "/x", "HOME": "/h"}) == Path("/x/msgr/known_hosts")
+    assert path({"HOME": "/h"}) == Path("/h/.config/msgr/known_hosts")
+    assert path({"XDG_CONFIG_HOME": "rel", "HOME": "/h"}) == Path("/h/.config/msgr/known_hosts")
