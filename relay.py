@@ -1,0 +1,593 @@
+"""The relay's protocol logic, sans-I/O: decoded frames in, encoded frames out.
+
+This module owns who is connected, who owns which name, the limits, and the
+routing of opaque ciphertext between mailboxes. It never touches a socket, a
+clock or a random source of its own: ``server.py`` (the asyncio layer) feeds it
+decoded frames with :meth:`Relay.receive`, gives it a :class:`Link` per
+connection to write encoded frames to, and calls :meth:`Relay.tick` when the
+deadline it asked for arrives. It never imports the end-to-end crypto: bodies
+are strings it stores and forwards without looking inside.
+
+Relay errors::
+
+    MsgrError
+    └── RelayError          sent to the client as {"type": "error", ...}
+        ├── ProtocolViolation   malformed request: error frame, connection closed
+        └── Refused             a well-formed request the relay will not serve
+                                (rate, mailbox, name taken...): error frame only
+
+Per-connection states (failure is terminal)::
+
+    HELLO --hello--> AUTH --auth ok--> READY --(bye / error / lost)--> CLOSED
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import heapq
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import framing
+from errors import MsgrError
+from names import is_valid_name
+from store import MemoryStore, MessageStore, StoreError
+
+log = logging.getLogger("msgr.relay")
+
+PROTOCOL_VERSION = 1
+
+#: What a client signs to prove it owns its name (with the relay's nonce and
+#: the name appended). The label keeps this signature from meaning anything
+#: anywhere else.
+AUTH_LABEL = b"msgr/v1/relay-auth\x00"
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Every limit of the relay, with its default and the reason for it.
+
+    The CLI builds one of these from ``serve`` options; the README lists them.
+    """
+
+    #: Largest frame accepted, in bytes of JSON body. A chat line sealed and
+    #: base64-encoded is far below this; 64 KiB leaves room for long pastes.
+    max_frame: int = framing.DEFAULT_MAX_FRAME
+    #: TTL bounds in seconds: a message lives at least 5 s so a reconnecting
+    #: peer can catch it, at most 60 s because the relay is not a mailbox.
+    ttl_min: int = 5
+    ttl_max: int = 60
+    ttl_default: int = 30
+    #: Messages / bytes one recipient may have waiting.
+    mailbox_messages: int = 1000
+    mailbox_bytes: int = 4 * 1024 * 1024
+    #: Total stored ciphertext (plus per-message overhead): the memory budget.
+    store_bytes: int = 256 * 1024 * 1024
+    #: Per-connection token buckets. 200 messages/s with a burst of 400 is far
+    #: above any typist and far below what one client could use to drown others.
+    rate_messages: float = 200.0
+    burst_messages: float = 400.0
+    rate_bytes: float = 1024 * 1024.0
+    burst_bytes: float = 2 * 1024 * 1024.0
+    #: Handshake frames per pair of names: a burst of 40 frames (10 attempts of
+    #: 4 frames), then one frame every 15 s (one attempt a minute). Each failed
+    #: attempt is an online passcode guess, so they must stay rare.
+    hs_burst: float = 40.0
+    hs_per_second: float = 1 / 15
+    #: Names a single connection may watch for presence.
+    max_watch: int = 16
+    #: How long a name stays owned by its key after its last connection ends
+    #: (seconds); it is also kept while messages wait for it, so nobody can
+    #: claim a name to drain what is waiting there.
+    claim_ttl: float = 60.0
+    #: Names owned at once (each costs ~200 bytes); new names are refused past it.
+    max_names: int = 100_000
+    #: Heartbeat interval the relay asks clients to use, and how long a
+    #: connection may stay silent before it is considered dead (3 beats).
+    heartbeat: float = 20.0
+    idle_timeout: float = 60.0
+    #: Seconds allowed for the TLS handshake and for hello + auth.
+    tls_handshake_timeout: float = 10.0
+    hello_timeout: float = 10.0
+    #: Bytes queued to one client before it counts as not reading (the relay
+    #: then stops reading from it, and drops it after ``stall_timeout`` s).
+    write_buffer: int = 256 * 1024
+    stall_timeout: float = 10.0
+    #: Connections in total and from one address.
+    max_connections: int = 20_000
+    max_per_address: int = 64
+
+    def clamp_ttl(self, ttl: int) -> int:
+        return min(max(ttl, self.ttl_min), self.ttl_max)
+
+    def limits_table(self) -> dict[str, Any]:
+        """The limits a client may want to know, sent in ``welcome``."""
+        return {
+            "max_frame": self.max_frame,
+            "ttl_min": self.ttl_min, "ttl_max": self.ttl_max, "ttl_default": self.ttl_default,
+            "heartbeat": self.heartbeat, "mailbox_messages": self.mailbox_messages,
+            "rate_messages": self.rate_messages, "burst_messages": self.burst_messages,
+        }
+
+
+class RelayError(MsgrError):
+    """An error the relay reports to a client in an error frame."""
+
+    fatal = False
+
+
+class ProtocolViolation(RelayError):
+    """The client broke the protocol; the connection is closed."""
+
+    code = "protocol"
+    fatal = True
+
+
+class Refused(RelayError):
+    """A valid request the relay will not serve; the connection stays."""
+
+    def __init__(self, code: str, message: str, *, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.fatal = fatal
+
+
+class Link(Protocol):
+    """What the relay needs from a connection's transport."""
+
+    address: str
+
+    def write(self, data: bytes) -> None:
+        """Queue encoded frames; they are flushed after the current batch."""
+
+    def close(self) -> None:
+        """Flush what is queued, then close."""
+
+
+class State(enum.Enum):
+    HELLO = "hello"
+    AUTH = "auth"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second up to ``burst``."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = now
+
+    def take(self, amount: float, now: float) -> bool:
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        self.stamp = now
+        if tokens < amount:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - amount
+        return True
+
+
+class Client:
+    """The relay's view of one connection."""
+
+    __slots__ = ("link", "state", "user", "key", "nonce", "msgs", "bytes", "watching",
+                 "paused", "__weakref__")
+
+    def __init__(self, link: Link, now: float, config: RelayConfig) -> None:
+        self.link = link
+        self.state = State.HELLO
+        self.user: str | None = None
+        self.key: bytes | None = None
+        self.nonce: bytes | None = None
+        self.msgs = TokenBucket(config.rate_messages, config.burst_messages, now)
+        self.bytes = TokenBucket(config.rate_bytes, config.burst_bytes, now)
+        self.watching: set[str] = set()
+        #: True while the client's write buffer is over the limit: deliveries
+        #: wait in the store instead of piling up in memory.
+        self.paused = False
+
+    def __repr__(self) -> str:
+        return f"<Client {self.user or '?'} {self.state.value} {self.link.address}>"
+
+
+@dataclass
+class Claim:
+    """A name bound to the Ed25519 key that first used it."""
+
+    key: bytes
+    client: Client | None = None
+    released_at: float = 0.0
+
+
+@dataclass
+class Stats:
+    connections: int = 0
+    accepted: int = 0
+    delivered: int = 0
+    expired: int = 0
+    refused: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def _b64decode(value: object, size: int, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise ProtocolViolation(f"{what} must be a base64 string")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolViolation(f"{what} is not valid base64") from None
+    if len(raw) != size:
+        raise ProtocolViolation(f"{what} must be {size} bytes, got {len(raw)}")
+    return raw
+
+
+class Relay:
+    """The relay's state and rules. One instance serves every connection.
+
+    ``clock`` is monotonic seconds (expiry, rates), ``wallclock`` Unix seconds
+    (only shown to clients), ``rng(n)`` returns n random bytes, and
+    ``arm(deadline)`` asks the I/O layer to call :meth:`tick` at ``deadline``
+    (clock seconds); it is called only when the earliest deadline moves earlier.
+    """
+
+    def __init__(self, config: RelayConfig | None = None, *,
+                 clock: Callable[[], float], wallclock: Callable[[], float],
+                 rng: Callable[[int], bytes],
+                 arm: Callable[[float], None] = lambda deadline: None,
+                 store: MessageStore | None = None) -> None:
+        self.config = config = config or RelayConfig()
+        self.clock = clock
+        self.wallclock = wallclock
+        self.rng = rng
+        self._arm_cb = arm
+        self._armed: float | None = None
+        self.store: MessageStore = store or MemoryStore(
+            mailbox_messages=config.mailbox_messages,
+            mailbox_bytes=config.mailbox_bytes, store_bytes=config.store_bytes)
+        self.claims: dict[str, Claim] = {}
+        self._claim_heap: list[tuple[float, str]] = []
+        self.watchers: dict[str, set[Client]] = {}
+        self._hs_buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+        self.stats = Stats()
+        self.closing = False
+        self._handlers: dict[str, Callable[[Client, dict[str, Any]], None]] = {
+            "send": self._on_send, "ack": self._on_ack, "ping": self._on_ping,
+            "watch": self._on_watch, "bye": self._on_bye,
+        }
+        self._encode = framing.encode_frame
+
+    # -- connection lifecycle -------------------------------------------------
+
+    def connect(self, link: Link) -> Client:
+        """A new connection; it must say hello within the hello timeout."""
+        self.stats.connections += 1
+        client = Client(link, self.clock(), self.config)
+        self._event(logging.DEBUG, "connect", addr=link.address)
+        return client
+
+    def disconnect(self, client: Client) -> None:
+        """The transport lost the connection (or closed it)."""
+        if client.state is State.CLOSED:
+            return
+        was_ready = client.state is State.READY
+        client.state = State.CLOSED
+        for name in client.watching:
+            watchers = self.watchers.get(name)
+            if watchers is not None:
+                watchers.discard(client)
+                if not watchers:
+                    del self.watchers[name]
+        client.watching.clear()
+        user = client.user
+        if user is not None and was_ready:
+            claim = self.claims.get(user)
+            if claim is not None and claim.client is client:
+                claim.client = None
+                claim.released_at = now = self.clock()
+                heapq.heappush(self._claim_heap, (now + self.config.claim_ttl, user))
+                self._arm(now + self.config.claim_ttl)
+                self._presence(user, False)
+        self._event(logging.INFO, "disconnect", addr=client.link.address)
+
+    def receive(self, client: Client, msg: dict[str, Any]) -> None:
+        """Handle one decoded frame from ``client``."""
+        if client.state is State.CLOSED:
+            return
+        try:
+            kind = msg.get("type")
+            if client.state is State.READY:
+                handler = self._handlers.get(kind)  # type: ignore[arg-type]
+                if handler is None:
+                    raise ProtocolViolation(f"unknown message type {str(kind)[:32]!r}")
+                handler(client, msg)
+            elif client.state is State.HELLO:
+                if kind != "hello":
+                    raise ProtocolViolation("say hello first")
+                self._on_hello(client, msg)
+            else:
+                if kind != "auth":
+                    raise ProtocolViolation("answer the challenge with auth first")
+                self._on_auth(client, msg)
+        except RelayError as err:
+            self.fail(client, err, ref=msg.get("ref"))
+
+    def fail(self, client: Client, err: MsgrError, *, ref: object = None) -> None:
+        """Send ``err`` as an error frame; close the connection if it is fatal.
+
+        Also used by the I/O layer for framing errors and timeouts.
+        """
+        fatal = getattr(err, "fatal", True)
+        frame: dict[str, Any] = {"type": "error", "code": err.code, "message": str(err),
+                                 "fatal": fatal}
+        if type(ref) is int:
+            frame["ref"] = ref
+        self.stats.errors[err.code] = self.stats.errors.get(err.code, 0) + 1
+        self._event(logging.INFO if fatal else logging.DEBUG, "error", code=err.code,
+                    fatal=fatal, addr=client.link.address)
+        self._write(client, frame)
+        if fatal:
+            client.link.close()
+            self.disconnect(client)
+
+    def shutdown(self) -> None:
+        """Tell every connected client the relay is going away, then close them."""
+        self.closing = True
+        for claim in list(self.claims.values()):
+            client = claim.client
+            if client is not None:
+                self._write(client, {"type": "shutdown",
+                                     "message": "the relay is shutting down"})
+                client.link.close()
+                self.disconnect(client)
+
+    # -- timers ------------------------------------------------------------------
+
+    def _arm(self, deadline: float) -> None:
+        if self._armed is None or deadline < self._armed:
+            self._armed = deadline
+            self._arm_cb(deadline)
+
+    def next_deadline(self) -> float | None:
+        """The earliest moment :meth:`tick` has work to do."""
+        candidates = [t for t in (self.store.next_expiry(),
+                                  self._claim_heap[0][0] if self._claim_heap else None)
+                      if t is not None]
+        return min(candidates) if candidates else None
+
+    def tick(self) -> float | None:
+        """Expire messages and lapsed name claims; return the next deadline.
+
+        Work is proportional to what expires, never to what is stored.
+        """
+        now = self.clock()
+        self._armed = None
+        expired = self.store.pop_expired(now)
+        if expired:
+            self.stats.expired += len(expired)
+            for held in expired:
+                claim = self.claims.get(held.sender)
+                if claim is not None and claim.client is not None:
+                    self._write(claim.client, {"type": "expired", "id": held.id,
+                                               "to": held.recipient})
+            self._event(logging.DEBUG, "expire", count=len(expired))
+        heap = self._claim_heap
+        while heap and heap[0][0] <= now:
+            _, name = heapq.heappop(heap)
+            claim = self.claims.get(name)
+            if claim is None or claim.client is not None:
+                continue
+            if now - claim.released_at < self.config.claim_ttl:
+                continue  # reconnected and left again: a later entry covers it
+            if self.store.count_for(name):
+                # Messages still wait for this name: keep it owned until they
+                # are gone, so nobody else can claim it and drain them.
+                retry = now + self.config.ttl_max
+                heapq.heappush(heap, (retry, name))
+                continue
+            del self.claims[name]
+        deadline = self.next_deadline()
+        if deadline is not None:
+            self._arm(deadline)
+        return deadline
+
+    # -- handlers --------------------------------------------------------------
+
+    def _on_hello(self, client: Client, msg: dict[str, Any]) -> None:
+        if msg.get("v") != PROTOCOL_VERSION:
+            raise Refused("version", f"this relay speaks protocol version {PROTOCOL_VERSION}; "
+                          "upgrade msgr", fatal=True)
+        user = msg.get("user")
+        if not is_valid_name(user):
+            raise Refused("bad_name", "invalid username: use 1-32 characters from a-z, 0-9, "
+                          "'.', '_' and '-', starting with a letter or digit", fatal=True)
+        if self.closing:
+            raise Refused("shutting_down", "the relay is shutting down", fatal=True)
+        client.key = _b64decode(msg.get("key"), 32, "key")
+        client.user = user
+        client.nonce = self.rng(32)
+        client.state = State.AUTH
+        self._write(client, {"type": "challenge",
+                             "nonce": base64.b64encode(client.nonce).decode()})
+
+    def _on_auth(self, client: Client, msg: dict[str, Any]) -> None:
+        sig = _b64decode(msg.get("sig"), 64, "sig")
+        user, key, nonce = client.user, client.key, client.nonce
+        assert user is not None and key is not None and nonce is not None  # set by hello
+        from nacl.exceptions import BadSignatureError
+        from nacl.signing import VerifyKey
+
+        try:
+            VerifyKey(key).verify(AUTH_LABEL + nonce + user.encode(), sig)
+        except (BadSignatureError, ValueError, TypeError):
+            raise Refused("bad_signature", "the name-ownership signature does not verify",
+                          fatal=True) from None
+        client.nonce = None
+        claim = self.claims.get(user)
+        if claim is not None and claim.key != key:
+            if claim.client is None and self._claim_lapsed(user, claim):
+                del self.claims[user]
+                claim = None
+            else:
+                raise Refused("name_owned", f"the name {user!r} is owned by another key "
+                              "(someone else is using it, or a previous run of yours still "
+                              "holds it: wait a minute, or use --identity FILE to keep a "
+                              "stable name)", fatal=True)
+        if claim is None:
+            if len(self.claims) >= self.config.max_names:
+                raise Refused("relay_full", "the relay has too many names registered; "
+                              "try again later", fatal=True)
+            claim = self.claims[user] = Claim(key)
+        elif claim.client is not None:
+            # Same key: the owner reconnected. Replace the stale connection now
+            # instead of waiting for its heartbeat to time out.
+            old = claim.client
+            self.fail(old, Refused("replaced", "this name signed in from another connection",
+                                   fatal=True))
+        claim.client = client
+        client.state = State.READY
+        self._event(logging.INFO, "ready", addr=client.link.address)
+        self._event(logging.DEBUG, "ready-user", user=user)
+        self._write(client, {"type": "welcome", "user": user, "v": PROTOCOL_VERSION,
+                             "limits": self.config.limits_table()})
+        self._hand_out(client)
+        self._presence(user, True)
+
+    def _claim_lapsed(self, user: str, claim: Claim) -> bool:
+        return (self.clock() - claim.released_at >= self.config.claim_ttl
+                and not self.store.count_for(user))
+
+    def _on_send(self, client: Client, msg: dict[str, Any]) -> None:
+        config = self.config
+        to = msg.get("to")
+        body = msg.get("body")
+        ttl = msg.get("ttl", config.ttl_default)
+        kind = msg.get("kind", "msg")
+        if type(body) is not str:
+            raise ProtocolViolation("send needs a string body")
+        if not is_valid_name(to):
+            raise Refused("bad_name", "invalid recipient name")
+        if to == client.user:
+            raise Refused("bad_recipient", "you cannot send messages to yourself")
+        if type(ttl) is not int:
+            raise ProtocolViolation("ttl must be an integer number of seconds")
+        if kind != "msg" and kind != "hs":
+            raise ProtocolViolation("kind must be 'msg' or 'hs'")
+        now = self.clock()
+        if not client.msgs.take(1.0, now) or not client.bytes.take(len(body), now):
+            self.stats.refused += 1
+            raise Refused("rate_limited", "you are sending too fast; slow down and resend")
+        user: str = client.user  # type: ignore[assignment]
+        if kind == "hs" and not self._hs_allowed(user, to, now):
+            self.stats.refused += 1
+            raise Refused("handshake_limited", f"too many handshake attempts between {user} and "
+                          f"{to}; wait a minute before trying again")
+        try:
+            held = self.store.add(user, to, body, kind, config.clamp_ttl(ttl), now,
+                                  self.wallclock())
+        except StoreError as err:
+            self.stats.refused += 1
+            raise Refused(err.code, str(err)) from None
+        self.stats.accepted += 1
+        self._arm(held.expires_at)
+        self._write(client, {"type": "accepted", "ref": msg.get("ref"), "id": held.id,
+                             "ttl": held.ttl, "expires_at": round(held.expires_wall, 3)})
+        claim = self.claims.get(to)
+        if claim is not None and claim.client is not None and not claim.client.paused:
+            self._deliver(claim.client, held)
+
+    def _hs_allowed(self, a: str, b: str, now: float) -> bool:
+        pair = (a, b) if a < b else (b, a)
+        buckets = self._hs_buckets
+        bucket = buckets.get(pair)
+        if bucket is None:
+            if len(buckets) >= self.config.max_names:
+                buckets.popitem(last=False)
+            bucket = buckets[pair] = TokenBucket(self.config.hs_per_second,
+                                                 self.config.hs_burst, now)
+        else:
+            buckets.move_to_end(pair)
+        return bucket.take(1.0, now)
+
+    def _deliver(self, client: Client, held: Any) -> None:
+        self.stats.delivered += 1
+        self._write(client, {"type": "deliver", "id": held.id, "from": held.sender,
+                             "kind": held.kind, "ttl": held.ttl,
+                             "expires_at": round(held.expires_wall, 3), "body": held.body})
+
+    def _hand_out(self, client: Client) -> None:
+        for held in self.store.waiting(client.user):  # type: ignore[arg-type]
+            self._deliver(client, held)
+
+    def resume(self, client: Client) -> None:
+        """The client's write buffer drained: hand out what waited meanwhile.
+
+        Messages it was sent already are sent again; clients drop relay ids
+        they have seen, so this never shows a message twice.
+        """
+        client.paused = False
+        if client.state is State.READY:
+            self._hand_out(client)
+
+    def _on_ack(self, client: Client, msg: dict[str, Any]) -> None:
+        ids = msg.get("ids")
+        if ids is None:
+            ids = [msg.get("id")]
+        if type(ids) is not list or len(ids) > 1024:
+            raise ProtocolViolation("ack needs an id or a list of at most 1024 ids")
+        user: str = client.user  # type: ignore[assignment]
+        for msg_id in ids:
+            if type(msg_id) is not int:
+                raise ProtocolViolation("message ids are integers")
+            self.store.ack(user, msg_id)
+
+    def _on_ping(self, client: Client, msg: dict[str, Any]) -> None:
+        frame: dict[str, Any] = {"type": "pong"}
+        if "t" in msg:
+            frame["t"] = msg["t"] if type(msg["t"]) in (int, float) else None
+        self._write(client, frame)
+
+    def _on_watch(self, client: Client, msg: dict[str, Any]) -> None:
+        name = msg.get("user")
+        if not is_valid_name(name):
+            raise Refused("bad_name", "invalid name to watch")
+        if name not in client.watching:
+            if len(client.watching) >= self.config.max_watch:
+                raise Refused("too_many_watches",
+                              f"a connection may watch at most {self.config.max_watch} names")
+            client.watching.add(name)
+            self.watchers.setdefault(name, set()).add(client)
+        claim = self.claims.get(name)
+        online = claim is not None and claim.client is not None
+        self._write(client, {"type": "presence", "user": name, "online": online})
+
+    def _on_bye(self, client: Client, msg: dict[str, Any]) -> None:
+        client.link.close()
+        self.disconnect(client)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _presence(self, user: str, online: bool) -> None:
+        watchers = self.watchers.get(user)
+        if watchers:
+            frame = self._encode({"type": "presence", "user": user, "online": online})
+            for watcher in watchers:
+                watcher.link.write(frame)
+
+    def _write(self, client: Client, frame: dict[str, Any]) -> None:
+        client.link.write(self._encode(frame, max_size=self.config.max_frame + 1024))
+
+    def _event(self, level: int, event: str, **fields: Any) -> None:
+        if log.isEnabledFor(level):
+            log.log(level, event, extra={"fields": fields})

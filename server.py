@@ -1,0 +1,354 @@
+"""The relay's asyncio layer: sockets, TLS, timers and batching around relay.py.
+
+Thin glue, as the protocol logic lives in :mod:`relay`: each connection is an
+``asyncio.Protocol`` that feeds bytes to a :class:`framing.FrameDecoder`,
+passes each frame to :class:`relay.Relay`, and collects what the relay writes.
+Writes are batched: everything queued for a connection while one chunk of
+input is handled goes out in a single ``transport.write`` when the chunk is
+done ("one write per destination per read").
+
+Backpressure: when a client stops reading and its send buffer passes
+``write_buffer`` bytes, the relay stops reading from it and stops handing it
+deliveries (they wait in the store); if it is still stalled after
+``stall_timeout`` seconds it is dropped, and what it had not acknowledged
+waits in the store until its TTL.
+
+We use ``loop.create_server`` with a Protocol rather than ``start_server``
+with streams: it is the same stdlib layer start_server is built on, without a
+task and a StreamReader per connection, and it exposes pause_reading and
+write-buffer limits, which backpressure needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import framing
+from relay import Client, ProtocolViolation, Refused, Relay, RelayConfig
+
+log = logging.getLogger("msgr.relay")
+
+#: asyncio's TLS layer allocates a 256 KiB read buffer per connection
+#: (asyncio.sslproto.SSLProtocol.max_size), ~283 KiB per idle TLS client.
+#: A TLS record is at most 16 KiB, so a 16 KiB buffer loses nothing.
+TLS_READ_BUFFER = 16 * 1024
+
+
+class _Timeout(Refused):
+    def __init__(self, message: str) -> None:
+        super().__init__("timeout", message, fatal=True)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: bytes in, frames to the relay, batched bytes out."""
+
+    def __init__(self, server: RelayServer) -> None:
+        self.server = server
+        self.relay = server.relay
+        self.address = "?"
+        self.transport: asyncio.Transport | None = None
+        self.client: Client | None = None
+        self.decoder = framing.FrameDecoder(max_size=server.relay.config.max_frame)
+        self.out: list[bytes] = []
+        self.last_rx = 0.0
+        self.closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._stalled_at: float | None = None
+
+    # -- asyncio callbacks ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.address = f"{host}:{peer[1]}" if isinstance(peer, tuple) else host
+        server = self.server
+        config = self.relay.config
+        _shrink_tls_buffer(transport)
+        if server.closing:
+            transport.abort()
+            return
+        if len(server.connections) >= config.max_connections:
+            self._refuse("relay_full", "the relay has too many connections; try again later")
+            return
+        count = server.per_address.get(host, 0)
+        if count >= config.max_per_address:
+            self._refuse("too_many_connections",
+                         f"too many connections from your address (limit {config.max_per_address})")
+            return
+        server.per_address[host] = count + 1
+        self.host = host
+        server.connections.add(self)
+        transport.set_write_buffer_limits(high=config.write_buffer)
+        self.client = self.relay.connect(self)
+        loop = server.loop
+        self.last_rx = loop.time()
+        self._timer = loop.call_at(self.last_rx + config.hello_timeout, self._on_timer)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None or self.closing:
+            return
+        self.last_rx = self.server.loop.time()
+        try:
+            frames = self.decoder.feed(data)
+        except framing.FramingError as err:
+            self.relay.fail(client, err)
+            self.server.flush()
+            return
+        receive = self.relay.receive
+        for frame in frames:
+            receive(client, frame)
+            if self.closing:
+                break
+        self.server.flush()
+
+    def eof_received(self) -> bool | None:
+        if self.client is not None and not self.closing:
+            try:
+                self.decoder.feed_eof()
+            except framing.FramingError as err:
+                # The peer is gone; nobody will read this, but the log shows why.
+                log.info("truncated", extra={"fields": {"addr": self.address,
+                                                        "reason": str(err)}})
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        server = self.server
+        if self in server.connections:
+            server.connections.discard(self)
+            count = server.per_address.get(self.host, 1) - 1
+            if count:
+                server.per_address[self.host] = count
+            else:
+                server.per_address.pop(self.host, None)
+        if self.client is not None:
+            self.relay.disconnect(self.client)
+        server.flush()
+        if not server.connections:
+            server.idle.set()
+
+    def pause_writing(self) -> None:
+        # The client is not reading what we send: stop reading what it sends,
+        # and let deliveries wait in the store rather than in our memory.
+        if self.client is not None:
+            self.client.paused = True
+        loop = self.server.loop
+        self._stalled_at = now = loop.time()
+        if self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(now + self.relay.config.stall_timeout, self._on_timer)
+
+    def resume_writing(self) -> None:
+        self._stalled_at = None
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+        if self.client is not None:
+            self.relay.resume(self.client)
+            self.server.flush()
+
+    # -- Link interface used by relay.Relay -------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if not self.out:
+            self.server.dirty.append(self)
+        self.out.append(data)
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- internals ----------------------------------------------------------
+
+    def _flush(self) -> None:
+        out = self.out
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def _refuse(self, code: str, message: str) -> None:
+        assert self.transport is not None
+        frame = {"type": "error", "code": code, "message": message, "fatal": True}
+        self.transport.write(framing.encode_frame(frame))
+        self.closing = True
+        self.transport.close()
+        log.info("refused", extra={"fields": {"addr": self.address, "code": code}})
+
+    def _on_timer(self) -> None:
+        """One timer per connection: hello deadline, then idle and stall checks."""
+        self._timer = None
+        client = self.client
+        if self.closing or client is None:
+            return
+        loop = self.server.loop
+        now = loop.time()
+        config = self.relay.config
+        if client.state.value != "ready":
+            self.relay.fail(client, _Timeout("no hello within "
+                                             f"{config.hello_timeout:g} s; closing"))
+            self.server.flush()
+            return
+        if self._stalled_at is not None and now - self._stalled_at >= config.stall_timeout:
+            self.relay.fail(client, _Timeout("you stopped reading; closing"))
+            self.server.flush()
+            if self.transport is not None:
+                self.transport.abort()  # its buffer will never drain
+            return
+        if now - self.last_rx >= config.idle_timeout:
+            self.relay.fail(client, _Timeout(f"no heartbeat for {config.idle_timeout:g} s"))
+            self.server.flush()
+            return
+        deadline = self.last_rx + config.idle_timeout
+        if self._stalled_at is not None:
+            deadline = min(deadline, self._stalled_at + config.stall_timeout)
+        self._timer = loop.call_at(deadline, self._on_timer)
+
+
+def _shrink_tls_buffer(transport: asyncio.BaseTransport) -> None:
+    """Replace asyncio's 256 KiB per-connection TLS read buffer with 16 KiB.
+
+    asyncio offers no public knob for it; the attribute names are those of
+    CPython 3.11-3.13's sslproto. If they are absent nothing changes.
+    """
+    proto = getattr(transport, "_ssl_protocol", None)
+    if proto is None or not hasattr(proto, "_ssl_buffer"):
+        return
+    if len(proto._ssl_buffer) > TLS_READ_BUFFER:
+        proto._ssl_buffer = bytearray(TLS_READ_BUFFER)
+        proto._ssl_buffer_view = memoryview(proto._ssl_buffer)
+
+
+class RelayServer:
+    """A relay listening on a socket. Use :func:`start_relay` to make one."""
+
+    def __init__(self, config: RelayConfig, *, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.relay = Relay(config, clock=loop.time, wallclock=time.time, rng=os.urandom,
+                           arm=self._arm)
+        self.connections: set[Connection] = set()
+        self.per_address: dict[str, int] = {}
+        self.dirty: list[Connection] = []
+        self.idle = asyncio.Event()
+        self.closing = False
+        self.server: asyncio.AbstractServer | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at: float | None = None
+        self.tls = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server is not None and self.server.sockets
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return host, port
+
+    def flush(self) -> None:
+        """Write out everything queued during this batch, one write per connection."""
+        dirty = self.dirty
+        if dirty:
+            for conn in dirty:
+                conn._flush()
+            dirty.clear()
+
+    def _arm(self, deadline: float) -> None:
+        if self._expiry is not None:
+            if self._expiry_at is not None and self._expiry_at <= deadline:
+                return
+            self._expiry.cancel()
+        self._expiry_at = deadline
+        self._expiry = self.loop.call_at(deadline, self._tick)
+
+    def _tick(self) -> None:
+        self._expiry = None
+        self._expiry_at = None
+        self.relay.tick()  # re-arms through _arm with the next deadline
+        self.flush()
+
+    async def close(self, *, timeout: float = 5.0) -> None:
+        """Stop accepting, tell clients, and wait (bounded) for them to go."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.server is not None:
+            self.server.close()
+        self.relay.shutdown()
+        for conn in list(self.connections):
+            conn.close()
+        self.flush()
+        if self.connections:
+            try:
+                await asyncio.wait_for(self.idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                for conn in list(self.connections):
+                    if conn.transport is not None:
+                        conn.transport.abort()
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+async def start_relay(config: RelayConfig | None = None, *, host: str = "127.0.0.1",
+                      port: int = 0, ssl_context: ssl.SSLContext | None = None,
+                      backlog: int = 1024) -> RelayServer:
+    """Start a relay in the running loop and return it once it listens.
+
+    The library entry point: ``server = await start_relay(port=0)``, then
+    ``server.address`` is the real ``(host, port)``; ``await server.close()``.
+    """
+    loop = asyncio.get_running_loop()
+    config = config or RelayConfig()
+    relay_server = RelayServer(config, loop=loop)
+    relay_server.tls = ssl_context is not None
+    relay_server.server = await loop.create_server(
+        lambda: Connection(relay_server), host=host, port=port, ssl=ssl_context,
+        ssl_handshake_timeout=config.tls_handshake_timeout if ssl_context else None,
+        backlog=backlog, reuse_address=True)
+    return relay_server
+
+
+async def serve_forever(relay_server: RelayServer, *,
+                        on_signal: Callable[[str], Any] | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then shut down cleanly within a bound."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed = []
+    for signame in ("SIGINT", "SIGTERM"):
+        signum = getattr(signal, signame, None)
+        if signum is None:
+            continue
+        try:
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+            pass
+    try:
+        await stop.wait()
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        if on_signal is not None:
+            on_signal("stopping")
+        await relay_server.close()
+
+
+__all__ = ["Connection", "ProtocolViolation", "RelayServer", "start_relay", "serve_forever"]

@@ -1,0 +1,201 @@
+"""The relay's message store: hold, hand out, acknowledge, expire.
+
+The relay talks to the store only through :class:`MessageStore`, so another
+backend can replace the in-memory one without touching connection code.
+
+:class:`MemoryStore` keeps ciphertext in memory only. Expiry is driven by a
+``heapq`` keyed on expiry time with *lazy deletion*: acknowledging a message
+removes it from its mailbox at once and leaves a dead heap entry behind, which
+is dropped when it reaches the top of the heap. No operation ever walks all
+stored messages: ``pop_expired`` costs O(k log n) for k expired messages, and
+``next_expiry`` is O(1) once dead entries are popped. Dead entries cannot pile
+up, because each one leaves the heap no later than its TTL (60 s at most).
+
+Store errors::
+
+    MsgrError
+    └── StoreError            the message was refused; nothing was stored
+        ├── MailboxFull       the recipient has too many messages waiting
+        └── StoreFull         the relay's memory budget for ciphertext is spent
+
+Time is a parameter (``now``), never read here, so tests drive the clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator
+from typing import Protocol
+
+from errors import MsgrError
+
+#: Messages one recipient may have waiting. A person reading a chat does not
+#: fall 1,000 messages behind; a flood does.
+DEFAULT_MAILBOX_MESSAGES = 1000
+#: Ciphertext bytes one recipient may have waiting (4 MiB).
+DEFAULT_MAILBOX_BYTES = 4 * 1024 * 1024
+#: Ciphertext bytes the whole relay may hold (256 MiB): the memory budget.
+DEFAULT_STORE_BYTES = 256 * 1024 * 1024
+#: Fixed bookkeeping cost charged per message on top of its body, so that
+#: millions of empty messages cannot slip under the byte budget.
+OVERHEAD_BYTES = 200
+
+
+class StoreError(MsgrError):
+    """The store refused a message; the sender is told, nothing was kept."""
+
+
+class MailboxFull(StoreError):
+    code = "mailbox_full"
+
+
+class StoreFull(StoreError):
+    code = "relay_full"
+
+
+class Held:
+    """One message waiting at the relay. ``body`` is opaque ciphertext."""
+
+    __slots__ = ("id", "sender", "recipient", "body", "kind", "ttl",
+                 "expires_at", "expires_wall", "size", "alive")
+
+    def __init__(self, msg_id: int, sender: str, recipient: str, body: str, kind: str,
+                 ttl: int, expires_at: float, expires_wall: float) -> None:
+        self.id = msg_id
+        self.sender = sender
+        self.recipient = recipient
+        self.body = body
+        self.kind = kind
+        self.ttl = ttl
+        self.expires_at = expires_at      # monotonic seconds: drives expiry
+        self.expires_wall = expires_wall  # Unix time: shown to clients
+        self.size = len(body) + OVERHEAD_BYTES
+        self.alive = True
+
+    def __repr__(self) -> str:  # never the body
+        return f"<Held id={self.id} {self.sender}->{self.recipient} ttl={self.ttl}>"
+
+
+class MessageStore(Protocol):
+    """What the relay needs from a store. Bodies are opaque strings."""
+
+    def add(self, sender: str, recipient: str, body: str, kind: str, ttl: int,
+            now: float, wall: float) -> Held:
+        """Hold a message until ``now + ttl``; raise StoreError if refused."""
+
+    def waiting(self, recipient: str) -> Iterator[Held]:
+        """Messages held for ``recipient``, oldest first."""
+
+    def ack(self, recipient: str, msg_id: int) -> Held | None:
+        """Delete a message on delivery; None if unknown, expired or not theirs."""
+
+    def pop_expired(self, now: float) -> list[Held]:
+        """Delete and return every message whose expiry is <= ``now``."""
+
+    def next_expiry(self) -> float | None:
+        """Earliest expiry among held messages, or None when empty."""
+
+    def count_for(self, recipient: str) -> int:
+        """How many messages wait for ``recipient``."""
+
+    def __len__(self) -> int:
+        """Messages held."""
+
+
+class MemoryStore:
+    """In-memory :class:`MessageStore` with a TTL heap and lazy deletion."""
+
+    def __init__(self, *, mailbox_messages: int = DEFAULT_MAILBOX_MESSAGES,
+                 mailbox_bytes: int = DEFAULT_MAILBOX_BYTES,
+                 store_bytes: int = DEFAULT_STORE_BYTES) -> None:
+        self.mailbox_messages = mailbox_messages
+        self.mailbox_bytes = mailbox_bytes
+        self.store_bytes = store_bytes
+        self._ids = itertools.count(1)
+        # recipient -> {id: Held}; dicts keep insertion order = arrival order.
+        self._boxes: dict[str, dict[int, Held]] = {}
+        self._box_bytes: dict[str, int] = {}
+        self._heap: list[tuple[float, int, Held]] = []
+        self._count = 0
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def heap_size(self) -> int:
+        """Heap entries, live and dead (for tests and benchmarks)."""
+        return len(self._heap)
+
+    def add(self, sender: str, recipient: str, body: str, kind: str, ttl: int,
+            now: float, wall: float) -> Held:
+        box = self._boxes.get(recipient)
+        size = len(body) + OVERHEAD_BYTES
+        count = len(box) if box is not None else 0
+        if count >= self.mailbox_messages:
+            raise MailboxFull(
+                f"{recipient} has {count} messages waiting, the most this relay "
+                "holds for one person; try again after they read some")
+        waiting = self._box_bytes[recipient] if box is not None else 0
+        if waiting + size > self.mailbox_bytes:
+            raise MailboxFull(
+                f"{recipient} has {waiting} bytes waiting; this message would pass "
+                f"the {self.mailbox_bytes}-byte mailbox limit")
+        if self.bytes + size > self.store_bytes:
+            raise StoreFull("the relay is full (memory budget reached); try again shortly")
+        held = Held(next(self._ids), sender, recipient, body, kind, ttl, now + ttl, wall + ttl)
+        if box is None:
+            box = self._boxes[recipient] = {}
+            self._box_bytes[recipient] = 0
+        box[held.id] = held
+        self._box_bytes[recipient] += size
+        self.bytes += size
+        self._count += 1
+        heapq.heappush(self._heap, (held.expires_at, held.id, held))
+        return held
+
+    def waiting(self, recipient: str) -> Iterator[Held]:
+        box = self._boxes.get(recipient)
+        return iter(list(box.values())) if box else iter(())
+
+    def count_for(self, recipient: str) -> int:
+        box = self._boxes.get(recipient)
+        return len(box) if box else 0
+
+    def _forget(self, held: Held) -> None:
+        held.alive = False
+        box = self._boxes[held.recipient]
+        del box[held.id]
+        if box:
+            self._box_bytes[held.recipient] -= held.size
+        else:
+            del self._boxes[held.recipient]
+            del self._box_bytes[held.recipient]
+        self.bytes -= held.size
+        self._count -= 1
+        held.body = ""  # drop the ciphertext now, even if a reference lingers
+
+    def ack(self, recipient: str, msg_id: int) -> Held | None:
+        box = self._boxes.get(recipient)
+        held = box.get(msg_id) if box else None
+        if held is None:
+            return None
+        self._forget(held)  # its heap entry is now dead; popped at its expiry
+        return held
+
+    def pop_expired(self, now: float) -> list[Held]:
+        heap = self._heap
+        out = []
+        while heap and heap[0][0] <= now:
+            held = heapq.heappop(heap)[2]
+            if held.alive:
+                self._forget(held)
+                out.append(held)
+        return out
+
+    def next_expiry(self) -> float | None:
+        heap = self._heap
+        while heap and not heap[0][2].alive:
+            heapq.heappop(heap)  # lazy deletion of acknowledged messages
+        return heap[0][0] if heap else None
