@@ -277,8 +277,8 @@ class Relay:
         self._event(logging.DEBUG, "connect", addr=link.address)
         return client
 
-    def disconnect(self, client: Client) -> None:
-        """The transport lost the connection (or closed it)."""
+    def disconnect(self, client: Client, *, said_bye: bool = False) -> None:
+        """The connection ended; ``said_bye`` if the client closed it cleanly."""
         if client.state is State.CLOSED:
             return
         was_ready = client.state is State.READY
@@ -295,6 +295,13 @@ class Relay:
             claim = self.claims.get(user)
             if claim is not None and claim.client is client:
                 claim.client = None
+                if said_bye and not self.store.count_for(user):
+                    # A clean exit with nothing waiting: free the name now, so a
+                    # new run (with a new per-run key) can use it at once.
+                    del self.claims[user]
+                    self._presence(user, False)
+                    self._event(logging.INFO, "disconnect", addr=client.link.address)
+                    return
                 claim.released_at = now = self.clock()
                 heapq.heappush(self._claim_heap, (now + self.config.claim_ttl, user))
                 self._arm(now + self.config.claim_ttl)
@@ -440,10 +447,15 @@ class Relay:
                 del self.claims[user]
                 claim = None
             else:
-                raise Refused("name_owned", f"the name {user!r} is owned by another key "
-                              "(someone else is using it, or a previous run of yours still "
-                              "holds it: wait a minute, or use --identity FILE to keep a "
-                              "stable name)", fatal=True)
+                if claim.client is not None:
+                    why = "someone is connected with it now"
+                else:
+                    left = self.config.claim_ttl - (self.clock() - claim.released_at)
+                    why = (f"its last connection ended without saying bye; it is held for "
+                           f"{max(left, 1):.0f} s more" if left > 0 else
+                           "messages are waiting for its owner")
+                raise Refused("name_owned", f"the name {user!r} is owned by another key ({why}); "
+                              "use --identity FILE to keep a name across runs", fatal=True)
         if claim is None:
             if len(self.claims) >= self.config.max_names:
                 raise Refused("relay_full", "the relay has too many names registered; "
@@ -574,7 +586,7 @@ class Relay:
 
     def _on_bye(self, client: Client, msg: dict[str, Any]) -> None:
         client.link.close()
-        self.disconnect(client)
+        self.disconnect(client, said_bye=True)
 
     # -- helpers ---------------------------------------------------------------
 

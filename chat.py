@@ -1,0 +1,628 @@
+"""A chat between two people, sans-I/O: relay frames in, frames and events out.
+
+:class:`ChatCore` holds everything a chat client decides: the CPace handshake
+and the double ratchet (default mode) or the passcode box (``--static``), the
+outbox of messages not yet confirmed, receipts, replay and duplicate checks,
+and what to tell the user. The asyncio layer (``client.py``) feeds it relay
+frames and the passage of time, and sends what :meth:`ChatCore.take_frames`
+returns; a UI shows what :meth:`ChatCore.take_events` returns. Nothing here
+reads a clock, draws randomness or touches a socket on its own.
+
+Default mode, in short (PROTOCOL.md has the details):
+
+* Both clients watch each other's presence at the relay. A client with no
+  session starts a handshake when its peer is online. If both start at once,
+  the ``init`` from the lower name wins and the other side answers it.
+* After the handshake the initiator sends a ``hi`` through the ratchet so the
+  responder can send too (a ratchet responder cannot send first).
+* Each message stays in the outbox until the peer's client returns a receipt
+  through the ratchet. When a new session replaces the old one (the peer
+  restarted), unconfirmed messages are sent again under it. A message whose
+  TTL ends unconfirmed is reported as not delivered.
+
+Static mode seals with :class:`e2e.StaticBox` and counts a message as sent once
+the relay has acknowledged it, as the original design did.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import e2e
+import handshake
+import ratchet
+from errors import CryptoError, MsgrError
+
+#: Consecutive failed handshakes after which a client stops answering new
+#: ones. Each attempt lets an active attacker test one passcode guess; three
+#: leaves room for a typo on the other side, and the user is told each time.
+MAX_HANDSHAKE_FAILURES = 3
+#: Seconds a handshake may take before it is abandoned.
+HANDSHAKE_TIMEOUT = 30.0
+#: How many times in a row a timed-out handshake is started again by itself.
+MAX_HANDSHAKE_TIMEOUTS = 3
+#: Relay ids and (epoch, n) pairs remembered to drop duplicates silently.
+DEDUP_MEMORY = 4096
+
+
+class Mode(enum.Enum):
+    RATCHET = "ratchet"
+    STATIC = "static"
+
+
+# -- events for the UI ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Received:
+    """A message from the peer, shown once."""
+
+    sender: str
+    text: str
+    sent_at: float      # sender's Unix time
+    expires_at: float   # Unix time the relay forgets it; the UI hides it then
+    ttl: int
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should know; ``level`` is info, warn or error."""
+
+    text: str
+    code: str = "info"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The relay holds message ``n`` (static mode: that is "sent")."""
+
+    n: int
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """The peer's client confirmed message ``n`` end to end."""
+
+    n: int
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    """Message ``n`` did not reach the peer; ``reason`` says why."""
+
+    n: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Presence:
+    online: bool
+
+
+@dataclass(frozen=True)
+class SessionStarted:
+    """A handshake completed; compare ``safety_number`` out of band."""
+
+    safety_number: str
+    session_id: str
+    replaced: bool
+
+
+Event = Received | Notice | Accepted | Delivered | Undelivered | Presence | SessionStarted
+
+
+# -- internal state -------------------------------------------------------------
+
+class OutState(enum.Enum):
+    QUEUED = "queued"          # waiting for a session (or for the ratchet to allow sending)
+    SENT = "sent"              # handed to the relay, no answer yet
+    ACCEPTED = "accepted"      # the relay holds it
+    DELIVERED = "delivered"    # confirmed by the peer (default mode)
+    FAILED = "failed"          # reported as not delivered
+
+    @property
+    def settled(self) -> bool:
+        return self in (OutState.DELIVERED, OutState.FAILED)
+
+
+@dataclass
+class Outgoing:
+    n: int
+    text: str
+    ttl: int
+    ts: float
+    state: OutState = OutState.QUEUED
+    deadline: float | None = None   # monotonic; set when sent under a session
+    body: str | None = None         # the last ciphertext sent
+    sid: str | None = None          # session it was sealed under (default mode)
+    ref: int | None = None
+    relay_id: int | None = None
+
+
+@dataclass
+class Session:
+    keys: handshake.SessionKeys
+    ratchet: ratchet.Ratchet
+    sid: str
+
+
+class ChatCore:
+    """Decide everything a chat client does; see the module docstring."""
+
+    def __init__(self, *, me: str, peer: str, key: bytes, mode: Mode = Mode.RATCHET,
+                 ttl: int = 30, clock: Callable[[], float], wallclock: Callable[[], float],
+                 rng: Callable[[int], bytes],
+                 max_failures: int = MAX_HANDSHAKE_FAILURES,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        if me == peer:
+            raise MsgrError("you cannot chat with yourself: --user and --peer are the same")
+        self.me = me
+        self.peer = peer
+        self.mode = mode
+        self.ttl = ttl
+        self._key = key
+        self._clock = clock
+        self._wall = wallclock
+        self._rng = rng
+        self.max_failures = max_failures
+        self.handshake_timeout = handshake_timeout
+        self._frames: list[dict[str, Any]] = []
+        self._events: list[Event] = []
+        self._acks: list[int] = []
+        self._refs: dict[int, tuple[str, Outgoing | None]] = {}
+        self._next_ref = 0
+        self._next_n = 0
+        self.outbox: dict[int, Outgoing] = {}
+        self._seen_relay_ids: OrderedDict[int, None] = OrderedDict()
+        self._seen_msgs: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.epoch = base64.b64encode(rng(8)).decode()
+        self.connected = False
+        self.peer_online: bool | None = None
+        self.verified = False
+        # default mode
+        self.session: Session | None = None
+        self._previous: Session | None = None
+        self._hs: handshake.Initiator | handshake.Responder | None = None
+        self._hs_started = 0.0
+        self._hs_failures = 0
+        self._hs_timeouts = 0
+        self.locked = False
+        # static mode
+        self._box = (e2e.StaticBox(key, me, peer, rng=rng, wallclock=wallclock)
+                     if mode is Mode.STATIC else None)
+
+    # -- outputs --------------------------------------------------------------
+
+    def take_frames(self) -> list[dict[str, Any]]:
+        """Frames to send to the relay now, in order."""
+        if self._acks:
+            self._frames.append({"type": "ack", "ids": self._acks})
+            self._acks = []
+        frames, self._frames = self._frames, []
+        return frames
+
+    def take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    @property
+    def safety_number(self) -> str | None:
+        return self.session.keys.safety_number if self.session else None
+
+    def unsettled(self) -> list[Outgoing]:
+        """Messages whose fate is not known yet (see :meth:`settled`)."""
+        if self.mode is Mode.STATIC:
+            return [o for o in self.outbox.values()
+                    if o.state not in (OutState.ACCEPTED, OutState.DELIVERED, OutState.FAILED)]
+        return [o for o in self.outbox.values() if not o.state.settled]
+
+    def failed(self) -> list[Outgoing]:
+        return [o for o in self.outbox.values() if o.state is OutState.FAILED]
+
+    # -- inputs from the user ---------------------------------------------------
+
+    def send(self, text: str) -> int:
+        """Queue ``text`` for the peer; return its number (for Delivered etc.)."""
+        self._next_n += 1
+        out = Outgoing(self._next_n, text, self.ttl, self._wall())
+        self.outbox[out.n] = out
+        self._pump()
+        return out.n
+
+    def mark_verified(self) -> None:
+        self.verified = True
+
+    def give_up(self, reason: str) -> None:
+        """Report every unsettled message as not delivered (used at exit)."""
+        for out in self.unsettled():
+            self._fail(out, reason)
+
+    # -- inputs from the I/O layer ----------------------------------------------
+
+    def connected_to_relay(self) -> None:
+        """The relay accepted us (first time or after a reconnect)."""
+        self.connected = True
+        self._frames.append({"type": "watch", "user": self.peer})
+        # Frames that were in flight when the connection dropped may be lost:
+        # send again what the relay never acknowledged.
+        for out in self.outbox.values():
+            if out.state is OutState.SENT and out.body is not None:
+                self._submit(out)
+        self._pump()
+
+    def disconnected(self) -> None:
+        self.connected = False
+        self.peer_online = None
+
+    def handle(self, frame: dict[str, Any]) -> None:
+        """One frame from the relay (after welcome)."""
+        kind = frame.get("type")
+        if kind == "deliver":
+            self._on_deliver(frame)
+        elif kind == "accepted":
+            self._on_accepted(frame)
+        elif kind == "error":
+            self._on_error(frame)
+        elif kind == "expired":
+            self._on_expired(frame)
+        elif kind == "presence":
+            self._on_presence(frame)
+
+    def next_deadline(self) -> float | None:
+        times = [o.deadline for o in self.outbox.values()
+                 if o.deadline is not None and not o.state.settled]
+        if self._hs is not None:
+            times.append(self._hs_started + self.handshake_timeout)
+        return min(times) if times else None
+
+    def tick(self) -> None:
+        """Time passed: expire unconfirmed messages and stalled handshakes."""
+        now = self._clock()
+        for out in list(self.outbox.values()):
+            if out.deadline is not None and not out.state.settled and now >= out.deadline:
+                if self.mode is Mode.STATIC and out.state is OutState.ACCEPTED:
+                    continue  # the relay tells us if it expires unread
+                self._fail(out, f"{self.peer} did not confirm it within its {out.ttl} s TTL")
+        if self._hs is not None and now - self._hs_started >= self.handshake_timeout:
+            self._hs = None
+            self._hs_timeouts += 1
+            self._notice(f"the handshake with {self.peer} timed out", "handshake_timeout",
+                         "warn")
+            self._maybe_initiate()
+
+    # -- relay frames -------------------------------------------------------------
+
+    def _on_deliver(self, frame: dict[str, Any]) -> None:
+        relay_id = frame.get("id")
+        body = frame.get("body")
+        if type(relay_id) is not int or not isinstance(body, str):
+            return
+        self._acks.append(relay_id)
+        if relay_id in self._seen_relay_ids:
+            return  # handed out again after a reconnect; already handled
+        _remember(self._seen_relay_ids, relay_id)
+        if frame.get("from") != self.peer:
+            self._notice(f"ignored a message from {str(frame.get('from'))[:32]!r}, who is "
+                         "not the peer of this chat", "stranger", "warn")
+            return
+        expires_at = frame.get("expires_at")
+        if type(expires_at) not in (int, float):
+            expires_at = self._wall() + self.ttl
+        try:
+            if self.mode is Mode.STATIC:
+                self._open_static(body, float(expires_at))  # type: ignore[arg-type]
+            elif frame.get("kind") == "hs":
+                self._on_handshake(body)
+            else:
+                self._open_ratchet(body, float(expires_at))  # type: ignore[arg-type]
+        except CryptoError as err:
+            self._notice(str(err), err.code, "warn")
+
+    def _on_accepted(self, frame: dict[str, Any]) -> None:
+        entry = self._refs.pop(frame.get("ref"), None)  # type: ignore[arg-type]
+        if entry is None or entry[1] is None:
+            return
+        out = entry[1]
+        if out.state is OutState.SENT:
+            out.state = OutState.ACCEPTED
+            out.relay_id = frame.get("id")  # type: ignore[assignment]
+            expires_at = frame.get("expires_at")
+            self._events.append(Accepted(out.n, float(expires_at)  # type: ignore[arg-type]
+                                         if type(expires_at) in (int, float) else 0.0))
+
+    def _on_error(self, frame: dict[str, Any]) -> None:
+        code = str(frame.get("code", "error"))
+        message = str(frame.get("message", "the relay refused a request"))[:300]
+        entry = self._refs.pop(frame.get("ref"), None)  # type: ignore[arg-type]
+        if entry is not None and entry[1] is not None and not entry[1].state.settled:
+            self._fail(entry[1], f"the relay refused it: {message}")
+        elif entry is not None and entry[0] == "hs":
+            self._hs = None
+            self._notice(f"handshake message refused by the relay: {message}", code, "warn")
+        else:
+            self._notice(f"relay: {message}", code, "warn")
+
+    def _on_expired(self, frame: dict[str, Any]) -> None:
+        relay_id = frame.get("id")
+        for out in self.outbox.values():
+            if out.relay_id == relay_id and out.relay_id is not None and not out.state.settled:
+                self._fail(out, f"it expired at the relay before {self.peer} read it")
+                return
+
+    def _on_presence(self, frame: dict[str, Any]) -> None:
+        if frame.get("user") != self.peer:
+            return
+        online = frame.get("online") is True
+        if online != self.peer_online:
+            self.peer_online = online
+            self._events.append(Presence(online))
+            if online:
+                self._hs_timeouts = 0
+        self._maybe_initiate()
+
+    # -- static mode -----------------------------------------------------------
+
+    def _open_static(self, body: str, expires_at: float) -> None:
+        assert self._box is not None
+        opened = self._box.open(body)
+        self._events.append(Received(self.peer, opened.text, opened.ts, expires_at,
+                                     opened.ttl))
+
+    # -- default mode: handshake ----------------------------------------------
+
+    def _maybe_initiate(self) -> None:
+        if (self.mode is not Mode.RATCHET or not self.connected or not self.peer_online
+                or self.session is not None or self._hs is not None or self.locked
+                or self._hs_failures or self._hs_timeouts >= MAX_HANDSHAKE_TIMEOUTS):
+            return
+        initiator = handshake.Initiator(prs=self._key, me=self.me, peer=self.peer, rng=self._rng)
+        self._start_hs(initiator)
+        self._send_hs(initiator.start())
+
+    def _start_hs(self, hs: handshake.Initiator | handshake.Responder) -> None:
+        self._hs = hs
+        self._hs_started = self._clock()
+
+    def _send_hs(self, msg: dict[str, Any]) -> None:
+        body = "h1." + base64.b64encode(
+            json.dumps(msg, separators=(",", ":")).encode()).decode()
+        ref = self._ref("hs", None)
+        self._frames.append({"type": "send", "ref": ref, "to": self.peer, "ttl": self.ttl,
+                             "kind": "hs", "body": body})
+
+    def _on_handshake(self, body: str) -> None:
+        msg = _parse_hs(body)
+        kind = "abort" if msg.get("hs") == "abort" else handshake.kind_of(msg)
+        hs = self._hs
+        try:
+            if kind == "init":
+                if self.locked:
+                    return
+                if isinstance(hs, handshake.Initiator) and self.me < self.peer:
+                    return  # both started: the lower name's init wins, and that is ours
+                responder = handshake.Responder(prs=self._key, me=self.me, peer=self.peer,
+                                                rng=self._rng)
+                self._start_hs(responder)
+                self._send_hs(responder.on_init(msg))
+            elif kind == "resp" and isinstance(hs, handshake.Initiator):
+                self._send_hs(hs.on_resp(msg))
+            elif kind == "share" and isinstance(hs, handshake.Responder):
+                reply, keys = hs.on_share(msg)
+                self._send_hs(reply)
+                self._establish(keys)
+            elif kind == "confirm" and isinstance(hs, handshake.Initiator):
+                self._establish(hs.on_confirm(msg))
+            elif kind == "abort" and hs is not None:
+                self._hs = None
+                self._handshake_failed("the peer could not confirm the handshake: passcode "
+                                       "mismatch, or someone is interfering")
+            # Anything else belongs to an attempt that is over: ignore it.
+        except handshake.PasscodeMismatch as err:
+            self._hs = None
+            if kind == "share":
+                self._send_hs({"hs": "abort", "v": 1})
+            self._handshake_failed(str(err))
+        except (CryptoError, handshake.HandshakeStateError) as err:
+            # Malformed or stale (an echo of an earlier attempt): not a guess.
+            self._notice(f"ignored a bad handshake message: {err}", "bad_handshake", "warn")
+
+    def _handshake_failed(self, reason: str) -> None:
+        self._hs_failures += 1
+        left = self.max_failures - self._hs_failures
+        if left <= 0:
+            self.locked = True
+            self._notice(f"{reason}. {self._hs_failures} failed handshakes in a row: this "
+                         "client no longer accepts new ones (each is a passcode guess); "
+                         "check the passcode with your peer and restart", "passcode_mismatch",
+                         "error")
+        else:
+            self._notice(f"{reason}. Not retrying by itself: check the passcode with your "
+                         f"peer, then one of you restarts ({left} more failure(s) and this "
+                         "client stops accepting handshakes)", "passcode_mismatch", "error")
+
+    def _establish(self, keys: handshake.SessionKeys) -> None:
+        self._hs = None
+        self._hs_failures = 0
+        self._hs_timeouts = 0
+        if keys.role == "initiator":
+            assert keys.peer_ratchet_pub is not None
+            rat = ratchet.Ratchet.initiator(keys.root_key, keys.peer_ratchet_pub, keys.ad,
+                                            rng=self._rng)
+        else:
+            assert keys.own_ratchet_priv is not None
+            rat = ratchet.Ratchet.responder(keys.root_key, keys.own_ratchet_priv, keys.ad,
+                                            rng=self._rng)
+        replaced = self.session is not None
+        self._previous = self.session
+        self.session = Session(keys, rat, keys.sid.hex())
+        self.verified = False
+        self._events.append(SessionStarted(keys.safety_number, keys.sid.hex(), replaced))
+        if rat.can_send:
+            self._seal_and_submit({"k": "hi"}, None)
+        # Everything not yet confirmed goes out again under the new session.
+        for out in self.outbox.values():
+            if not out.state.settled:
+                out.state = OutState.QUEUED
+        self._pump()
+
+    # -- default mode: messages -----------------------------------------------
+
+    def _open_ratchet(self, body: str, expires_at: float) -> None:
+        sid, data = _parse_ratchet_body(body)
+        session = None
+        for candidate in (self.session, self._previous):
+            if candidate is not None and candidate.sid == sid:
+                session = candidate
+                break
+        if session is None:
+            self._notice(f"a message from {self.peer} belongs to an earlier session and "
+                         "cannot be read; it is sent again once the new session is up",
+                         "old_session")
+            self._maybe_initiate()
+            return
+        could_send = session.ratchet.can_send
+        plaintext = session.ratchet.decrypt(data)
+        inner = _parse_inner(plaintext)
+        kind = inner["k"]
+        if kind == "msg":
+            self._receipt(session, inner)
+            key = (inner["e"], inner["n"])
+            if key not in self._seen_msgs:
+                _remember(self._seen_msgs, key)
+                self._events.append(Received(self.peer, inner["text"], inner["ts"],
+                                             expires_at, inner["ttl"]))
+        elif kind == "rcpt":
+            if inner["e"] == self.epoch:
+                for n in inner["n"]:
+                    out = self.outbox.get(n)
+                    if out is not None and out.state is not OutState.DELIVERED:
+                        out.state = OutState.DELIVERED
+                        self._events.append(Delivered(n))
+        if not could_send and session.ratchet.can_send:
+            self._pump()  # the responder may send from now on
+
+    def _receipt(self, session: Session, inner: dict[str, Any]) -> None:
+        if session is self.session and session.ratchet.can_send:
+            self._seal_and_submit({"k": "rcpt", "e": inner["e"], "n": [inner["n"]]}, None)
+
+    def _pump(self) -> None:
+        """Send every queued message that can go out now."""
+        if not self.connected:
+            return
+        for out in self.outbox.values():
+            if out.state is not OutState.QUEUED:
+                continue
+            if self.mode is Mode.STATIC:
+                assert self._box is not None
+                out.body = self._box.seal(out.text, out.ttl)
+                out.deadline = self._clock() + out.ttl
+                self._submit(out)
+                continue
+            session = self.session
+            if session is None or not session.ratchet.can_send:
+                return
+            inner = {"k": "msg", "e": self.epoch, "n": out.n, "ts": out.ts, "ttl": out.ttl,
+                     "text": out.text}
+            out.sid = session.sid
+            out.deadline = self._clock() + out.ttl
+            self._seal_and_submit(inner, out)
+
+    def _seal_and_submit(self, inner: dict[str, Any], out: Outgoing | None) -> None:
+        session = self.session
+        assert session is not None
+        plaintext = json.dumps(inner, ensure_ascii=False, separators=(",", ":")).encode()
+        body = ("r1." + session.sid + "."
+                + base64.b64encode(session.ratchet.encrypt(plaintext)).decode())
+        if out is None:
+            ref = self._ref("ctl", None)
+            self._frames.append({"type": "send", "ref": ref, "to": self.peer,
+                                 "ttl": self.ttl, "body": body})
+        else:
+            out.body = body
+            self._submit(out)
+
+    def _submit(self, out: Outgoing) -> None:
+        out.state = OutState.SENT
+        out.ref = self._ref("msg", out)
+        self._frames.append({"type": "send", "ref": out.ref, "to": self.peer, "ttl": out.ttl,
+                             "body": out.body})
+
+    def _ref(self, purpose: str, out: Outgoing | None) -> int:
+        self._next_ref += 1
+        self._refs[self._next_ref] = (purpose, out)
+        if len(self._refs) > DEDUP_MEMORY:  # answers that never came: forget the oldest
+            del self._refs[next(iter(self._refs))]
+        return self._next_ref
+
+    def _fail(self, out: Outgoing, reason: str) -> None:
+        out.state = OutState.FAILED
+        self._events.append(Undelivered(out.n, reason))
+
+    def _notice(self, text: str, code: str = "info", level: str = "info") -> None:
+        self._events.append(Notice(text, code, level))
+
+
+def _remember(memory: OrderedDict[Any, None], key: Any) -> None:
+    memory[key] = None
+    if len(memory) > DEDUP_MEMORY:
+        memory.popitem(last=False)
+
+
+class BadBody(CryptoError):
+    code = "bad_message"
+
+
+def _parse_hs(body: str) -> dict[str, Any]:
+    if not body.startswith("h1."):
+        raise BadBody("a handshake message has an unknown format")
+    try:
+        msg = json.loads(base64.b64decode(body[3:], validate=True).decode("utf-8"))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise BadBody("a handshake message is not valid") from None
+    if not isinstance(msg, dict):
+        raise BadBody("a handshake message is not valid")
+    return msg
+
+
+def _parse_ratchet_body(body: str) -> tuple[str, bytes]:
+    if body.startswith("s1."):
+        raise BadBody("the peer is in --static mode; both sides must use the same mode")
+    parts = body.split(".")
+    if len(parts) != 3 or parts[0] != "r1" or len(parts[1]) != 32:
+        raise BadBody("a message has an unknown format")
+    try:
+        return parts[1], base64.b64decode(parts[2], validate=True)
+    except (binascii.Error, ValueError):
+        raise BadBody("a message is not valid base64") from None
+
+
+def _parse_inner(plaintext: bytes) -> dict[str, Any]:
+    try:
+        inner = json.loads(plaintext.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise BadBody("a message decrypted but is not valid JSON") from None
+    if not isinstance(inner, dict):
+        raise BadBody("a message decrypted but is not an object")
+    kind = inner.get("k")
+    ok = False
+    if kind == "msg":
+        ok = (isinstance(inner.get("e"), str) and type(inner.get("n")) is int
+              and type(inner.get("ts")) in (int, float) and type(inner.get("ttl")) is int
+              and isinstance(inner.get("text"), str))
+    elif kind == "rcpt":
+        ns = inner.get("n")
+        ok = (isinstance(inner.get("e"), str) and isinstance(ns, list) and len(ns) <= 1024
+              and all(type(n) is int for n in ns))
+    elif kind == "hi":
+        ok = True
+    if not ok:
+        raise BadBody("a message decrypted but its fields are wrong")
+    return inner

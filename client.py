@@ -1,0 +1,483 @@
+"""The chat client's asyncio layer: connect, prove the name, pump frames, reconnect.
+
+Thin glue around :class:`chat.ChatCore`: it opens TCP or TLS to the relay,
+checks the relay's certificate (``--cafile``, ``--pin`` or trust on first use),
+answers the relay's name-ownership challenge, feeds relay frames to the core,
+sends what the core wants sent, sends heartbeats, and reconnects with backoff
+and jitter when the relay goes away. Events for the user come out of
+:meth:`ChatClient.events` (an async iterator) or the ``on_event`` callback.
+
+Client errors::
+
+    MsgrError
+    └── ClientError
+        ├── ConnectFailed     the relay cannot be reached (refused, DNS, timeout)
+        ├── RelayRefused      the relay said no (name owned, bad name, version...)
+        └── WrongTransport    TLS against a plain port, or plain against TLS
+    (certificate problems are certs.TlsError)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nacl.signing import SigningKey
+
+import framing
+from chat import ChatCore, Event, Mode
+from errors import MsgrError
+
+#: Seconds to open the TCP connection and finish TLS.
+CONNECT_TIMEOUT = 10.0
+#: Reconnect backoff: first wait, cap, and the jitter fraction (so a relay
+#: restart is not met by every client in the same millisecond).
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+BACKOFF_JITTER = 0.3
+#: Relay codes after which reconnecting cannot help.
+FATAL_CODES = frozenset({"name_owned", "bad_name", "version", "bad_signature", "replaced",
+                         "protocol", "bad_frame", "frame_too_large"})
+
+AUTH_LABEL = b"msgr/v1/relay-auth\x00"  # must match relay.AUTH_LABEL
+
+
+class ClientError(MsgrError):
+    pass
+
+
+class ConnectFailed(ClientError):
+    code = "connect"
+
+
+class RelayRefused(ClientError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class WrongTransport(ClientError):
+    code = "transport"
+
+
+@dataclass(frozen=True)
+class Status:
+    """Connection news for the UI: ``state`` is connecting, connected,
+    disconnected or reconnecting; ``detail`` is a sentence."""
+
+    state: str
+    detail: str
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    cafile: str | None = None
+    pin: str | None = None
+    known_hosts: str | None = None   # path; None means the default file
+    trust_on_first_use: bool = True
+
+
+def parse_server(text: str, default_port: int = 8765) -> tuple[str, int]:
+    """``HOST:PORT``, ``HOST`` or ``[v6]:PORT`` -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ClientError(f"bad --server {text!r}: expected HOST:PORT")
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        raise ClientError(f"bad port in --server {text!r}: expected a number") from None
+    if not 0 < port < 65536:
+        raise ClientError(f"bad port {port}: expected 1-65535")
+    return host, port
+
+
+def load_identity(path: str | None) -> SigningKey:
+    """The Ed25519 key that owns our name at the relay.
+
+    With no path, a fresh key per run. With a path, the key is read from it,
+    or created there (owner-only permissions) if the file does not exist.
+    """
+    if path is None:
+        return SigningKey.generate()
+    try:
+        with open(path, "rb") as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        key = SigningKey.generate()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as err:
+            raise ClientError(f"cannot create identity file {path}: {err.strerror}") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"msgr-identity-v1 " + base64.b64encode(bytes(key)) + b"\n")
+        return key
+    except OSError as err:
+        raise ClientError(f"cannot read identity file {path}: {err.strerror}") from None
+    label, _, b64 = text.partition(b" ")
+    try:
+        if label != b"msgr-identity-v1":
+            raise ValueError
+        return SigningKey(base64.b64decode(b64, validate=True))
+    except ValueError:
+        raise ClientError(f"identity file {path} is not a msgr identity "
+                          "(delete it to make a new one)") from None
+
+
+class ChatClient:
+    """Run a :class:`ChatCore` over a relay connection, reconnecting as needed."""
+
+    def __init__(self, core: ChatCore, *, host: str, port: int,
+                 tls: TlsOptions | None = None, identity: SigningKey | None = None,
+                 on_event: Callable[[Event | Status], None] | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT,
+                 max_frame: int = framing.DEFAULT_MAX_FRAME) -> None:
+        self.core = core
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.identity = identity or SigningKey.generate()
+        self.connect_timeout = connect_timeout
+        self.max_frame = max_frame
+        self.fingerprint: str | None = None
+        self.heartbeat = 20.0
+        self.limits: dict[str, Any] = {}
+        self._on_event = on_event
+        self._queue: asyncio.Queue[Event | Status | None] = asyncio.Queue()
+        self._writer: asyncio.StreamWriter | None = None
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._ready = asyncio.Event()
+        self._ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host.lower()}:{self.port}"
+
+    # -- public API ------------------------------------------------------------
+
+    def send(self, text: str) -> int:
+        """Queue a message; returns its number. Sent as soon as possible."""
+        n = self.core.send(text)
+        self._kick()
+        return n
+
+    async def wait_connected(self) -> None:
+        await self._ready.wait()
+
+    async def events(self) -> AsyncIterator[Event | Status]:
+        """Every event, in order, until the client is closed."""
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            yield item
+
+    def close(self) -> None:
+        """Stop; run() returns soon after."""
+        self._closed = True
+        self._wake.set()
+        if self._writer is not None:
+            # Say bye so the relay frees our name at once for a next run.
+            if self._ready.is_set() and not self._writer.is_closing():
+                self._writer.write(framing.encode_frame({"type": "bye"}))
+            self._writer.close()
+
+    def poke(self) -> None:
+        """Tell the client that the core changed (e.g. after a /ttl command)."""
+        self._kick()
+
+    async def run(self) -> None:
+        """Connect and serve until :meth:`close`. Raises ClientError/TlsError
+        when the first connection fails or the relay refuses us for good."""
+        delay = BACKOFF_FIRST
+        first = True
+        try:
+            while not self._closed:
+                try:
+                    await self._session(first)
+                    delay = BACKOFF_FIRST  # we were connected: start backoff afresh
+                except RelayRefused as err:
+                    if err.code in FATAL_CODES or first:
+                        raise
+                    self._status("disconnected", f"relay: {err}")
+                except (ConnectFailed, WrongTransport):
+                    if first:
+                        raise
+                except (OSError, framing.FramingError, asyncio.IncompleteReadError) as err:
+                    if first and not self._ready.is_set():
+                        raise ConnectFailed(f"lost the relay at {self.address} while "
+                                            f"connecting: {_reason(err)}") from None
+                    self._status("disconnected", f"lost the relay at {self.address}: "
+                                 f"{_reason(err)}")
+                first = False
+                self._ready.clear()
+                self.core.disconnected()
+                self._flush_events()
+                if self._closed:
+                    break
+                wait = delay * (1 + random.uniform(-BACKOFF_JITTER, BACKOFF_JITTER))
+                self._status("reconnecting", f"reconnecting to {self.address} in {wait:.1f} s")
+                await self._sleep(wait)
+                delay = min(delay * 2, BACKOFF_MAX)
+        finally:
+            self._closed = True
+            self._queue.put_nowait(None)
+
+    # -- one connection ------------------------------------------------------------
+
+    async def _session(self, first: bool) -> None:
+        self._status("connecting", f"connecting to {self.address}"
+                     + (" with TLS" if self.tls else ""))
+        reader, writer = await self._open()
+        self._writer = writer
+        try:
+            await self._authenticate(reader, writer)
+            self._ready.set()
+            self._status("connected", f"connected to {self.address}"
+                         + (" (TLS)" if self.tls else " (no TLS)"), self.fingerprint)
+            self.core.connected_to_relay()
+            await self._pump(reader, writer)
+        finally:
+            self._writer = None
+            writer.close()
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        context = None
+        if self.tls is not None:
+            if self._ssl_context is None:
+                import certs
+                self._ssl_context = certs.client_context(cafile=self.tls.cafile)
+            context = self._ssl_context
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, ssl=context,
+                                        server_hostname=self.host if context else None,
+                                        limit=self.max_frame + 8),
+                self.connect_timeout)
+        except asyncio.TimeoutError:
+            raise ConnectFailed(f"timed out connecting to {self.address} after "
+                                f"{self.connect_timeout:g} s") from None
+        except ssl.SSLCertVerificationError as err:
+            import certs
+            raise certs.unknown_certificate(err, address=self.address) from None
+        except ssl.SSLError as err:
+            raise WrongTransport(f"TLS failed with {self.address} ({err.reason or err}): is "
+                                 "the relay running without --tls? Then drop --tls") from None
+        except ConnectionRefusedError:
+            raise ConnectFailed(f"connection refused by {self.address}: is `msgr serve` "
+                                "running there, on that port?") from None
+        except OSError as err:
+            raise ConnectFailed(f"cannot reach {self.address}: {_reason(err)}") from None
+        if context is not None and self.tls is not None:
+            self._check_certificate(writer)
+        return reader, writer
+
+    def _check_certificate(self, writer: asyncio.StreamWriter) -> None:
+        import certs
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        if not der:
+            writer.close()
+            raise WrongTransport(f"{self.address} presented no certificate")
+        tls = self.tls
+        assert tls is not None
+        if tls.cafile:
+            self.fingerprint = certs.fingerprint(der)
+            return
+        known = None
+        if tls.pin is None and tls.trust_on_first_use:
+            known = certs.KnownHosts(tls.known_hosts or certs.default_known_hosts_path())
+        try:
+            fp, how = certs.verify_peer(der, address=self.address, pin=tls.pin,
+                                        known_hosts=known)
+        except MsgrError:
+            writer.close()
+            raise
+        self.fingerprint = fp
+        if how == "new":
+            self._status("trust", f"trusting the relay's certificate {fp} for {self.address} "
+                         "(first use; compare it with the fingerprint the relay printed)", fp)
+
+    async def _authenticate(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        key = base64.b64encode(bytes(self.identity.verify_key)).decode()
+        await framing.write_frame(writer, {"type": "hello", "v": 1, "user": self.core.me,
+                                           "key": key})
+        challenge = await self._expect(reader, "challenge")
+        try:
+            nonce = base64.b64decode(challenge.get("nonce", ""), validate=True)
+        except (ValueError, TypeError):
+            raise RelayRefused("protocol", "the relay sent a malformed challenge") from None
+        signature = self.identity.sign(AUTH_LABEL + nonce + self.core.me.encode()).signature
+        await framing.write_frame(writer, {"type": "auth",
+                                           "sig": base64.b64encode(signature).decode()})
+        welcome = await self._expect(reader, "welcome")
+        limits = welcome.get("limits")
+        if isinstance(limits, dict):
+            self.limits = limits
+            beat = limits.get("heartbeat")
+            if type(beat) in (int, float) and 1 <= beat <= 600:
+                self.heartbeat = float(beat)
+
+    async def _expect(self, reader: asyncio.StreamReader, kind: str) -> dict[str, Any]:
+        try:
+            frame = await asyncio.wait_for(framing.read_frame(reader, max_size=self.max_frame),
+                                           self.connect_timeout)
+        except asyncio.TimeoutError:
+            raise ConnectFailed(f"the relay at {self.address} did not answer within "
+                                f"{self.connect_timeout:g} s") from None
+        except (framing.FramingError, ConnectionResetError, asyncio.IncompleteReadError):
+            frame = None
+        except ssl.SSLError:
+            raise WrongTransport(f"TLS failed with {self.address}: is the relay running "
+                                 "without --tls? Then drop --tls") from None
+        if frame is None:
+            hint = ("" if self.tls else ": if the relay runs with --tls, add --tls")
+            raise WrongTransport(f"the relay at {self.address} closed the connection during "
+                                 f"hello{hint}")
+        if frame.get("type") == "error":
+            raise RelayRefused(str(frame.get("code")), _relay_message(frame))
+        if frame.get("type") != kind:
+            raise RelayRefused("protocol", f"the relay sent {str(frame.get('type'))[:20]!r} "
+                               f"instead of {kind!r}")
+        return frame
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read frames and act on them; send what the core wants; heartbeat."""
+        loop = asyncio.get_running_loop()
+        reading = loop.create_task(self._read_loop(reader))
+        try:
+            last_beat = loop.time()
+            while not self._closed:
+                self._send_pending(writer)
+                await writer.drain()
+                self._flush_events()
+                now = loop.time()
+                if now - last_beat >= self.heartbeat:
+                    await framing.write_frame(writer, {"type": "ping"})
+                    last_beat = now
+                wake_at = last_beat + self.heartbeat
+                deadline = self.core.next_deadline()
+                if deadline is not None:
+                    wake_at = min(wake_at, deadline)
+                self._wake.clear()
+                if reading.done():
+                    reading.result()  # raises the reason the connection ended
+                    raise ConnectionResetError("the relay closed the connection")
+                waiter = loop.create_task(self._wake.wait())
+                try:
+                    await asyncio.wait({waiter, reading}, timeout=max(0.0, wake_at - now),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                self.core.tick()
+        finally:
+            reading.cancel()
+            try:
+                await reading
+            except BaseException:  # noqa: BLE001 - the connection is over either way
+                pass
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        silence = self.heartbeat * 3
+        while True:
+            try:
+                frame = await asyncio.wait_for(
+                    framing.read_frame(reader, max_size=self.max_frame + 1024), silence)
+            except asyncio.TimeoutError:
+                raise ConnectionResetError(f"no answer from the relay for {silence:g} s")
+            if frame is None:
+                raise ConnectionResetError("the relay closed the connection")
+            kind = frame.get("type")
+            if kind == "pong":
+                continue
+            if kind == "shutdown":
+                raise ConnectionResetError("the relay is shutting down")
+            if kind == "error" and frame.get("fatal"):
+                raise RelayRefused(str(frame.get("code")), _relay_message(frame))
+            self.core.handle(frame)
+            self._wake.set()
+
+    def _send_pending(self, writer: asyncio.StreamWriter) -> None:
+        frames = self.core.take_frames()
+        if frames:
+            writer.write(b"".join(framing.encode_frame(f) for f in frames))
+
+    def _kick(self) -> None:
+        self._wake.set()
+
+    def _flush_events(self) -> None:
+        for event in self.core.take_events():
+            self._emit(event)
+
+    def _status(self, state: str, detail: str, fingerprint: str | None = None) -> None:
+        self._emit(Status(state, detail, fingerprint))
+
+    def _emit(self, item: Event | Status) -> None:
+        if self._on_event is not None:
+            self._on_event(item)
+        self._queue.put_nowait(item)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+
+def _relay_message(frame: dict[str, Any]) -> str:
+    return str(frame.get("message") or frame.get("code") or "refused")[:300]
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
+async def open_chat(*, server: str, user: str, peer: str, passcode: str,
+                    static: bool = False, ttl: int = 30, tls: TlsOptions | None = None,
+                    identity: str | None = None, kdf_params: Any = None) -> ChatClient:
+    """Library entry point: derive the key, connect, and return a running client.
+
+    ``async for event in client.events()`` yields :class:`chat.Received` and the
+    other events; ``client.send(text)`` sends; ``client.close()`` ends it.
+    The key derivation (Argon2id, ~0.1-0.3 s) runs in a thread.
+    """
+    import kdf
+    from names import check_name
+
+    check_name(user)
+    check_name(peer, what="peer name")
+    host, port = parse_server(server)
+    params = kdf_params or kdf.DEFAULT_PARAMS
+    key = await asyncio.to_thread(kdf.derive_passcode_key, passcode, user, peer, params=params)
+    core = ChatCore(me=user, peer=peer, key=key, mode=Mode.STATIC if static else Mode.RATCHET,
+                    ttl=ttl, clock=time.monotonic, wallclock=time.time, rng=os.urandom)
+    client = ChatClient(core, host=host, port=port, tls=tls, identity=load_identity(identity))
+    task = asyncio.get_running_loop().create_task(client.run())
+    ready = asyncio.get_running_loop().create_task(client.wait_connected())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        task.result()  # raises why it could not connect
+    client._task = task  # type: ignore[attr-defined]
+    return client

@@ -1,0 +1,297 @@
+"""msgr: end-to-end encrypted, ephemeral chat for the terminal.
+
+This file is the command line: ``python msgr.py serve`` runs a relay,
+``python msgr.py chat`` a client. It parses options, reads the passcode from a
+safe place, and turns every error into one line and an exit code. The work is
+done by the modules it imports lazily (so ``--help`` starts fast):
+
+    msgr.py -> server.py / client.py + ui.py -> relay.py, chat.py
+            -> framing.py, kdf.py, handshake.py, ratchet.py, e2e.py, certs.py -> errors.py
+
+Exit codes: 0 success; 1 an error (one line on stderr says which); 2 bad usage;
+3 some messages were not delivered (named on stderr); 130 interrupted.
+
+Library use: see :func:`client.open_chat` and :func:`server.start_relay`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+__version__ = "0.1.0"
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNDELIVERED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+_LIMIT_OPTIONS = [
+    # (option, RelayConfig field, type, help)
+    ("--max-frame", "max_frame", int, "largest frame in bytes"),
+    ("--ttl-max", "ttl_max", int, "longest message TTL in seconds (at most 60)"),
+    ("--ttl-min", "ttl_min", int, "shortest message TTL in seconds (at least 5)"),
+    ("--mailbox-messages", "mailbox_messages", int, "messages waiting per recipient"),
+    ("--mailbox-bytes", "mailbox_bytes", int, "bytes waiting per recipient"),
+    ("--store-bytes", "store_bytes", int, "total bytes of stored ciphertext (memory budget)"),
+    ("--rate-messages", "rate_messages", float, "messages per second per connection"),
+    ("--burst-messages", "burst_messages", float, "message burst per connection"),
+    ("--rate-bytes", "rate_bytes", float, "bytes per second per connection"),
+    ("--burst-bytes", "burst_bytes", float, "byte burst per connection"),
+    ("--max-connections", "max_connections", int, "connections in total"),
+    ("--max-per-address", "max_per_address", int, "connections from one IP address"),
+    ("--hello-timeout", "hello_timeout", float, "seconds to say hello and prove the name"),
+    ("--tls-timeout", "tls_handshake_timeout", float, "seconds for the TLS handshake"),
+    ("--idle-timeout", "idle_timeout", float, "seconds of silence before a client is dropped"),
+    ("--heartbeat", "heartbeat", float, "heartbeat interval asked of clients, seconds"),
+    ("--claim-ttl", "claim_ttl", float,
+     "seconds a name stays owned by its key after its last connection ends"),
+    ("--write-buffer", "write_buffer", int,
+     "bytes queued to a client before it counts as not reading"),
+    ("--stall-timeout", "stall_timeout", float,
+     "seconds a client may stay not reading before it is dropped"),
+]
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if value == int(value) and value >= 1 else f"{value:g}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="msgr", description="End-to-end encrypted, ephemeral chat through a relay "
+        "that never sees plaintext.",
+        epilog="Run 'msgr serve --help' or 'msgr chat --help' for the options of each.")
+    parser.add_argument("--version", action="version", version=f"msgr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,chat}")
+
+    serve = sub.add_parser(
+        "serve", help="run a relay", description="Run a relay. It stores ciphertext in memory "
+        "only, for at most its TTL, and never sees plaintext or passcodes.")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0, all)")
+    serve.add_argument("--port", type=int, default=8765, help="port to listen on, 0 for any free port "
+                       "(default: 8765)")
+    serve.add_argument("--tls", action="store_true",
+                       help="serve TLS; creates a self-signed certificate if --cert and "
+                       "--key do not exist, and prints its fingerprint")
+    serve.add_argument("--cert", default="cert.pem", help="TLS certificate file, PEM (default: cert.pem)")
+    serve.add_argument("--key", default="key.pem", help="TLS private key file, PEM (default: key.pem)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"],
+                       help="log detail on stderr (default: info); who talks to whom is "
+                       "logged only at debug")
+    from relay import RelayConfig  # light: no crypto imports
+
+    defaults = RelayConfig()
+    limits = serve.add_argument_group("limits (README.md explains each)")
+    for option, field, kind, text in _LIMIT_OPTIONS:
+        limits.add_argument(option, dest=field, type=kind, default=None, metavar="N",
+                            help=f"{text} (default: {_number(getattr(defaults, field))})")
+
+    chat = sub.add_parser(
+        "chat", help="chat with one person",
+        description="Chat with one person who knows the same passcode. Interactive on a "
+        "terminal; with stdin from a pipe, each input line is one message and each received "
+        "message is printed as one line.",
+        epilog="The passcode is read, in order, from --passcode-file, MSGR_PASSCODE, or a "
+        "hidden prompt. --passcode VALUE works but other local users can see it.")
+    chat.add_argument("--server", required=True, metavar="HOST:PORT", help="the relay")
+    chat.add_argument("--user", required=True, metavar="NAME", help="your name")
+    chat.add_argument("--peer", required=True, metavar="NAME", help="who you chat with")
+    chat.add_argument("--tls", action="store_true", help="connect with TLS")
+    chat.add_argument("--cafile", metavar="FILE",
+                      help="trust relay certificates signed by this CA (or this self-signed "
+                      "certificate) instead of trust on first use")
+    chat.add_argument("--pin", metavar="SHA256:..",
+                      help="accept only the relay certificate with this SHA-256 fingerprint")
+    chat.add_argument("--known-hosts", metavar="FILE",
+                      help="where trust-on-first-use fingerprints are kept "
+                      "(default ~/.config/msgr/known_hosts)")
+    chat.add_argument("--ttl", type=int, default=30, metavar="SECONDS",
+                      help="how long the relay keeps your messages (5-60, default 30)")
+    chat.add_argument("--static", action="store_true",
+                      help="the original passcode-key mode: messages can wait for a peer who "
+                      "is not online yet, but the relay could test weak passcodes offline")
+    chat.add_argument("--json", action="store_true",
+                      help="line mode: print one JSON object per line")
+    chat.add_argument("--passcode-file", metavar="FILE",
+                      help="read the passcode from the first line of FILE")
+    chat.add_argument("--passcode", metavar="VALUE", help=argparse.SUPPRESS)
+    chat.add_argument("--identity", metavar="FILE",
+                      help="keep the key that owns your name at the relay in FILE (created if "
+                      "missing), so the name stays yours across runs")
+    chat.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                      help="line mode: at end of input, how long to wait for messages to be "
+                      "confirmed (default: TTL + 5)")
+    chat.add_argument("--plain", action="store_true",
+                      help="on a terminal, use the simple line interface instead of the "
+                      "full screen")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from errors import MsgrError
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _chat(args)
+    except MsgrError as err:
+        print(f"msgr: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+# -- serve ------------------------------------------------------------------------
+
+def _relay_config(args: argparse.Namespace) -> Any:
+    from errors import MsgrError
+    from relay import RelayConfig
+
+    overrides = {field: getattr(args, field) for _, field, _, _ in _LIMIT_OPTIONS
+                 if getattr(args, field) is not None}
+    config = RelayConfig(**overrides)
+    if not 5 <= config.ttl_min <= config.ttl_default <= config.ttl_max <= 60:
+        raise MsgrError("TTL bounds must satisfy 5 <= --ttl-min <= 30 <= --ttl-max <= 60")
+    for _, field, _, _ in _LIMIT_OPTIONS:
+        if getattr(config, field) <= 0:
+            raise MsgrError(f"--{field.replace('_', '-')} must be positive")
+    return config
+
+
+def _certificate_names(host: str) -> dict[str, tuple[str, ...]]:
+    """Names a new self-signed certificate covers, so --cafile works for them."""
+    import ipaddress
+    import socket
+
+    hostnames = ["localhost", socket.gethostname()]
+    ips = ["127.0.0.1", "::1"]
+    if host not in ("0.0.0.0", "::", ""):
+        try:
+            ipaddress.ip_address(host)
+            ips.append(host)
+        except ValueError:
+            hostnames.append(host)
+    return {"hostnames": tuple(dict.fromkeys(hostnames)),
+            "ip_addresses": tuple(dict.fromkeys(ips))}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    import logfmt
+    from errors import MsgrError
+
+    logfmt.setup(args.log_level)
+    config = _relay_config(args)
+    if not 0 <= args.port < 65536:
+        raise MsgrError(f"bad --port {args.port}: expected 0-65535")
+    context = None
+    fingerprint = None
+    if args.tls:
+        import certs
+        created, fingerprint = certs.ensure_certificate(args.cert, args.key,
+                                                        **_certificate_names(args.host))
+        if created:
+            print(f"msgr: created a self-signed certificate {args.cert} and key {args.key} "
+                  "(owner-only)", file=sys.stderr)
+        context = certs.server_context(args.cert, args.key)
+
+    async def run() -> None:
+        import server
+        try:
+            relay_server = await server.start_relay(config, host=args.host, port=args.port,
+                                                    ssl_context=context)
+        except OSError as err:
+            raise MsgrError(f"cannot listen on {args.host}:{args.port}: "
+                            f"{err.strerror or err}") from None
+        host, port = relay_server.address
+        shown = f"[{host}]" if ":" in host else host
+        line = f"msgr relay listening on {shown}:{port}"
+        line += f" with TLS, certificate {fingerprint}" if context else " without TLS"
+        print(line, flush=True)
+        logging.getLogger("msgr.relay").info("listening", extra={"fields": {
+            "addr": f"{shown}:{port}", "tls": bool(context)}})
+        await server.serve_forever(relay_server)
+
+    asyncio.run(run())
+    return EXIT_OK
+
+
+# -- chat -------------------------------------------------------------------------
+
+def _read_passcode(args: argparse.Namespace, interactive: bool) -> str:
+    from errors import MsgrError
+
+    if args.passcode_file:
+        try:
+            with open(args.passcode_file, encoding="utf-8") as f:
+                passcode = f.readline().rstrip("\r\n")
+        except OSError as err:
+            raise MsgrError(f"cannot read --passcode-file {args.passcode_file}: "
+                            f"{err.strerror}") from None
+        except UnicodeDecodeError:
+            raise MsgrError(f"--passcode-file {args.passcode_file} is not UTF-8 text") from None
+    elif args.passcode is not None:
+        print("msgr: warning: --passcode puts the passcode where other local users can see "
+              "it (ps, shell history); prefer the prompt, MSGR_PASSCODE or --passcode-file",
+              file=sys.stderr)
+        passcode = args.passcode
+    elif os.environ.get("MSGR_PASSCODE"):
+        passcode = os.environ["MSGR_PASSCODE"]
+    elif interactive:
+        import getpass
+        passcode = getpass.getpass("passcode: ")
+    else:
+        raise MsgrError("no passcode: stdin is not a terminal, so set MSGR_PASSCODE or use "
+                        "--passcode-file FILE")
+    if not passcode:
+        raise MsgrError("the passcode is empty")
+    return passcode
+
+
+def _chat(args: argparse.Namespace) -> int:
+    import ui
+    from client import TlsOptions, parse_server
+    from errors import MsgrError
+    from names import check_name
+
+    check_name(args.user, what="--user")
+    check_name(args.peer, what="--peer")
+    if args.user == args.peer:
+        raise MsgrError("--user and --peer are the same name")
+    if not 5 <= args.ttl <= 60:
+        raise MsgrError(f"--ttl {args.ttl} is out of range: use 5 to 60 seconds")
+    if (args.cafile or args.pin) and not args.tls:
+        raise MsgrError("--cafile and --pin only make sense with --tls")
+    if args.cafile and args.pin:
+        raise MsgrError("use either --cafile or --pin, not both")
+    if args.pin:
+        import certs
+        args.pin = certs.normalize_fingerprint(args.pin)
+    host, port = parse_server(args.server)
+    interactive = sys.stdin.isatty() and not args.json
+    passcode = _read_passcode(args, interactive)
+    tls = TlsOptions(cafile=args.cafile, pin=args.pin, known_hosts=args.known_hosts) \
+        if args.tls else None
+    options = ui.ChatOptions(host=host, port=port, user=args.user, peer=args.peer,
+                             passcode=passcode, tls=tls, ttl=args.ttl, static=args.static,
+                             json=args.json, identity=args.identity, wait=args.wait)
+    del passcode
+    if interactive and not args.plain:
+        return ui.run_screen(options)
+    return ui.run_lines(options, interactive=interactive)
+
+
+def main_entry() -> None:
+    """Console-script entry point (``msgr`` after ``pip install .``)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_entry()
