@@ -10,9 +10,13 @@ reads a clock, draws randomness or touches a socket on its own.
 
 Default mode, in short (PROTOCOL.md has the details):
 
-* Both clients watch each other's presence at the relay. A client with no
-  session starts a handshake when its peer is online. If both start at once,
-  the ``init`` from the lower name wins and the other side answers it.
+* Both clients watch each other's presence at the relay. Roles are fixed:
+  the name that sorts first is always the CPace initiator. An initiator with
+  no session starts a handshake when its peer is online; a responder with no
+  session asks for one with a ``req``. An initiator never answers an
+  ``init``, so a man in the middle cannot make both people responders (which
+  would let it contribute the last share of both sessions and grind their
+  safety numbers towards each other; see handshake.py).
 * After the handshake the initiator sends a ``hi`` through the ratchet so the
   responder can send too (a ratchet responder cannot send first).
 * Each message stays in the outbox until the peer's client returns a receipt
@@ -192,6 +196,8 @@ class ChatCore:
         self._previous: Session | None = None
         self._hs: handshake.Initiator | handshake.Responder | None = None
         self._hs_started = 0.0
+        self._req_at: float | None = None   # responder: when we last asked for a handshake
+        self.initiator = me < peer
         self._hs_failures = 0
         self._hs_timeouts = 0
         self.locked = False
@@ -281,6 +287,8 @@ class ChatCore:
                  if o.deadline is not None and not o.state.settled]
         if self._hs is not None:
             times.append(self._hs_started + self.handshake_timeout)
+        if self._req_at is not None:
+            times.append(self._req_at + self.handshake_timeout)
         return min(times) if times else None
 
     def tick(self) -> None:
@@ -291,8 +299,10 @@ class ChatCore:
                 if self.mode is Mode.STATIC and out.state is OutState.ACCEPTED:
                     continue  # the relay tells us if it expires unread
                 self._fail(out, f"{self.peer} did not confirm it within its {out.ttl} s TTL")
-        if self._hs is not None and now - self._hs_started >= self.handshake_timeout:
+        req_due = self._req_at is not None and now - self._req_at >= self.handshake_timeout
+        if req_due or (self._hs is not None and now - self._hs_started >= self.handshake_timeout):
             self._hs = None
+            self._req_at = None
             self._hs_timeouts += 1
             self._notice(f"the handshake with {self.peer} timed out", "handshake_timeout",
                          "warn")
@@ -383,6 +393,13 @@ class ChatCore:
                 or self.session is not None or self._hs is not None or self.locked
                 or self._hs_failures or self._hs_timeouts >= MAX_HANDSHAKE_TIMEOUTS):
             return
+        if self.initiator:
+            self._initiate()
+        elif self._req_at is None:
+            self._req_at = self._clock()
+            self._send_hs({"hs": "req", "v": 1})
+
+    def _initiate(self) -> None:
         initiator = handshake.Initiator(prs=self._key, me=self.me, peer=self.peer, rng=self._rng)
         self._start_hs(initiator)
         self._send_hs(initiator.start())
@@ -400,14 +417,23 @@ class ChatCore:
 
     def _on_handshake(self, body: str) -> None:
         msg = _parse_hs(body)
-        kind = "abort" if msg.get("hs") == "abort" else handshake.kind_of(msg)
+        kind = msg.get("hs") if msg.get("hs") in ("abort", "req") else handshake.kind_of(msg)
         hs = self._hs
         try:
-            if kind == "init":
+            if kind == "req":
+                # The peer has no session (it started or restarted): start one,
+                # even if we still have the old one. Not when locked.
+                if self.initiator and hs is None and not self.locked:
+                    self._initiate()
+            elif kind == "init":
                 if self.locked:
                     return
-                if isinstance(hs, handshake.Initiator) and self.me < self.peer:
-                    return  # both started: the lower name's init wins, and that is ours
+                if self.initiator:
+                    self._notice(f"ignored a handshake start from {self.peer}: the name that "
+                                 "sorts first starts handshakes, and that is you",
+                                 "bad_handshake", "warn")
+                    return
+                self._req_at = None
                 responder = handshake.Responder(prs=self._key, me=self.me, peer=self.peer,
                                                 rng=self._rng)
                 self._start_hs(responder)
@@ -450,6 +476,7 @@ class ChatCore:
 
     def _establish(self, keys: handshake.SessionKeys) -> None:
         self._hs = None
+        self._req_at = None
         self._hs_failures = 0
         self._hs_timeouts = 0
         if keys.role == "initiator":

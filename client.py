@@ -402,7 +402,8 @@ class ChatClient:
                 frame = await asyncio.wait_for(
                     framing.read_frame(reader, max_size=self.max_frame + 1024), silence)
             except asyncio.TimeoutError:
-                raise ConnectionResetError(f"no answer from the relay for {silence:g} s")
+                raise ConnectionResetError(
+                    f"no answer from the relay for {silence:g} s") from None
             if frame is None:
                 raise ConnectionResetError("the relay closed the connection")
             kind = frame.get("type")

@@ -67,14 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="run a relay", description="Run a relay. It stores ciphertext in memory "
         "only, for at most its TTL, and never sees plaintext or passcodes.")
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0, all)")
-    serve.add_argument("--port", type=int, default=8765, help="port to listen on, 0 for any free port "
-                       "(default: 8765)")
+    serve.add_argument("--host", default="0.0.0.0",
+                       help="address to listen on (default: 0.0.0.0, all)")
+    serve.add_argument("--port", type=int, default=8765,
+                       help="port to listen on, 0 for any free port (default: 8765)")
     serve.add_argument("--tls", action="store_true",
                        help="serve TLS; creates a self-signed certificate if --cert and "
                        "--key do not exist, and prints its fingerprint")
-    serve.add_argument("--cert", default="cert.pem", help="TLS certificate file, PEM (default: cert.pem)")
-    serve.add_argument("--key", default="key.pem", help="TLS private key file, PEM (default: key.pem)")
+    serve.add_argument("--cert", default="cert.pem",
+                       help="TLS certificate file, PEM (default: cert.pem)")
+    serve.add_argument("--key", default="key.pem",
+                       help="TLS private key file, PEM (default: key.pem)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"],
                        help="log detail on stderr (default: info); who talks to whom is "

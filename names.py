@@ -15,7 +15,7 @@ from errors import MsgrError
 #: to keep every frame that carries names small.
 MAX_NAME_LENGTH = 32
 
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,%d}\Z" % (MAX_NAME_LENGTH - 1))
+_NAME_RE = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}\Z")
 
 
 class BadName(MsgrError):

@@ -1,0 +1,381 @@
+"""ChatCore against the real relay logic, in memory, with a manual clock.
+
+Two ChatCores and the real :class:`relay.Relay` are wired together through
+in-memory links (the relay's sans-I/O core, not a mock), so sessions,
+restarts, loss and replays can be driven step by step and deterministically.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+
+import pytest
+from nacl.signing import SigningKey
+
+import chat
+import framing
+import relay
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class MemLink:
+    def __init__(self, name: str) -> None:
+        self.address = f"mem:{name}"
+        self.decoder = framing.FrameDecoder()
+        self.inbox: list[dict[str, Any]] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.inbox.extend(self.decoder.feed(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Net:
+    """The real relay core plus any number of ChatCores attached to it."""
+
+    def __init__(self, config: relay.RelayConfig | None = None) -> None:
+        self.clock = Clock()
+        self.relay = relay.Relay(config or relay.RelayConfig(), clock=self.clock,
+                                 wallclock=lambda: self.clock.now + 1.7e9, rng=os.urandom)
+        self.peers: dict[str, tuple[chat.ChatCore, relay.Client, MemLink]] = {}
+        self.events: dict[str, list[Any]] = {}
+        self.tap: list[dict[str, Any]] = []   # every frame the relay delivers
+        self.keys: dict[str, SigningKey] = {}
+
+    def core(self, me: str, peer: str, key: bytes = KEY, **kw: Any) -> chat.ChatCore:
+        return chat.ChatCore(me=me, peer=peer, key=key, clock=self.clock,
+                             wallclock=lambda: self.clock.now + 1.7e9, rng=os.urandom, **kw)
+
+    def attach(self, core: chat.ChatCore, key: SigningKey | None = None) -> None:
+        link = MemLink(core.me)
+        client = self.relay.connect(link)
+        # Each name keeps its key across restarts, as with --identity.
+        key = key or self.keys.setdefault(core.me, SigningKey.generate())
+        self.relay.receive(client, {"type": "hello", "v": 1, "user": core.me,
+                                    "key": base64.b64encode(bytes(key.verify_key)).decode()})
+        nonce = base64.b64decode(link.inbox.pop()["nonce"])
+        sig = key.sign(relay.AUTH_LABEL + nonce + core.me.encode()).signature
+        self.relay.receive(client, {"type": "auth", "sig": base64.b64encode(sig).decode()})
+        assert link.inbox.pop(0)["type"] == "welcome"
+        self.peers[core.me] = (core, client, link)
+        self.events.setdefault(core.me, [])
+        core.connected_to_relay()
+
+    def detach(self, name: str) -> None:
+        core, client, link = self.peers.pop(name)
+        link.close()
+        self.relay.disconnect(client)
+        core.disconnected()
+
+    def pump(self, *, drop: Any = None) -> None:
+        """Move frames until nothing moves. ``drop(frame)`` may swallow deliveries."""
+        for _ in range(1000):
+            moved = False
+            for name, (core, client, link) in list(self.peers.items()):
+                for frame in core.take_frames():
+                    moved = True
+                    self.relay.receive(client, frame)
+                inbox, link.inbox = link.inbox, []
+                for frame in inbox:
+                    moved = True
+                    if frame["type"] == "deliver":
+                        self.tap.append(frame)
+                        if drop is not None and drop(frame):
+                            continue
+                    core.handle(frame)
+                self.events[name].extend(core.take_events())
+            if not moved:
+                return
+        raise AssertionError("frames never stopped moving")
+
+    def advance(self, seconds: float) -> None:
+        self.clock.now += seconds
+        self.relay.tick()
+        for core, _, _ in self.peers.values():
+            core.tick()
+        self.pump()
+
+    def received(self, name: str) -> list[str]:
+        return [e.text for e in self.events[name] if isinstance(e, chat.Received)]
+
+    def of(self, name: str, kind: type) -> list[Any]:
+        return [e for e in self.events[name] if isinstance(e, kind)]
+
+
+def pair(net: Net, **kw: Any) -> tuple[chat.ChatCore, chat.ChatCore]:
+    alice, bob = net.core("alice", "bob", **kw), net.core("bob", "alice", **kw)
+    net.attach(alice)
+    net.attach(bob)
+    net.pump()
+    return alice, bob
+
+
+def test_session_messages_both_ways_and_receipts():
+    net = Net()
+    alice, bob = pair(net)
+    assert alice.safety_number == bob.safety_number is not None
+    assert len(alice.safety_number.replace(" ", "")) == 40
+    n = alice.send("hello bob")
+    bob.send("hello alice")
+    net.pump()
+    assert net.received("bob") == ["hello bob"]
+    assert net.received("alice") == ["hello alice"]
+    assert [d.n for d in net.of("alice", chat.Delivered)] == [n]
+    assert not alice.unsettled() and not bob.unsettled()
+    # The relay only ever saw opaque bodies.
+    assert all("hello" not in f["body"] for f in net.tap)
+
+
+def test_messages_typed_before_the_peer_arrives_wait_for_the_session():
+    net = Net()
+    alice = net.core("alice", "bob")
+    net.attach(alice)
+    alice.send("early one")
+    alice.send("early two")
+    net.pump()
+    net.advance(120)   # long before bob arrives: still waiting, not failed
+    assert not net.of("alice", chat.Undelivered)
+    bob = net.core("bob", "alice")
+    net.attach(bob)
+    net.pump()
+    assert net.received("bob") == ["early one", "early two"]
+    assert len(net.of("alice", chat.Delivered)) == 2
+
+
+def test_wrong_passcode_is_detected_not_retried_and_locks_after_three():
+    net = Net()
+    alice = net.core("alice", "bob")
+    bob = net.core("bob", "alice", key=OTHER_KEY)
+    net.attach(alice)
+    net.attach(bob)
+    alice.send("secret")
+    net.pump()
+    assert net.received("bob") == []
+    for name in ("alice", "bob"):
+        codes = [e.code for e in net.of(name, chat.Notice)]
+        assert "passcode_mismatch" in codes, (name, net.events[name])
+    assert alice.session is None and bob.session is None
+    # Not retried by itself, even as time passes and presence changes.
+    frames_before = len(net.tap)
+    net.advance(100)
+    assert len([f for f in net.tap[frames_before:] if f["kind"] == "hs"]) == 0
+    # Bob restarts twice more with the wrong passcode: alice then locks.
+    for _attempt in range(2):
+        net.detach("bob")
+        bob = net.core("bob", "alice", key=OTHER_KEY)
+        net.attach(bob)
+        net.pump()
+    assert alice.locked
+    assert "no longer accepts" in net.of("alice", chat.Notice)[-1].text
+    # Bob with the right passcode is now refused by alice until she restarts.
+    net.detach("bob")
+    bob = net.core("bob", "alice")
+    net.attach(bob)
+    net.pump()
+    assert alice.session is None and net.received("bob") == []
+
+
+def test_responder_restart_replaces_the_session_and_resends_unconfirmed():
+    net = Net()
+    alice, bob = pair(net)
+    first = alice.safety_number
+    # Bob's client dies with a message in flight that he never received.
+    lost = alice.send("in flight")
+    net.pump(drop=lambda f: f["from"] == "alice" and f["kind"] == "msg")
+    net.detach("bob")
+    bob2 = net.core("bob", "alice")
+    net.attach(bob2)
+    net.pump()
+    assert alice.safety_number == bob2.safety_number != first
+    assert net.received("bob") == ["in flight"]
+    assert [d.n for d in net.of("alice", chat.Delivered)] == [lost]
+    assert any(e.replaced for e in net.of("alice", chat.SessionStarted))
+
+
+def test_initiator_restart_too():
+    net = Net()
+    alice, bob = pair(net)
+    pending = bob.send("to the old alice")
+    net.pump(drop=lambda f: f["from"] == "bob" and f["kind"] == "msg")
+    net.detach("alice")
+    alice2 = net.core("alice", "bob")
+    net.attach(alice2)
+    net.pump()
+    assert net.received("alice") == ["to the old alice"]
+    assert [d.n for d in net.of("bob", chat.Delivered)] == [pending]
+
+
+def test_relay_blip_keeps_the_ratchet():
+    net = Net()
+    alice, bob = pair(net)
+    sid = alice.session.sid
+    net.detach("bob")
+    alice.send("while bob reconnects")
+    net.pump()
+    net.attach(bob)
+    net.pump()
+    assert alice.session.sid == bob.session.sid == sid   # no new handshake
+    assert net.received("bob") == ["while bob reconnects"]
+
+
+def test_unconfirmed_message_is_reported_after_its_ttl():
+    net = Net()
+    alice, bob = pair(net, ttl=10)
+    alice.send("into the void")
+    net.pump(drop=lambda f: f["from"] == "alice")     # the relay "loses" it
+    net.advance(11)
+    undelivered = net.of("alice", chat.Undelivered)
+    assert [u.n for u in undelivered] == [1]
+    assert "10 s" in undelivered[0].reason or "expired" in undelivered[0].reason
+
+
+def test_replayed_and_tampered_deliveries_are_rejected_and_never_shown_twice():
+    net = Net()
+    alice, bob = pair(net)
+    alice.send("once")
+    net.pump()
+    original = next(f for f in reversed(net.tap) if f["from"] == "alice" and f["kind"] == "msg"
+                    and f["body"].startswith("r1."))
+    # A hostile relay re-injects the same ciphertext under a fresh relay id.
+    bob.handle({**original, "id": 10_000})
+    net.events["bob"].extend(bob.take_events())
+    assert net.received("bob") == ["once"]
+    assert "replay" in [e.code for e in net.of("bob", chat.Notice)]
+    # A fresh message, tampered with in transit: rejected, and the state unchanged,
+    # so the untouched original still opens afterwards.
+    alice.send("twice")
+    held = []
+    net.pump(drop=lambda f: f["from"] == "alice" and f["kind"] == "msg" and not held.append(f))
+    frame = next(f for f in held if f["body"].startswith("r1."))
+    body = frame["body"]
+    for i in (len(body) - 5, len(body) - 60, 40):   # ciphertext, MAC region, header
+        flipped = body[:i] + ("A" if body[i] != "A" else "B") + body[i + 1:]
+        bob.handle({**frame, "id": 10_001 + i, "body": flipped})
+    net.events["bob"].extend(bob.take_events())
+    assert net.received("bob") == ["once"]
+    codes = [e.code for e in net.of("bob", chat.Notice)]
+    assert codes.count("forged") + codes.count("bad_message") >= 3, codes
+    for f in held:
+        bob.handle(f)
+    net.pump()
+    assert net.received("bob") == ["once", "twice"]
+
+
+def test_initiator_refuses_an_init_so_a_mitm_cannot_make_both_responders():
+    net = Net()
+    alice, bob = pair(net)
+    assert alice.initiator and not bob.initiator
+    # Someone sends alice an "init" as if bob were starting a handshake.
+    fake = "h1." + base64.b64encode(b'{"hs":"init","v":1,"na":"AAAAAAAAAAAAAAAAAAAAAA=="}').decode()
+    alice.handle({"type": "deliver", "id": 20_000, "from": "bob", "kind": "hs", "ttl": 30,
+                  "expires_at": 0, "body": fake})
+    assert alice.take_frames() == [{"type": "ack", "ids": [20_000]}]   # no handshake reply
+    assert "sorts first" in alice.take_events()[-1].text
+
+
+def test_message_from_a_stranger_is_ignored():
+    net = Net()
+    alice, bob = pair(net)
+    mallory = net.core("mallory", "alice")
+    net.attach(mallory)
+    net.relay.receive(net.peers["mallory"][1], {"type": "send", "ref": 1, "to": "alice",
+                                                 "ttl": 30, "body": "r1.x"})
+    net.pump()
+    assert net.received("alice") == []
+    assert any(e.code == "stranger" for e in net.of("alice", chat.Notice))
+
+
+# -- static mode -------------------------------------------------------------------
+
+def test_static_mode_waits_for_an_offline_peer_and_reports_expiry():
+    net = Net(relay.RelayConfig(ttl_min=1))
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC, ttl=10)
+    net.attach(alice)
+    alice.send("waits at the relay")
+    net.pump()
+    assert not alice.unsettled()                  # accepted by the relay: sent
+    assert len(net.of("alice", chat.Accepted)) == 1
+    bob = net.core("bob", "alice", mode=chat.Mode.STATIC)
+    net.attach(bob)
+    net.pump()
+    assert net.received("bob") == ["waits at the relay"]
+    # A message nobody picks up: its sender is told when the relay drops it.
+    net.detach("bob")
+    alice.send("nobody reads this")
+    net.pump()
+    net.advance(11)
+    assert [u.n for u in net.of("alice", chat.Undelivered)] == [2]
+
+
+def test_static_mode_rejects_wrong_passcode_replay_and_reflection():
+    net = Net()
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC)
+    bob = net.core("bob", "alice", mode=chat.Mode.STATIC)
+    net.attach(alice)
+    net.attach(bob)
+    alice.send("hi")
+    net.pump()
+    original = net.tap[-1]
+    bob.handle({**original, "id": 9_999})                       # replay
+    alice.handle({**original, "id": 9_998, "from": "bob"})      # reflected back to alice
+    for core, name in ((bob, "bob"), (alice, "alice")):
+        net.events[name].extend(core.take_events())
+    assert net.received("bob") == ["hi"] and net.received("alice") == []
+    assert "replay" in [e.code for e in net.of("bob", chat.Notice)]
+    assert "undecryptable" in [e.code for e in net.of("alice", chat.Notice)]
+    carol = net.core("carol", "alice", mode=chat.Mode.STATIC, key=OTHER_KEY)
+    net.attach(carol)
+    eve = net.core("eve", "bob", mode=chat.Mode.STATIC, key=OTHER_KEY)
+    del eve
+    wrong = net.core("bob", "alice", mode=chat.Mode.STATIC, key=OTHER_KEY)
+    sealed = wrong._box.seal("forged", 30)
+    alice.handle({"type": "deliver", "id": 9_997, "from": "bob", "kind": "msg", "ttl": 30,
+                  "expires_at": 0, "body": sealed})
+    assert [e.code for e in alice.take_events()] == ["undecryptable"]
+
+
+def test_mixed_modes_give_a_clear_notice():
+    net = Net()
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC)
+    bob = net.core("bob", "alice")
+    net.attach(alice)
+    net.attach(bob)
+    alice.send("static hello")
+    net.pump()
+    assert net.received("bob") == []
+    assert any("--static" in e.text for e in net.of("bob", chat.Notice))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_loss_and_duplication_never_shows_a_message_twice(seed):
+    import random
+    rng = random.Random(seed)
+    net = Net()
+    alice, bob = pair(net)
+    sent = [f"m{i}" for i in range(30)]
+    for text in sent:
+        (alice if rng.random() < 0.5 else bob).send(text)
+        if rng.random() < 0.3:
+            original = [f for f in net.tap if f["kind"] == "msg"]
+            if original:
+                dup = rng.choice(original)
+                target = bob if dup["from"] == "alice" else alice
+                target.handle({**dup, "id": rng.randrange(10**6, 10**7)})
+        net.pump()
+    shown = net.received("alice") + net.received("bob")
+    assert sorted(shown) == sorted(sent)    # each exactly once
