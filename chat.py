@@ -334,7 +334,7 @@ class ChatCore:
             else:
                 self._open_ratchet(body, float(expires_at))  # type: ignore[arg-type]
         except CryptoError as err:
-            self._notice(str(err), err.code, "warn")
+            self._notice(_explain(err, self.peer), err.code, "warn")
 
     def _on_accepted(self, frame: dict[str, Any]) -> None:
         entry = self._refs.pop(frame.get("ref"), None)  # type: ignore[arg-type]
@@ -595,6 +595,27 @@ class ChatCore:
 
     def _notice(self, text: str, code: str = "info", level: str = "info") -> None:
         self._events.append(Notice(text, code, level))
+
+
+#: What a rejected message means, in words a user can act on.
+_REJECTIONS = {
+    "replay": "rejected a replayed message (a copy of one already received): the relay or "
+              "the network is repeating old messages",
+    "reflected": "rejected a reflected message (one of your own, sent back to you as if "
+                 "{peer} wrote it): the relay or the network is tampering",
+    "forged": "rejected a message that does not authenticate: forged or tampered with on the "
+              "way (or from an old session)",
+    "bad_message": "rejected a malformed message: forged or corrupted on the way",
+    "too_many_skipped": "rejected a message that claims too many earlier ones were lost: "
+                        "forged, or far too much was dropped",
+}
+
+
+def _explain(err: CryptoError, peer: str) -> str:
+    text = _REJECTIONS.get(err.code)
+    if text is None or isinstance(err, (BadBody, e2e.SealError)):
+        return str(err)
+    return text.format(peer=peer) + f" ({err})"
 
 
 def _remember(memory: OrderedDict[Any, None], key: Any) -> None:

@@ -151,3 +151,147 @@ def chat_process(port: int, user: str, peer: str, *extra: str, passcode: str = "
          "--user", user, "--peer", peer, *extra],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=ROOT, env={**os.environ, "MSGR_PASSCODE": passcode, **(env or {})})
+
+
+class Chat:
+    """A ``msgr.py chat`` subprocess in line mode, driven from asyncio."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        self.proc = proc
+        self.name = name
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._out = asyncio.get_running_loop().create_task(self._drain(proc.stdout, self.stdout))
+        self._err = asyncio.get_running_loop().create_task(self._drain(proc.stderr, self.stderr))
+
+    @classmethod
+    async def start(cls, port: int, user: str, peer: str, *extra: str,
+                    passcode: str | None = "correct horse battery",
+                    env: dict[str, str] | None = None, host: str = "127.0.0.1") -> Chat:
+        environ = {k: v for k, v in os.environ.items() if k != "MSGR_PASSCODE"}
+        if passcode is not None:
+            environ["MSGR_PASSCODE"] = passcode
+        environ["HOME"] = environ.get("MSGR_TEST_HOME", environ.get("HOME", "/tmp"))
+        environ.update(env or {})
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON, os.path.join(ROOT, "msgr.py"), "chat", "--server", f"{host}:{port}",
+            "--user", user, "--peer", peer, *extra, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=environ)
+        return cls(proc, user)
+
+    @staticmethod
+    async def _drain(stream: Any, into: list[str]) -> None:
+        while True:
+            line = await stream.readline()
+            if not line:
+                return
+            into.append(line.decode("utf-8", "replace").rstrip("\n"))
+
+    async def say(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def end_input(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    async def wait_for(self, pattern: str, *, stream: str = "stdout",
+                       timeout: float = 15.0) -> str:
+        """Wait until a line of ``stream`` matches the regex ``pattern``."""
+        lines = self.stdout if stream == "stdout" else self.stderr
+        regex = re.compile(pattern)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in lines:
+                if regex.search(line):
+                    return line
+            if self.proc.returncode is not None and self._out.done() and self._err.done():
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{self.name}: no {stream} line matching {pattern!r}\n"
+                             f"stdout: {self.stdout}\nstderr: {self.stderr}")
+
+    async def exit_code(self, timeout: float = 30.0) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await asyncio.gather(self._out, self._err)
+        return code
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        await asyncio.gather(self._out, self._err, return_exceptions=True)
+
+
+class Proxy:
+    """A TCP man in the middle between clients and the relay.
+
+    Decodes frames in both directions and passes each through ``hook(direction,
+    frame, conn) -> list of frames`` ("up" is client->relay); the default
+    forwards unchanged; a returned frame with ``"_back": True`` is sent back
+    the way it came. Records every byte that crosses it.
+    """
+
+    def __init__(self, relay_port: int, hook: Any = None) -> None:
+        self.relay_port = relay_port
+        self.hook = hook or (lambda direction, frame, conn: [frame])
+        self.recorded = bytearray()
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> Proxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter):
+        r_reader, r_writer = await asyncio.open_connection("127.0.0.1", self.relay_port)
+        conn: dict[str, Any] = {"to_client": c_writer, "to_relay": r_writer}
+
+        async def pipe(reader, writer, direction, back):
+            decoder = framing.FrameDecoder(max_size=1 << 20)
+            try:
+                while data := await reader.read(65536):
+                    self.recorded.extend(data)
+                    for frame in decoder.feed(data):
+                        for out in self.hook(direction, frame, conn):
+                            # A frame marked "_back" goes back where it came from.
+                            target = back if out.pop("_back", False) else writer
+                            target.write(framing.encode_frame(out, max_size=1 << 20))
+            except (ConnectionError, framing.FramingError):
+                pass
+            finally:
+                writer.close()
+
+        await asyncio.gather(pipe(c_reader, r_writer, "up", c_writer),
+                             pipe(r_reader, c_writer, "down", r_writer))
+
+
+@contextlib.asynccontextmanager
+async def relay_subprocess(
+        *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, list[str]]]:
+    """``msgr.py serve`` as an asyncio subprocess; yields (process, port, first line)."""
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, os.path.join(ROOT, "msgr.py"), "serve", "--host", "127.0.0.1", "--port", "0",
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()
+        match = re.search(r"listening on \S+:(\d+)", line)
+        if not match:
+            err = (await proc.stderr.read()).decode() if proc.stderr else ""
+            raise AssertionError(f"relay did not start: {line!r} {err!r}")
+        yield proc, int(match.group(1)), [line]
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()

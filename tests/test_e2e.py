@@ -1,0 +1,293 @@
+"""End to end: the real relay and real ``msgr.py chat`` clients as subprocesses.
+
+Over plain TCP and TLS: delivery both ways, offline peers, wrong passcodes,
+what crosses the wire, transport mismatches and certificate refusals, exit
+codes of line mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+
+import pytest
+from helpers import ROOT, Chat, Proxy, RawClient, relay_subprocess, run
+
+import certs
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Subprocess clients keep known_hosts under a fresh HOME."""
+    monkeypatch.setenv("MSGR_TEST_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
+def tls_args(tmp_path) -> tuple[str, ...]:
+    return ("--tls", "--cert", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "key.pem"))
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_two_clients_chat_both_ways_and_exit_cleanly(transport, tmp_path):
+    async def main():
+        serve_args = tls_args(tmp_path) if transport == "tls" else ()
+        async with relay_subprocess(*serve_args) as (_, port, first):
+            if transport == "tls":
+                assert "with TLS, certificate SHA256:" in first[0]
+                client_args = ("--tls", "--cafile", str(tmp_path / "cert.pem"))
+            else:
+                client_args = ()
+            alice = await Chat.start(port, "alice", "bob", *client_args)
+            bob = await Chat.start(port, "bob", "alice", *client_args, "--json")
+            await alice.wait_for("secure session with bob; safety number", stream="stderr")
+            await alice.say("hello bob, it's alice")
+            line = await bob.wait_for('"type": "message"')
+            msg = json.loads(line)
+            assert msg["from"] == "alice" and msg["text"] == "hello bob, it's alice"
+            assert msg["expires_at"] > msg["sent_at"] and len(msg["safety_number"]) == 47
+            await bob.say("hi alice \x1b[2J")   # a terminal escape: shown harmlessly
+            shown = await alice.wait_for("^bob: ")
+            assert shown == "bob: hi alice \\x1b[2J"
+            safety = [json.loads(x) for x in bob.stdout if '"session"' in x][0]
+            assert safety["safety_number"] in "\n".join(alice.stderr)
+            await alice.end_input()
+            await bob.end_input()
+            assert await alice.exit_code() == 0, alice.stderr
+            assert await bob.exit_code() == 0, bob.stderr
+    run(main(), timeout=60)
+
+
+def test_static_mode_offline_peer_gets_the_message_within_ttl_and_not_after():
+    async def main():
+        async with relay_subprocess() as (_, port, _):
+            alice = await Chat.start(port, "alice", "bob", "--static", "--ttl", "5")
+            await alice.wait_for("connected", stream="stderr")
+            await alice.say("for bob, later")
+            await alice.end_input()
+            # Static mode exits once the relay holds the message; bob is offline.
+            assert await alice.exit_code() == 0, alice.stderr
+            assert any("could test passcode guesses offline" in x for x in alice.stderr)
+            bob = await Chat.start(port, "bob", "alice", "--static")
+            assert await bob.wait_for("^alice: ") == "alice: for bob, later"
+            await bob.end_input()
+            assert await bob.exit_code() == 0
+            # A second message that nobody collects within its 5 s TTL is gone.
+            alice = await Chat.start(port, "alice", "bob", "--static", "--ttl", "5")
+            await alice.say("too late")
+            await alice.end_input()
+            assert await alice.exit_code() == 0
+            await asyncio.sleep(6)
+            bob = await Chat.start(port, "bob", "alice", "--static")
+            await bob.wait_for("connected", stream="stderr")
+            await asyncio.sleep(1)
+            await bob.end_input()
+            assert await bob.exit_code() == 0
+            assert bob.stdout == []
+    run(main(), timeout=60)
+
+
+def test_wrong_passcode_gives_a_notice_not_a_crash():
+    async def main():
+        async with relay_subprocess() as (_, port, _):
+            alice = await Chat.start(port, "alice", "bob", passcode="right one")
+            bob = await Chat.start(port, "bob", "alice", passcode="wrong one")
+            await alice.say("secret words")
+            line = await bob.wait_for("passcode mismatch, or someone is interfering",
+                                      stream="stderr")
+            assert "Not retrying" in line
+            await alice.wait_for("passcode mismatch", stream="stderr")
+            await bob.end_input()
+            await alice.end_input()
+            assert await bob.exit_code() == 0          # bob sent nothing: nothing owed
+            assert await alice.exit_code(timeout=60) == 3  # alice's message never arrived
+            assert "not delivered" in alice.stderr[-1] and "#1" in alice.stderr[-1]
+            assert not any("secret words" in x for x in bob.stdout + bob.stderr)
+            assert not any("Traceback" in x for x in alice.stderr + bob.stderr)
+    run(main(), timeout=90)
+
+
+def test_static_wrong_passcode_notice():
+    async def main():
+        async with relay_subprocess() as (_, port, _):
+            alice = await Chat.start(port, "alice", "bob", "--static", passcode="right one")
+            await alice.say("sealed")
+            await alice.end_input()
+            assert await alice.exit_code() == 0
+            bob = await Chat.start(port, "bob", "alice", "--static", passcode="wrong one")
+            await bob.wait_for("could not be decrypted: the passcodes differ", stream="stderr")
+            await bob.end_input()
+            assert await bob.exit_code() == 0 and bob.stdout == []
+    run(main(), timeout=60)
+
+
+@pytest.mark.parametrize("mode", [(), ("--static",)])
+def test_the_wire_never_carries_plaintext_or_passcode(mode):
+    secret = "the eagle lands at midnight"
+    passcode = "orange-bicycle-42"
+
+    async def main():
+        async with relay_subprocess() as (_, relay_port, _):
+            proxy = await Proxy(relay_port).start()
+            alice = await Chat.start(proxy.port, "alice", "bob", *mode, passcode=passcode)
+            bob = await Chat.start(proxy.port, "bob", "alice", *mode, passcode=passcode)
+            await bob.wait_for("connected", stream="stderr")
+            await alice.say(secret)
+            await bob.wait_for(secret)
+            await bob.say(secret.upper())
+            await alice.wait_for(secret.upper())
+            await alice.end_input()
+            await bob.end_input()
+            await alice.exit_code()
+            await bob.exit_code()
+            await proxy.close()
+            wire = bytes(proxy.recorded)
+            assert len(wire) > 1000
+            for needle in (secret, secret.upper(), passcode, "eagle", "orange-bicycle"):
+                assert needle.encode() not in wire
+                assert needle.encode("utf-16-le") not in wire
+    run(main(), timeout=60)
+
+
+def test_transport_mismatch_gives_clear_errors(tmp_path):
+    async def main():
+        async with relay_subprocess(*tls_args(tmp_path)) as (_, tls_port, _), \
+                relay_subprocess() as (_, plain_port, _):
+            plain_on_tls = await Chat.start(tls_port, "alice", "bob")
+            assert await plain_on_tls.exit_code() == 1
+            assert "add --tls" in plain_on_tls.stderr[-1]
+            tls_on_plain = await Chat.start(plain_port, "alice", "bob", "--tls")
+            assert await tls_on_plain.exit_code() == 1
+            assert "drop --tls" in tls_on_plain.stderr[-1]
+            nobody = await Chat.start(1, "alice", "bob")
+            assert await nobody.exit_code() == 1
+            assert "connection refused" in nobody.stderr[-1]
+            for c in (plain_on_tls, tls_on_plain, nobody):
+                assert not any("Traceback" in x for x in c.stderr)
+    run(main(), timeout=60)
+
+
+def test_certificate_pin_cafile_and_trust_on_first_use(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    certs.ensure_certificate(other / "cert.pem", other / "key.pem")
+    known = str(tmp_path / "known_hosts")
+
+    async def session(port, *args):
+        c = await Chat.start(port, "alice", "bob", "--tls", *args)
+        await c.wait_for("connected|msgr: ", stream="stderr")
+        await c.end_input()
+        return c, await c.exit_code()
+
+    async def main():
+        async with relay_subprocess(*tls_args(tmp_path)) as (_, port, first):
+            fingerprint = first[0].split("certificate ")[1].strip()
+            c, code = await session(port, "--pin", fingerprint)
+            assert code == 0, c.stderr
+            c, code = await session(port, "--pin", certs.fingerprint(
+                (other / "cert.pem").read_bytes()))
+            assert code == 1 and "fingerprint" in "\n".join(c.stderr).lower()
+            c, code = await session(port, "--cafile", str(other / "cert.pem"))
+            assert code == 1 and "certificate" in c.stderr[-1].lower()
+            c, code = await session(port, "--known-hosts", known)
+            assert code == 0 and any("first use" in x for x in c.stderr)
+            c, code = await session(port, "--known-hosts", known)
+            assert code == 0 and not any("first use" in x for x in c.stderr)
+            tofu_port = port
+        # The relay comes back on the same port with a different certificate.
+        (tmp_path / "cert.pem").unlink()
+        (tmp_path / "key.pem").unlink()
+        with open(known) as f:
+            saved = f.read()
+        with open(known, "w") as f:
+            f.write(saved.replace(f":{tofu_port} ", ":PORT "))
+        async with relay_subprocess(*tls_args(tmp_path)) as (_, port, _):
+            with open(known, "w") as f:
+                f.write(saved.replace(f":{tofu_port} ", f":{port} "))
+            c, code = await session(port, "--known-hosts", known)
+            text = "\n".join(c.stderr)
+            assert code == 1 and "CHANGED" in text.upper() and known in text
+    run(main(), timeout=90)
+
+
+def test_line_mode_exit_code_names_undelivered_messages():
+    async def main():
+        async with relay_subprocess() as (_, port, _):
+            alice = await Chat.start(port, "alice", "bob", "--wait", "2")
+            await alice.wait_for("connected", stream="stderr")
+            await alice.say("one")
+            await alice.say("two")
+            await alice.end_input()
+            assert await alice.exit_code() == 3
+            assert "#1, #2" in alice.stderr[-1]
+            assert not any("one" in x.split(":")[-1] for x in alice.stderr[-1:])
+    run(main(), timeout=60)
+
+
+def test_passcode_sources(tmp_path):
+    async def main():
+        async with relay_subprocess() as (_, port, _):
+            c = await Chat.start(port, "alice", "bob", passcode=None)
+            assert await c.exit_code() == 1 and "no passcode" in c.stderr[-1]
+            secret_file = tmp_path / "pass"
+            secret_file.write_text("from a file\n")
+            c = await Chat.start(port, "alice", "bob", "--passcode-file", str(secret_file),
+                                 passcode=None)
+            await c.wait_for("connected", stream="stderr")
+            await c.end_input()
+            assert await c.exit_code() == 0
+            c = await Chat.start(port, "carol", "bob", "--passcode", "visible", passcode=None)
+            await c.wait_for("other local users can see it", stream="stderr")
+            await c.end_input()
+            assert await c.exit_code() == 0
+            c = await Chat.start(port, "Alice!", "bob")
+            assert await c.exit_code() == 1 and "invalid --user" in c.stderr[-1]
+    run(main(), timeout=60)
+
+
+def test_client_reconnects_when_the_relay_restarts(tmp_path):
+    async def main():
+        async with relay_subprocess("--port", "0") as (relay_proc, port, _):
+            alice = await Chat.start(port, "alice", "bob", "--identity",
+                                     str(tmp_path / "alice.id"))
+            await alice.wait_for("connected", stream="stderr")
+            relay_proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(relay_proc.wait(), 10) == 0
+            await alice.wait_for("shutting down|lost the relay", stream="stderr")
+            await alice.wait_for("reconnecting", stream="stderr")
+        await alice.kill()
+    run(main(), timeout=60)
+
+
+def test_relay_sigterm_tells_clients_and_exits(tmp_path):
+    async def main():
+        async with relay_subprocess() as (relay_proc, port, _):
+            c = await RawClient.login(port, "alice")
+            relay_proc.send_signal(signal.SIGTERM)
+            frame = await c.recv()
+            assert frame["type"] == "shutdown"
+            assert await asyncio.wait_for(relay_proc.wait(), 10) == 0
+            err = (await relay_proc.stderr.read()).decode()
+            assert "Traceback" not in err
+    run(main(), timeout=30)
+
+
+def test_help_and_version():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "msgr.py"), "--version"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("msgr ")
+    for sub in ("serve", "chat"):
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "msgr.py"), sub, "--help"],
+                             capture_output=True, text=True, check=True)
+        assert "--tls" in out.stdout
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "msgr.py"), "chat", "--server",
+                          "x:1", "--user", "a", "--peer", "b", "--ttl", "99"],
+                         capture_output=True, text=True, env={**os.environ,
+                                                              "MSGR_PASSCODE": "x"})
+    assert bad.returncode == 1 and bad.stderr.strip() == (
+        "msgr: --ttl 99 is out of range: use 5 to 60 seconds")
