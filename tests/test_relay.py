@@ -6,10 +6,10 @@ import asyncio
 import base64
 import struct
 
+from helpers import RawClient, relay_running, run
 from nacl.signing import SigningKey
 
 import relay
-from helpers import RawClient, relay_running, run
 
 FAST = relay.RelayConfig(ttl_min=1, hello_timeout=1.0, claim_ttl=1.0)
 
