@@ -314,8 +314,10 @@ class Relay:
             return
         try:
             kind = msg.get("type")
+            if type(kind) is not str:
+                raise ProtocolViolation("every frame needs a string 'type'")
             if client.state is State.READY:
-                handler = self._handlers.get(kind)  # type: ignore[arg-type]
+                handler = self._handlers.get(kind)
                 if handler is None:
                     raise ProtocolViolation(f"unknown message type {str(kind)[:32]!r}")
                 handler(client, msg)

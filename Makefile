@@ -1,0 +1,45 @@
+# msgr: every target sets up its own virtualenv first, so on a fresh machine
+# `make test`, `make serve` or `make demo` is the one command to type.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint serve demo bench bench-quick fuzz soak clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with runtime and dev dependencies
+
+test: $(STAMP)  ## lint, then the whole test suite (what CI runs)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+serve: $(STAMP)  ## run a relay with TLS on port 8765 (creates cert.pem/key.pem if missing)
+	$(BIN)/python msgr.py serve --tls
+
+demo: $(STAMP)  ## a local TLS relay and two scripted clients exchanging messages
+	$(BIN)/python demo.py
+
+bench: $(STAMP)  ## the benchmark table (several minutes)
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
+
+fuzz: $(STAMP)  ## the property and fuzz tests with 100x the examples CI uses
+	MSGR_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_framing.py tests/test_relay_fuzz.py tests/test_ratchet.py tests/test_handshake.py
+
+soak: $(STAMP)  ## 100,000 messages through a relay with clients dropping at random
+	$(BIN)/python tools/soak.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build *.egg-info
