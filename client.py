@@ -32,7 +32,7 @@ from typing import Any
 from nacl.signing import SigningKey
 
 import framing
-from chat import ChatCore, Event, Mode
+from chat import ChatCore, Event, Mode, Received
 from errors import MsgrError
 
 #: Seconds to open the TCP connection and finish TLS.
@@ -188,6 +188,22 @@ class ChatClient:
             if item is None:
                 return
             yield item
+
+    async def messages(self) -> AsyncIterator[Received]:
+        """Only the messages from the peer, each once, until the client is closed."""
+        async for event in self.events():
+            if isinstance(event, Received):
+                yield event
+
+    async def aclose(self) -> None:
+        """Close, and wait for the connection to end (for :func:`open_chat` clients)."""
+        self.close()
+        task = getattr(self, "_task", None)
+        if task is not None:
+            try:
+                await task
+            except MsgrError:
+                pass
 
     def close(self) -> None:
         """Stop; run() returns soon after."""
@@ -459,9 +475,12 @@ async def open_chat(*, server: str, user: str, peer: str, passcode: str,
                     identity: str | None = None, kdf_params: Any = None) -> ChatClient:
     """Library entry point: derive the key, connect, and return a running client.
 
-    ``async for event in client.events()`` yields :class:`chat.Received` and the
-    other events; ``client.send(text)`` sends; ``client.close()`` ends it.
-    The key derivation (Argon2id, ~0.1-0.3 s) runs in a thread.
+    ``async for msg in client.messages()`` yields each :class:`chat.Received`
+    (``client.events()`` yields every event, status changes included);
+    ``client.send(text)`` queues a message; ``await client.aclose()`` ends it.
+    The key derivation (Argon2id, ~0.2 s) runs in a thread. Raises
+    :class:`errors.MsgrError` subclasses if the relay cannot be reached or
+    refuses us.
     """
     import kdf
     from names import check_name

@@ -25,6 +25,28 @@ __version__ = "0.1.0"
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNDELIVERED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
+# The library API, imported on first use so that `msgr --help` stays fast.
+_LAZY = {
+    "start_relay": ("server", "start_relay"),
+    "RelayServer": ("server", "RelayServer"),
+    "RelayConfig": ("relay", "RelayConfig"),
+    "open_chat": ("client", "open_chat"),
+    "ChatClient": ("client", "ChatClient"),
+    "TlsOptions": ("client", "TlsOptions"),
+    "Received": ("chat", "Received"),
+    "MsgrError": ("errors", "MsgrError"),
+}
+__all__ = ["main", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'msgr' has no attribute {name!r}")
+
 _LIMIT_OPTIONS = [
     # (option, RelayConfig field, type, help)
     ("--max-frame", "max_frame", int, "largest frame in bytes"),
@@ -245,8 +267,10 @@ def _read_passcode(args: argparse.Namespace, interactive: bool) -> str:
               "it (ps, shell history); prefer the prompt, MSGR_PASSCODE or --passcode-file",
               file=sys.stderr)
         passcode = args.passcode
+        args.passcode = None
     elif os.environ.get("MSGR_PASSCODE"):
-        passcode = os.environ["MSGR_PASSCODE"]
+        # Take it out of the environment, so nothing we start inherits it.
+        passcode = os.environ.pop("MSGR_PASSCODE")
     elif interactive:
         import getpass
         passcode = getpass.getpass("passcode: ")

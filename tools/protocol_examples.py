@@ -1,0 +1,120 @@
+"""Print PROTOCOL.md's worked examples, computed by the production code.
+
+Every value comes from msgr's own modules with pinned randomness and time, so
+the examples can be checked: ``tests/test_docs.py`` runs this and requires
+each printed block to appear verbatim in PROTOCOL.md.
+
+Usage: ``python tools/protocol_examples.py``
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import nacl.bindings  # noqa: E402
+
+import e2e  # noqa: E402
+import framing  # noqa: E402
+import handshake  # noqa: E402
+import kdf  # noqa: E402
+import ratchet  # noqa: E402
+
+
+def pinned_rng(label: str):
+    """Deterministic "randomness" for examples: SHA-512 in counter mode."""
+    counter = 0
+
+    def rng(n: int) -> bytes:
+        nonlocal counter
+        out = b""
+        while len(out) < n:
+            counter += 1
+            out += hashlib.sha512(f"{label}:{counter}".encode()).digest()
+        return out[:n]
+
+    return rng
+
+
+def hexdump(data: bytes) -> str:
+    lines = []
+    for i in range(0, len(data), 16):
+        chunk = data[i:i + 16]
+        hexes = " ".join(f"{b:02x}" for b in chunk)
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        lines.append(f"{i:04x}  {hexes:<47}  {text}")
+    return "\n".join(lines)
+
+
+def examples() -> dict[str, str]:
+    out: dict[str, str] = {}
+    frame = {"type": "send", "ref": 1, "to": "bob", "ttl": 30, "body": "s1.AAAA"}
+    out["frame"] = hexdump(framing.encode_frame(frame))
+
+    passcode, a, b = "correct horse battery staple", "alice", "bob"
+    salt = kdf.pair_salt(a, b)
+    key = kdf.derive_passcode_key(passcode, a, b)
+    send, recv = kdf.direction_keys(key, a, b)
+    out["kdf"] = "\n".join([
+        f"passcode      = {passcode!r}",
+        f"users         = {a!r}, {b!r}",
+        f"pair_salt     = {salt.hex()}",
+        f"passcode_key  = {key.hex()}",
+        f"alice->bob    = {send.hex()}",
+        f"bob->alice    = {recv.hex()}",
+    ])
+
+    box = e2e.StaticBox(key, a, b, rng=pinned_rng("static"), wallclock=lambda: 1767225600.0)
+    body = box.seal("hello bob", 30)
+    raw = base64.b64decode(body[3:])
+    inner = nacl.bindings.crypto_secretbox_open(raw[24:], raw[:24], send)
+    out["static"] = "\n".join([
+        f"inner (JSON) = {inner.decode()}",
+        f"nonce        = {raw[:24].hex()}",
+        f"body         = {body}",
+    ])
+
+    initiator = handshake.Initiator(prs=key, me=a, peer=b, rng=pinned_rng("alice"))
+    responder = handshake.Responder(prs=key, me=b, peer=a, rng=pinned_rng("bob"))
+    m1 = initiator.start()
+    m2 = responder.on_init(m1)
+    m3 = initiator.on_resp(m2)
+    m4, keys_b = responder.on_share(m3)
+    keys_a = initiator.on_confirm(m4)
+    assert keys_a.isk == keys_b.isk
+    lines = [f"M{i} = {json.dumps(m, separators=(',', ':'))}"
+             for i, m in enumerate((m1, m2, m3, m4), start=1)]
+    lines += [f"sid           = {keys_a.sid.hex()}",
+              f"ISK           = {keys_a.isk.hex()}",
+              f"root_key      = {keys_a.root_key.hex()}",
+              f"safety number = {keys_a.safety_number}"]
+    out["handshake"] = "\n".join(lines)
+
+    alice = ratchet.Ratchet.initiator(keys_a.root_key, keys_a.peer_ratchet_pub, keys_a.ad,
+                                      rng=pinned_rng("alice-ratchet"))
+    bob = ratchet.Ratchet.responder(keys_b.root_key, keys_b.own_ratchet_priv, keys_b.ad,
+                                    rng=pinned_rng("bob-ratchet"))
+    hi = json.dumps({"k": "hi"}, separators=(",", ":")).encode()
+    first = alice.encrypt(hi)
+    assert bob.decrypt(first) == hi
+    out["ratchet"] = "\n".join([
+        f"plaintext = {hi.decode()}",
+        f"message   = {first.hex()}",
+        f"body      = r1.{keys_a.sid.hex()}.{base64.b64encode(first).decode()}",
+    ])
+    return out
+
+
+def main() -> None:
+    for name, text in examples().items():
+        print(f"== {name} ==\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
