@@ -514,6 +514,9 @@ class Relay:
             self.stats.refused += 1
             raise Refused(err.code, str(err)) from None
         self.stats.accepted += 1
+        if log.isEnabledFor(logging.DEBUG):  # who talks to whom: debug only, never the body
+            self._event(logging.DEBUG, "send", sender=user, to=to, kind=kind, size=len(body),
+                        ttl=held.ttl)
         self._arm(held.expires_at)
         self._write(client, {"type": "accepted", "ref": msg.get("ref"), "id": held.id,
                              "ttl": held.ttl, "expires_at": round(held.expires_wall, 3)})

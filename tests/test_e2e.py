@@ -291,3 +291,32 @@ def test_help_and_version():
                                                               "MSGR_PASSCODE": "x"})
     assert bad.returncode == 1 and bad.stderr.strip() == (
         "msgr: --ttl 99 is out of range: use 5 to 60 seconds")
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_relay_logs_never_hold_bodies_passcodes_or_text(level):
+    secret, passcode = "meet me by the old mill", "swordfish-and-chips"
+
+    async def main():
+        async with relay_subprocess("--log-level", level) as (relay_proc, port, _):
+            alice = await Chat.start(port, "alice", "bob", "--static", passcode=passcode)
+            bob = await Chat.start(port, "bob", "alice", "--static", passcode=passcode)
+            await bob.wait_for("connected", stream="stderr")
+            await alice.say(secret)
+            await bob.wait_for(secret)
+            await alice.end_input()
+            await bob.end_input()
+            await alice.exit_code()
+            await bob.exit_code()
+            relay_proc.send_signal(signal.SIGTERM)
+            await relay_proc.wait()
+            return (await relay_proc.stderr.read()).decode()
+
+    log = run(main(), timeout=60)
+    lines = log.splitlines()
+    assert lines and all(line.startswith("ts=") for line in lines), log
+    assert secret not in log and passcode not in log and "s1." not in log
+    if level == "info":
+        assert "alice" not in log and "bob" not in log      # no names at info
+    else:
+        assert "sender=alice to=bob" in log                  # who talks to whom: debug only
