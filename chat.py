@@ -257,10 +257,14 @@ class ChatCore:
         """The relay accepted us (first time or after a reconnect)."""
         self.connected = True
         self._frames.append({"type": "watch", "user": self.peer})
-        # Frames that were in flight when the connection dropped may be lost:
-        # send again what the relay never acknowledged.
         for out in self.outbox.values():
-            if out.state is OutState.SENT and out.body is not None:
+            if self.mode is Mode.RATCHET and out.state in (OutState.SENT, OutState.ACCEPTED):
+                # The relay may have lost it (a frame in flight, or a relay
+                # restart). Seal it again under a fresh ratchet key: the peer
+                # shows each (epoch, n) once and simply confirms a copy.
+                out.state = OutState.QUEUED
+            elif out.state is OutState.SENT and out.body is not None:
+                # Static mode: resend what the relay never acknowledged.
                 self._submit(out)
         self._pump()
 
@@ -559,7 +563,8 @@ class ChatCore:
             inner = {"k": "msg", "e": self.epoch, "n": out.n, "ts": out.ts, "ttl": out.ttl,
                      "text": out.text}
             out.sid = session.sid
-            out.deadline = self._clock() + out.ttl
+            if out.deadline is None:  # the TTL runs from the first send, not from resends
+                out.deadline = self._clock() + out.ttl
             self._seal_and_submit(inner, out)
 
     def _seal_and_submit(self, inner: dict[str, Any], out: Outgoing | None) -> None:

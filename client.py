@@ -159,6 +159,7 @@ class ChatClient:
         self.limits: dict[str, Any] = {}
         self._on_event = on_event
         self._queue: asyncio.Queue[Event | Status | None] = asyncio.Queue()
+        self._iterating = False
         self._writer: asyncio.StreamWriter | None = None
         self._wake = asyncio.Event()
         self._closed = False
@@ -183,6 +184,7 @@ class ChatClient:
 
     async def events(self) -> AsyncIterator[Event | Status]:
         """Every event, in order, until the client is closed."""
+        self._iterating = True
         while True:
             item = await self._queue.get()
             if item is None:
@@ -450,7 +452,10 @@ class ChatClient:
     def _emit(self, item: Event | Status) -> None:
         if self._on_event is not None:
             self._on_event(item)
-        self._queue.put_nowait(item)
+        # Queue only for a reader of events(): with just a callback (line
+        # mode), a long session would otherwise grow the queue forever.
+        if self._on_event is None or self._iterating:
+            self._queue.put_nowait(item)
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()

@@ -255,7 +255,10 @@ class Relay:
         self._armed: float | None = None
         self.store: MessageStore = store or MemoryStore(
             mailbox_messages=config.mailbox_messages,
-            mailbox_bytes=config.mailbox_bytes, store_bytes=config.store_bytes)
+            mailbox_bytes=config.mailbox_bytes, store_bytes=config.store_bytes,
+            # A random start in [1, 2**48]: ids stay unique across restarts and
+            # below 2**53, so any JSON implementation reads them exactly.
+            first_id=1 + int.from_bytes(rng(6), "big"))
         self.claims: dict[str, Claim] = {}
         self._claim_heap: list[tuple[float, str]] = []
         self.watchers: dict[str, set[Client]] = {}

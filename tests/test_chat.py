@@ -379,3 +379,36 @@ def test_random_loss_and_duplication_never_shows_a_message_twice(seed):
         net.pump()
     shown = net.received("alice") + net.received("bob")
     assert sorted(shown) == sorted(sent)    # each exactly once
+
+
+def test_relay_restart_loses_held_messages_and_they_are_resent_sealed_anew():
+    net = Net()
+    alice, bob = pair(net)
+    net.detach("bob")
+    alice.send("held at the relay")
+    net.pump()
+    # The relay restarts: everything it held is gone; alice reconnects.
+    old_tap = len(net.tap)
+    net.relay = relay.Relay(relay.RelayConfig(), clock=net.clock,
+                            wallclock=lambda: net.clock.now + 1.7e9, rng=os.urandom)
+    net.peers.clear()
+    net.attach(alice)
+    net.attach(bob)
+    net.pump()
+    assert net.received("bob") == ["held at the relay"]
+    assert [d.n for d in net.of("alice", chat.Delivered)] == [1]
+    assert not any(e.code == "replay" for e in net.of("bob", chat.Notice))
+    assert len(net.tap) > old_tap
+
+
+def test_reconnect_resend_is_confirmed_but_shown_once():
+    net = Net()
+    alice, bob = pair(net)
+    alice.send("only once")
+    net.pump(drop=lambda f: f["from"] == "bob" and f["kind"] == "msg")  # receipts lost
+    net.detach("alice")
+    net.attach(alice)
+    net.pump()
+    assert net.received("bob") == ["only once"]
+    assert [d.n for d in net.of("alice", chat.Delivered)] == [1]
+    assert not any(e.level != "info" for e in net.of("bob", chat.Notice))
