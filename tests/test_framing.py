@@ -11,21 +11,15 @@ import contextlib
 import json
 import os
 import struct
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from anywhere, without packaging
-    sys.path.insert(0, str(ROOT))
-
-from errors import MsgrError  # noqa: E402
-from framing import (  # noqa: E402
+from errors import MsgrError
+from framing import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_FRAME,
     FrameDecoder,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -18,12 +17,8 @@ from argon2.low_level import Type, hash_secret_raw
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from anywhere, without packaging
-    sys.path.insert(0, str(ROOT))
-
-from errors import MsgrError  # noqa: E402
-from kdf import (  # noqa: E402
+from errors import MsgrError
+from kdf import (
     DEFAULT_PARAMS,
     KdfError,
     KdfParams,
