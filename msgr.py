@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - a bug: one line, the details on request
+        if os.environ.get("MSGR_DEBUG"):
+            raise
+        print(f"msgr: internal error ({type(err).__name__}); please report it. Run again with "
+              "MSGR_DEBUG=1 to see the details.", file=sys.stderr)
+        return EXIT_ERROR
 
 
 # -- serve ------------------------------------------------------------------------
