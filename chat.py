@@ -524,6 +524,10 @@ class ChatCore:
         inner = _parse_inner(plaintext)
         kind = inner["k"]
         if kind == "msg":
+            if inner["from"] != self.peer or inner["to"] != self.me:
+                # The ratchet's associated data already binds both names; this
+                # is the explicit check the sealed fields allow.
+                raise BadBody("a message names the wrong sender or recipient; rejected")
             self._receipt(session, inner)
             key = (inner["e"], inner["n"])
             if key not in self._seen_msgs:
@@ -560,8 +564,8 @@ class ChatCore:
             session = self.session
             if session is None or not session.ratchet.can_send:
                 return
-            inner = {"k": "msg", "e": self.epoch, "n": out.n, "ts": out.ts, "ttl": out.ttl,
-                     "text": out.text}
+            inner = {"k": "msg", "from": self.me, "to": self.peer, "e": self.epoch, "n": out.n,
+                     "ts": out.ts, "ttl": out.ttl, "text": out.text}
             out.sid = session.sid
             if out.deadline is None:  # the TTL runs from the first send, not from resends
                 out.deadline = self._clock() + out.ttl
@@ -667,7 +671,8 @@ def _parse_inner(plaintext: bytes) -> dict[str, Any]:
     kind = inner.get("k")
     ok = False
     if kind == "msg":
-        ok = (isinstance(inner.get("e"), str) and type(inner.get("n")) is int
+        ok = (isinstance(inner.get("from"), str) and isinstance(inner.get("to"), str)
+              and isinstance(inner.get("e"), str) and type(inner.get("n")) is int
               and type(inner.get("ts")) in (int, float) and type(inner.get("ttl")) is int
               and isinstance(inner.get("text"), str))
     elif kind == "rcpt":

@@ -412,3 +412,14 @@ def test_reconnect_resend_is_confirmed_but_shown_once():
     assert net.received("bob") == ["only once"]
     assert [d.n for d in net.of("alice", chat.Delivered)] == [1]
     assert not any(e.level != "info" for e in net.of("bob", chat.Notice))
+
+
+def test_sealed_names_are_checked_on_receipt():
+    net = Net()
+    alice, bob = pair(net)
+    # Alice's own client, misbehaving, seals a message naming someone else.
+    alice._seal_and_submit({"k": "msg", "from": "mallory", "to": "bob", "e": "x", "n": 1,
+                            "ts": 0, "ttl": 30, "text": "not from alice?"}, None)
+    net.pump()
+    assert net.received("bob") == []
+    assert any("wrong sender" in e.text for e in net.of("bob", chat.Notice))
