@@ -52,6 +52,9 @@ MAX_HANDSHAKE_FAILURES = 3
 HANDSHAKE_TIMEOUT = 30.0
 #: How many times in a row a timed-out handshake is started again by itself.
 MAX_HANDSHAKE_TIMEOUTS = 3
+#: Static mode: seconds after a message's TTL to wait for the relay's
+#: "expired" report before forgetting the message.
+STATIC_GRACE = 5.0
 #: Relay ids and (epoch, n) pairs remembered to drop duplicates silently.
 DEDUP_MEMORY = 4096
 
@@ -132,10 +135,6 @@ class OutState(enum.Enum):
     DELIVERED = "delivered"    # confirmed by the peer (default mode)
     FAILED = "failed"          # reported as not delivered
 
-    @property
-    def settled(self) -> bool:
-        return self in (OutState.DELIVERED, OutState.FAILED)
-
 
 @dataclass
 class Outgoing:
@@ -184,7 +183,10 @@ class ChatCore:
         self._refs: dict[int, tuple[str, Outgoing | None]] = {}
         self._next_ref = 0
         self._next_n = 0
+        # Messages whose fate is open. Settled ones leave it at once, so their
+        # text does not linger in memory for the rest of the session.
         self.outbox: dict[int, Outgoing] = {}
+        self._failed: list[int] = []
         self._seen_relay_ids: OrderedDict[int, None] = OrderedDict()
         self._seen_msgs: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.epoch = base64.b64encode(rng(8)).decode()
@@ -224,14 +226,14 @@ class ChatCore:
         return self.session.keys.safety_number if self.session else None
 
     def unsettled(self) -> list[Outgoing]:
-        """Messages whose fate is not known yet (see :meth:`settled`)."""
+        """Messages whose fate is not known yet (static mode: not yet held by the relay)."""
         if self.mode is Mode.STATIC:
-            return [o for o in self.outbox.values()
-                    if o.state not in (OutState.ACCEPTED, OutState.DELIVERED, OutState.FAILED)]
-        return [o for o in self.outbox.values() if not o.state.settled]
+            return [o for o in self.outbox.values() if o.state is not OutState.ACCEPTED]
+        return list(self.outbox.values())
 
-    def failed(self) -> list[Outgoing]:
-        return [o for o in self.outbox.values() if o.state is OutState.FAILED]
+    def failed(self) -> list[int]:
+        """Numbers of the messages reported as not delivered, in order."""
+        return list(self._failed)
 
     # -- inputs from the user ---------------------------------------------------
 
@@ -287,8 +289,8 @@ class ChatCore:
             self._on_presence(frame)
 
     def next_deadline(self) -> float | None:
-        times = [o.deadline for o in self.outbox.values()
-                 if o.deadline is not None and not o.state.settled]
+        times = [o.deadline + (STATIC_GRACE if o.state is OutState.ACCEPTED else 0.0)
+                 for o in self.outbox.values() if o.deadline is not None]
         if self._hs is not None:
             times.append(self._hs_started + self.handshake_timeout)
         if self._req_at is not None:
@@ -299,9 +301,13 @@ class ChatCore:
         """Time passed: expire unconfirmed messages and stalled handshakes."""
         now = self._clock()
         for out in list(self.outbox.values()):
-            if out.deadline is not None and not out.state.settled and now >= out.deadline:
+            if out.deadline is not None and now >= out.deadline:
                 if self.mode is Mode.STATIC and out.state is OutState.ACCEPTED:
-                    continue  # the relay tells us if it expires unread
+                    # The relay reports an unread expiry (as "expired") when
+                    # the TTL ends; after a grace period the fate is settled.
+                    if now >= out.deadline + STATIC_GRACE:
+                        del self.outbox[out.n]
+                    continue
                 self._fail(out, f"{self.peer} did not confirm it within its {out.ttl} s TTL")
         req_due = self._req_at is not None and now - self._req_at >= self.handshake_timeout
         if req_due or (self._hs is not None and now - self._hs_started >= self.handshake_timeout):
@@ -356,7 +362,7 @@ class ChatCore:
         code = str(frame.get("code", "error"))
         message = str(frame.get("message", "the relay refused a request"))[:300]
         entry = self._refs.pop(frame.get("ref"), None)  # type: ignore[arg-type]
-        if entry is not None and entry[1] is not None and not entry[1].state.settled:
+        if entry is not None and entry[1] is not None and entry[1].n in self.outbox:
             self._fail(entry[1], f"the relay refused it: {message}")
         elif entry is not None and entry[0] == "hs":
             self._hs = None
@@ -367,7 +373,7 @@ class ChatCore:
     def _on_expired(self, frame: dict[str, Any]) -> None:
         relay_id = frame.get("id")
         for out in self.outbox.values():
-            if out.relay_id == relay_id and out.relay_id is not None and not out.state.settled:
+            if out.relay_id == relay_id and out.relay_id is not None:
                 self._fail(out, f"it expired at the relay before {self.peer} read it")
                 return
 
@@ -500,8 +506,7 @@ class ChatCore:
             self._seal_and_submit({"k": "hi"}, None)
         # Everything not yet confirmed goes out again under the new session.
         for out in self.outbox.values():
-            if not out.state.settled:
-                out.state = OutState.QUEUED
+            out.state = OutState.QUEUED
         self._pump()
 
     # -- default mode: messages -----------------------------------------------
@@ -537,8 +542,8 @@ class ChatCore:
         elif kind == "rcpt":
             if inner["e"] == self.epoch:
                 for n in inner["n"]:
-                    out = self.outbox.get(n)
-                    if out is not None and out.state is not OutState.DELIVERED:
+                    out = self.outbox.pop(n, None)
+                    if out is not None:
                         out.state = OutState.DELIVERED
                         self._events.append(Delivered(n))
         if not could_send and session.ratchet.can_send:
@@ -600,6 +605,8 @@ class ChatCore:
 
     def _fail(self, out: Outgoing, reason: str) -> None:
         out.state = OutState.FAILED
+        self.outbox.pop(out.n, None)
+        self._failed.append(out.n)
         self._events.append(Undelivered(out.n, reason))
 
     def _notice(self, text: str, code: str = "info", level: str = "info") -> None:

@@ -203,7 +203,7 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
     failed = core.failed()
     if failed:
         # Numbers only: stderr may be a file, and message text never goes to disk.
-        listed = ", ".join(f"#{o.n}" for o in failed)
+        listed = ", ".join(f"#{n}" for n in failed)
         print(f"msgr: {len(failed)} message(s) not delivered (numbered in the order you "
               f"typed them): {listed}", file=sys.stderr)
         return EXIT_UNDELIVERED

@@ -137,6 +137,7 @@ def test_session_messages_both_ways_and_receipts():
     assert net.received("alice") == ["hello alice"]
     assert [d.n for d in net.of("alice", chat.Delivered)] == [n]
     assert not alice.unsettled() and not bob.unsettled()
+    assert alice.outbox == {} and bob.outbox == {}   # confirmed text is not kept
     # The relay only ever saw opaque bodies.
     assert all("hello" not in f["body"] for f in net.tap)
 
