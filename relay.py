@@ -270,6 +270,7 @@ class Relay:
             "watch": self._on_watch, "bye": self._on_bye,
         }
         self._encode = framing.encode_frame
+        self._max_out = config.max_frame + 1024  # our frames: a full body plus fields
 
     # -- connection lifecycle -------------------------------------------------
 
@@ -493,7 +494,10 @@ class Relay:
         kind = msg.get("kind", "msg")
         if type(body) is not str:
             raise ProtocolViolation("send needs a string body")
-        if not is_valid_name(to):
+        # Performance: a claimed name passed is_valid_name when it was claimed,
+        # so only names nobody holds need the regular expression (the type
+        # check first: a list or dict cannot be looked up in a dict).
+        if not (type(to) is str and to in self.claims) and not is_valid_name(to):
             raise Refused("bad_name", "invalid recipient name")
         if to == client.user:
             raise Refused("bad_recipient", "you cannot send messages to yourself")
@@ -521,11 +525,12 @@ class Relay:
             self._event(logging.DEBUG, "send", sender=user, to=to, kind=kind, size=len(body),
                         ttl=held.ttl)
         self._arm(held.expires_at)
+        expires_at = round(held.expires_wall, 3)  # once for both frames: round() is slow
         self._write(client, {"type": "accepted", "ref": msg.get("ref"), "id": held.id,
-                             "ttl": held.ttl, "expires_at": round(held.expires_wall, 3)})
+                             "ttl": held.ttl, "expires_at": expires_at})
         claim = self.claims.get(to)
         if claim is not None and claim.client is not None and not claim.client.paused:
-            self._deliver(claim.client, held)
+            self._deliver(claim.client, held, expires_at)
 
     def _hs_allowed(self, a: str, b: str, now: float) -> bool:
         pair = (a, b) if a < b else (b, a)
@@ -540,11 +545,13 @@ class Relay:
             buckets.move_to_end(pair)
         return bucket.take(1.0, now)
 
-    def _deliver(self, client: Client, held: Any) -> None:
+    def _deliver(self, client: Client, held: Any, expires_at: float | None = None) -> None:
         self.stats.delivered += 1
+        if expires_at is None:
+            expires_at = round(held.expires_wall, 3)
         self._write(client, {"type": "deliver", "id": held.id, "from": held.sender,
                              "kind": held.kind, "ttl": held.ttl,
-                             "expires_at": round(held.expires_wall, 3), "body": held.body})
+                             "expires_at": expires_at, "body": held.body})
 
     def _hand_out(self, client: Client) -> None:
         for held in self.store.waiting(client.user):  # type: ignore[arg-type]
@@ -606,7 +613,7 @@ class Relay:
                 watcher.link.write(frame)
 
     def _write(self, client: Client, frame: dict[str, Any]) -> None:
-        client.link.write(self._encode(frame, max_size=self.config.max_frame + 1024))
+        client.link.write(self._encode(frame, max_size=self._max_out))
 
     def _event(self, level: int, event: str, **fields: Any) -> None:
         if log.isEnabledFor(level):

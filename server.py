@@ -35,10 +35,15 @@ from relay import Client, ProtocolViolation, Refused, Relay, RelayConfig
 
 log = logging.getLogger("msgr.relay")
 
-#: asyncio's TLS layer allocates a 256 KiB read buffer per connection
+#: asyncio's TLS layer allocates a 256 KiB socket read buffer per connection
 #: (asyncio.sslproto.SSLProtocol.max_size), ~283 KiB per idle TLS client.
-#: A TLS record is at most 16 KiB, so a 16 KiB buffer loses nothing.
-TLS_READ_BUFFER = 16 * 1024
+#: The relay's TLS connections share one buffer of that size instead (see
+#: _share_tls_buffer): big reads under load, nothing per idle client.
+TLS_READ_BUFFER = 256 * 1024
+#: Plaintext asked of the TLS object per read call. A TLS record carries at
+#: most 16 KiB and one call returns at most one record, so asking for 256 KiB
+#: (asyncio's default) only allocates a larger bytes object each time.
+TLS_RECORD = 16 * 1024
 
 
 class _Timeout(Refused):
@@ -72,7 +77,7 @@ class Connection(asyncio.Protocol):
         self.address = f"{host}:{peer[1]}" if isinstance(peer, tuple) else host
         server = self.server
         config = self.relay.config
-        _shrink_tls_buffer(transport)
+        _share_tls_buffer(transport, server)
         if server.closing:
             transport.abort()
             return
@@ -224,18 +229,34 @@ class Connection(asyncio.Protocol):
         self._timer = loop.call_at(deadline, self._on_timer)
 
 
-def _shrink_tls_buffer(transport: asyncio.BaseTransport) -> None:
-    """Replace asyncio's 256 KiB per-connection TLS read buffer with 16 KiB.
+def _share_tls_buffer(transport: asyncio.BaseTransport, server: RelayServer) -> None:
+    """Point a TLS connection's socket read buffer at the server's shared one.
 
     asyncio offers no public knob for it; the attribute names are those of
-    CPython 3.11-3.13's sslproto. If they are absent nothing changes.
+    CPython 3.11-3.13's sslproto (checked identical in the three). If they are
+    absent (3.10, uvloop) nothing changes.
+
+    Sharing is safe because the buffer holds bytes only between ``recv_into``
+    and the start of ``SSLProtocol.buffer_updated``, whose first statement
+    copies them into the connection's incoming BIO; both run in one callback
+    of the (single-threaded) loop, so no two connections ever have data in it.
+
+    The first version of this function gave each connection a 16 KiB buffer
+    and did not work: the socket transport asks for ``get_buffer(-1)``, which
+    sslproto reads as "max_size" and answers by re-allocating a 256 KiB buffer
+    when the one it has is smaller: 280 KiB per idle logged-in TLS client,
+    measured. The shared buffer is ``TLS_READ_BUFFER`` long, so it is never
+    replaced, and ``max_size`` (also the plaintext size asked per SSLObject
+    read) drops to one TLS record.
     """
     proto = getattr(transport, "_ssl_protocol", None)
-    if proto is None or not hasattr(proto, "_ssl_buffer"):
+    if (proto is None or not hasattr(proto, "_ssl_buffer")
+            or not hasattr(proto, "_ssl_buffer_view")):
         return
-    if len(proto._ssl_buffer) > TLS_READ_BUFFER:
-        proto._ssl_buffer = bytearray(TLS_READ_BUFFER)
-        proto._ssl_buffer_view = memoryview(proto._ssl_buffer)
+    shared, view = server.tls_read_buffer()
+    proto.max_size = TLS_RECORD  # an instance attribute over the class one
+    proto._ssl_buffer = shared
+    proto._ssl_buffer_view = view
 
 
 class RelayServer:
@@ -254,12 +275,20 @@ class RelayServer:
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at: float | None = None
         self.tls = False
+        self._tls_buffer: tuple[bytearray, memoryview] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
         assert self.server is not None and self.server.sockets
         host, port = self.server.sockets[0].getsockname()[:2]
         return host, port
+
+    def tls_read_buffer(self) -> tuple[bytearray, memoryview]:
+        """The socket read buffer every TLS connection shares (made on first use)."""
+        if self._tls_buffer is None:
+            buffer = bytearray(TLS_READ_BUFFER)
+            self._tls_buffer = (buffer, memoryview(buffer))
+        return self._tls_buffer
 
     def flush(self) -> None:
         """Write out everything queued during this batch, one write per connection."""

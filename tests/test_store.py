@@ -120,3 +120,16 @@ def test_model(ops):
         for who_ in {n for n, _ in model.values()}:
             assert [h.id for h in s.waiting(who_)] == sorted(
                 i for i, (n, _) in model.items() if n == who_)
+
+
+def test_acknowledged_messages_do_not_pile_up_in_the_heap():
+    """A relay whose readers ack everything keeps O(live) heap entries, not O(rate x TTL)."""
+    s = MemoryStore(mailbox_messages=10**6, mailbox_bytes=10**9, store_bytes=10**9)
+    keep = [add(s, "bob", 60, 0) for _ in range(100)]
+    for i in range(50_000):
+        held = add(s, "bob", 60, i / 1000)
+        assert s.ack("bob", held.id) is held
+    assert s.heap_size <= 3 * len(s) + store.COMPACT_SLACK + 1
+    assert len(s) == 100
+    assert s.pop_expired(1000) == keep           # still expires exactly the live ones
+    assert s.next_expiry() is None and s.heap_size == 0

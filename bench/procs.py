@@ -1,0 +1,175 @@
+"""Processes the benchmark starts: relays and load generators, with /proc sampling.
+
+Every process is started by us, tracked by its pid and stopped by that pid
+(SIGTERM, then SIGKILL after a bound); nothing here looks for processes by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import select
+import subprocess
+import sys
+import time
+from typing import IO, Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+RESULTS = os.path.join(ROOT, "bench", "results")
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+#: msgr's limits for throughput runs. The defaults (200 msg/s and 1 MiB/s per
+#: connection, 64 connections per address) exist to stop one client drowning
+#: others; every load-generator client shares 127.0.0.1, so they are raised.
+#: Every other limit, check and TTL rule keeps its default.
+MSGR_BENCH_LIMITS = ["--rate-messages", "1e9", "--burst-messages", "1e9",
+                     "--rate-bytes", "1e12", "--burst-bytes", "1e12",
+                     "--max-per-address", "20000"]
+
+RELAY_NAMES = {"msgr": "msgr", "ws": "websockets", "proto": "bare Protocol"}
+
+
+def pin(pid: int, cpu: int | None) -> None:
+    """Keep a process on one CPU (relay on one, generators on the other), so the
+    relay never shares its core with the load it is measured under."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return
+    if cpu < (os.cpu_count() or 1):
+        try:
+            os.sched_setaffinity(pid, {cpu})
+        except OSError:
+            pass
+
+
+def raise_nofile() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit; children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (10 ms resolution)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm", "rb") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def _log_file(name: str) -> IO[bytes]:
+    os.makedirs(RESULTS, exist_ok=True)
+    return open(os.path.join(RESULTS, name), "ab")
+
+
+def _stop(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _readline(proc: subprocess.Popen[Any], timeout: float) -> str:
+    """One stdout line within ``timeout`` seconds, or an error naming the process."""
+    assert proc.stdout is not None
+    end = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"process {proc.args!r} did not answer within {timeout:g} s")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"process {proc.args!r} exited (code {proc.poll()})")
+            return line.decode() if isinstance(line, bytes) else line
+
+
+class Relay:
+    """A relay process on 127.0.0.1, port chosen by the kernel."""
+
+    def __init__(self, kind: str, tls: tuple[str, str] | None, *, limits: bool = True,
+                 cpu: int | None = None) -> None:
+        self.kind = kind
+        if kind == "msgr":
+            cmd = [PYTHON, os.path.join(ROOT, "msgr.py"), "serve", "--host", "127.0.0.1",
+                   "--port", "0"]
+            if tls:
+                cmd += ["--tls", "--cert", tls[0], "--key", tls[1]]
+            if limits:
+                cmd += MSGR_BENCH_LIMITS
+        else:
+            cmd = [PYTHON, "-m", "bench.baselines", kind]
+            if tls:
+                cmd += ["--tls", *tls]
+        self.log = _log_file(f"relay-{kind}.log")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, cwd=ROOT,
+                                     stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        pin(self.pid, cpu)
+        try:
+            line = _readline(self.proc, 30)
+            match = re.search(r"listening on \S*?:(\d+)", line)
+            if not match:
+                raise RuntimeError(f"relay {kind} did not start: {line!r}")
+            self.port = int(match.group(1))
+        except BaseException:
+            self.stop()
+            raise
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def rss(self) -> int:
+        return rss_bytes(self.pid)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.log.close()
+
+
+class Gen:
+    """A load generator process running one job (see bench.loadgen)."""
+
+    def __init__(self, job: dict[str, Any], *, cpu: int | None = None) -> None:
+        self.log = _log_file("loadgen.log")
+        self.proc = subprocess.Popen([PYTHON, "-m", "bench.loadgen", json.dumps(job)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, cwd=ROOT)
+        self.pid = self.proc.pid
+        pin(self.pid, cpu)
+
+    def expect(self, key: str, timeout: float) -> dict[str, Any]:
+        line = _readline(self.proc, timeout)
+        msg = json.loads(line)
+        if "error" in msg:
+            raise RuntimeError(f"load generator failed: {msg['error']}")
+        if key not in msg:
+            raise RuntimeError(f"load generator said {line!r}, expected {key}")
+        return msg
+
+    def tell(self, obj: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.log.close()

@@ -1,0 +1,784 @@
+"""Run the benchmark and print one table: msgr beside its two baselines.
+
+``python -m bench`` (or ``python bench/run.py``) from the repository root;
+``--quick`` for a shorter run. See ``--help`` and BENCHMARKS.md.
+
+Every network figure comes from separate processes on 127.0.0.1: one relay
+(msgr's ``msgr.py serve``, or a baseline from :mod:`bench.baselines`) and one
+or two load generators (:mod:`bench.loadgen`). Relay CPU time and memory are
+read from ``/proc/PID``. A figure is the median of ``--runs`` measurement
+windows, shown with the spread (min-max). The run is bounded: sections that
+would not fit in ``--budget`` seconds are skipped and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+if __package__ in (None, ""):  # python bench/run.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import inproc  # noqa: E402
+from bench.procs import RELAY_NAMES, RESULTS, ROOT, Gen, Relay, raise_nofile  # noqa: E402
+
+KIND_ORDER = ["msgr", "ws", "proto"]
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+SECTIONS = ["throughput", "latency", "memory", "handshake", "store", "client", "cli"]
+
+
+@dataclass
+class Plan:
+    runs: int = 3
+    warmup: float = 0.7
+    window: float = 1.5
+    latency_warmup: float = 0.5
+    pairs: tuple[int, ...] = (1, 100, 1000)
+    tls_modes: tuple[bool, ...] = (False, True)
+    #: Sends in flight per pair, by pair count (same for every relay).
+    inflight: dict[int, int] = field(default_factory=lambda: {1: 256, 100: 32, 1000: 8})
+    rates: tuple[int, ...] = (1000, 5000)
+    latency_pairs: int = 1000
+    idle_steps: tuple[int, ...] = (5000, 10000)
+    handshake_window: float = 1.5
+    store_sizes: tuple[int, ...] = (10**3, 10**4, 10**5, 10**6)
+    budget: float = 420.0
+
+
+QUICK = dict(runs=3, warmup=0.3, window=0.5, latency_warmup=0.3, rates=(5000,),
+             tls_modes=(True,), store_sizes=(10**3, 10**6), budget=80.0)
+#: What --quick leaves out (see --only to run them alone).
+QUICK_SKIPS = ("memory", "handshake")
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    label: str
+    unit: str
+    values: dict[str, list[float]]          # relay kind -> samples
+    higher_is_better: bool = True          # informational; the ratio is always msgr/base
+    target: str = ""
+    check: Callable[[Row], bool | None] | None = None
+    details: dict[str, str] = field(default_factory=dict)  # a second line per relay
+
+    def median(self, kind: str) -> float | None:
+        samples = self.values.get(kind)
+        return statistics.median(samples) if samples else None
+
+    def ratio(self, kind: str) -> float | None:
+        mine, base = self.median("msgr"), self.median(kind)
+        if mine is None or not base:
+            return None
+        return mine / base
+
+
+class Results:
+    def __init__(self) -> None:
+        self.retried = 0
+        self.contaminated = 0
+        self.rows: list[Row | str] = []
+        self.raw: dict[str, Any] = {}
+        self.skipped: list[str] = []
+        self.problems: list[str] = []
+
+    def section(self, title: str) -> None:
+        self.rows.append(title)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "msg/s" or unit == "/s":
+        return f"{value / 1000:.1f}k" if value >= 10_000 else f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _cell(row: Row, kind: str) -> str:
+    samples = row.values.get(kind)
+    if not samples:
+        return "-"
+    med = statistics.median(samples)
+    if len(samples) == 1:
+        return _fmt(med, row.unit)
+    return f"{_fmt(med, row.unit)} [{_fmt(min(samples), row.unit)}-{_fmt(max(samples), row.unit)}]"
+
+
+def render(results: Results, kinds: list[str]) -> str:
+    baselines = [k for k in ("ws", "proto") if k in kinds]
+    head = ["figure", "msgr"]
+    for k in baselines:
+        head += [RELAY_NAMES[k], "ratio"]
+    head += ["target", "met"]
+    lines: list[list[str]] = []
+    for row in results.rows:
+        if isinstance(row, str):
+            lines.append([row])
+            continue
+        cells = [f"{row.label} ({row.unit})" if row.unit else row.label, _cell(row, "msgr")]
+        for k in baselines:
+            ratio = row.ratio(k)
+            cells += [_cell(row, k), "-" if ratio is None else f"{ratio:.2f}x"]
+        verdict = row.check(row) if row.check else None
+        cells += [row.target, "" if verdict is None else ("yes" if verdict else "NO")]
+        lines.append(cells)
+        if row.details:
+            detail = ["", row.details.get("msgr", "")]
+            for k in baselines:
+                detail += [row.details.get(k, ""), ""]
+            detail += ["", ""]
+            lines.append(detail)
+    widths = [max(len(line[i]) for line in [head, *lines] if len(line) > 1)
+              for i in range(len(head))]
+    out = []
+
+    def fmt(cells: list[str]) -> str:
+        last = len(cells) - 2  # the target and verdict columns are text, left-aligned
+        parts = [cell.ljust(widths[i]) if i == 0 or i >= last else cell.rjust(widths[i])
+                 for i, cell in enumerate(cells)]
+        return "  ".join(parts).rstrip()
+
+    out.append(fmt(head))
+    out.append("  ".join("-" * w for w in widths))
+    for line in lines:
+        out.append(f"-- {line[0]}" if len(line) == 1 else fmt(line))
+    return "\n".join(out)
+
+
+# -- the machine ---------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
+            "openssl": ssl.OPENSSL_VERSION, "kernel": platform.release(),
+            "memory": _mem_total(), "load": load}
+
+
+def _mem_total() -> str:
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(f.readline().split()[1])
+        return f"{kib / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        return "?"
+
+
+# -- network measurements ---------------------------------------------------------------------
+
+
+#: The relay runs alone on one CPU, the load generators on the other.
+RELAY_CPU, GEN_CPU = 1, 0
+#: A window during which processes that are not ours used more than this
+#: many cores (the machine is shared) is measured again, at most MAX_RETRIES
+#: times; the table says how many were.
+FOREIGN_LIMIT = 0.15
+MAX_RETRIES = 2
+
+
+def machine_busy() -> float:
+    """Non-idle CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal: steal (time the hypervisor
+    # gave to other machines) counts as busy, hence as foreign.
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / _CLK_TCK
+
+
+class Arena:
+    """Every relay of one configuration, started with its generators connected,
+    then measured in turn (interleaved), so slow drifts in the machine's load
+    (it is shared) fall on all relays alike and connections are made once."""
+
+    def __init__(self, bench: Bench, tls: bool, pairs: int, *, latency: bool) -> None:
+        self.bench = bench
+        self.tls = tls
+        self.pairs = pairs
+        self.latency = latency
+        self.setups: dict[str, tuple[Relay, list[Gen]]] = {}
+        self.setup_s: dict[str, float] = {}
+
+    def __enter__(self) -> Arena:
+        try:
+            for kind in self.bench.kinds:
+                self._start(kind)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self, kind: str) -> None:
+        bench, pairs = self.bench, self.pairs
+        ngen = 2 if pairs >= 1000 else 1
+        relay = Relay(kind, bench.tls_files if self.tls else None, cpu=RELAY_CPU)
+        gens: list[Gen] = []
+        self.setups[kind] = (relay, gens)
+        for i in range(ngen):
+            gens.append(Gen({"mode": "latency" if self.latency else "throughput",
+                             "port": relay.port, "tls": self.tls, "ws": kind == "ws",
+                             "pairs": pairs // ngen, "window": bench.plan.inflight.get(pairs, 8),
+                             "tag": f"g{i}"}, cpu=GEN_CPU))
+        self.setup_s[kind] = max(g.expect("ready", 180)["setup_s"] for g in gens)
+
+    def __exit__(self, *exc: object) -> None:
+        for relay, gens in self.setups.values():
+            for gen in gens:
+                try:
+                    gen.tell({"close": True})
+                except (OSError, ValueError):
+                    pass
+            for gen in gens:
+                gen.stop()
+            relay.stop()
+
+    def phase(self, kind: str, warmup: float, window: float, *,
+              rate: float | None = None) -> dict[str, Any]:
+        """Measure one window; run it again (at most MAX_RETRIES times) if other
+        processes on this shared machine took more than FOREIGN_LIMIT of a core."""
+        attempts = 0
+        while True:
+            run = self._phase(kind, warmup, window, rate=rate)
+            attempts += 1
+            if (run["foreign_cpu"] <= FOREIGN_LIMIT or attempts > MAX_RETRIES
+                    or self.bench.left() < 30):
+                run["attempts"] = attempts
+                if run["foreign_cpu"] > FOREIGN_LIMIT:
+                    self.bench.results.contaminated += 1
+                return run
+            self.bench.results.retried += 1
+            self.bench.log(f"  other processes used {run['foreign_cpu']:.2f} core: again")
+
+    def _ours(self) -> float:
+        """CPU seconds of every process of this benchmark (them and us)."""
+        total = sum(os.times()[:2])  # this process
+        for relay, gens in self.setups.values():
+            total += relay.cpu() + sum(g.cpu() for g in gens)
+        return total
+
+    def _phase(self, kind: str, warmup: float, window: float, *,
+               rate: float | None = None) -> dict[str, Any]:
+        relay, gens = self.setups[kind]
+        start = time.monotonic() + 0.05
+        bounds = [start + warmup, start + warmup + window]
+        for gen in gens:
+            gen.tell({"bounds": bounds, "rate": (rate or 0) / len(gens)})
+        cpu, gcpu, busy, ours = [], [], [], []
+        for bound in bounds:
+            delay = bound - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            cpu.append(relay.cpu())
+            gcpu.append(sum(g.cpu() for g in gens))
+            busy.append(machine_busy())
+            ours.append(self._ours())
+        outs = [g.expect("result", 60)["result"] for g in gens]
+        _quiet(relay)
+        span = bounds[1] - bounds[0]
+        delivered = sum(o["counts"][0] for o in outs)
+        used = cpu[1] - cpu[0]
+        run: dict[str, Any] = {
+            "msgs": delivered / span, "us_per_msg": used / delivered * 1e6 if delivered else None,
+            "relay_cpu": used / span, "gen_cpu": (gcpu[1] - gcpu[0]) / span,
+            "foreign_cpu": max(0.0, (busy[1] - busy[0]) - (ours[1] - ours[0])) / span}
+        if rate:
+            samples = sorted(x for o in outs for x in o["samples"][0])
+            run["n"] = len(samples)
+            if samples:
+                run["p50_ms"] = samples[len(samples) // 2] / 1e6
+                run["p99_ms"] = samples[min(len(samples) - 1, int(len(samples) * 0.99))] / 1e6
+        errors = sum(o["errors"] for o in outs)
+        lost = sum(o["lost"] for o in outs)
+        if errors or lost or not relay.alive():
+            sample = next((o["error_sample"] for o in outs if o["error_sample"]), "")
+            self.bench.results.problems.append(
+                f"{RELAY_NAMES[kind]} {'TLS' if self.tls else 'plain'} {self.pairs} pairs"
+                f"{f' @{rate:g}/s' if rate else ''}: {errors} error frames, {lost} "
+                f"connections lost, relay {'alive' if relay.alive() else 'DEAD'} {sample}")
+        self.bench.log(f"{kind:5} {'tls' if self.tls else 'plain':5} {self.pairs:5} pairs"
+                       f"{f' @{rate:g}/s' if rate else ''}: {_describe(run)}")
+        return run
+
+
+def _quiet(relay: Relay, timeout: float = 5.0) -> None:
+    """Wait until the relay is idle (under 10% of a core over 0.1 s)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        before = relay.cpu()
+        time.sleep(0.1)
+        if relay.cpu() - before < 0.011:
+            return
+
+
+def _rotate(kinds: list[str], n: int) -> list[str]:
+    n %= len(kinds)
+    return kinds[n:] + kinds[:n]
+
+
+class Bench:
+    def __init__(self, plan: Plan, kinds: list[str], tls_files: tuple[str, str],
+                 verbose: bool) -> None:
+        self.plan = plan
+        self.kinds = kinds
+        self.tls_files = tls_files
+        self.verbose = verbose
+        self.started = time.monotonic()
+        self.results = Results()
+
+    def left(self) -> float:
+        return self.plan.budget - (time.monotonic() - self.started)
+
+    def log(self, text: str) -> None:
+        if self.verbose:
+            print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=sys.stderr,
+                  flush=True)
+
+    def arena(self, tls: bool, pairs: int, *, latency: bool = False) -> Arena:
+        return Arena(self, tls, pairs, latency=latency)
+
+    # sections ------------------------------------------------------------------------------
+
+    def network(self, throughput: bool, latency: bool) -> None:
+        """Throughput and latency: one arena per (TLS, pairs); latency phases run in
+        the TLS arena of ``latency_pairs`` pairs, after its throughput phases."""
+        plan = self.plan
+        lat_config = (True, plan.latency_pairs)
+        configs = [(tls, pairs) for tls in plan.tls_modes for pairs in plan.pairs
+                   ] if throughput else []
+        if latency and lat_config not in configs:
+            configs.append(lat_config)
+        tput: dict[tuple[bool, int], dict[str, list[dict[str, Any]]]] = {}
+        lat: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        for tls, pairs in configs:
+            do_tput = throughput and tls in plan.tls_modes and pairs in plan.pairs
+            do_lat = latency and (tls, pairs) == lat_config
+            # Setup (about 5 ms per TLS login on this kind of machine) plus phases.
+            phase = plan.warmup + plan.window + 0.3
+            need = len(self.kinds) * (1 + pairs * (0.005 if tls else 0.002))
+            need += plan.runs * len(self.kinds) * phase * (do_tput + len(plan.rates) * do_lat)
+            if self.left() < need:
+                self.results.skipped.append(f"{pairs} pairs tls={tls}")
+                continue
+            with self.arena(tls, pairs) as arena:
+                if do_tput:
+                    data: dict[str, list[dict[str, Any]]] = {k: [] for k in self.kinds}
+                    for rep in range(plan.runs):
+                        for kind in _rotate(self.kinds, rep):
+                            data[kind].append(arena.phase(kind, plan.warmup, plan.window))
+                    tput[(tls, pairs)] = data
+                if do_lat:
+                    for rate in plan.rates:
+                        lat[rate] = {k: [] for k in self.kinds}
+                    for rep in range(plan.runs):
+                        for rate in plan.rates:
+                            for kind in _rotate(self.kinds, rep):
+                                lat[rate][kind].append(arena.phase(
+                                    kind, plan.latency_warmup, plan.window, rate=rate))
+        if throughput:
+            self._throughput_rows(tput)
+        if latency:
+            self._latency_rows(lat)
+
+    def _throughput_rows(self, tput: dict[tuple[bool, int], dict[str, list[dict[str, Any]]]]
+                         ) -> None:
+        res = self.results
+        for tls in self.plan.tls_modes:
+            res.section(f"throughput, 251-byte messages, delivered msg/s at saturation, "
+                        f"{'TLS' if tls else 'plain TCP'}")
+            for pairs in self.plan.pairs:
+                data = tput.get((tls, pairs))
+                if data is None:
+                    continue
+                res.raw[f"throughput/{'tls' if tls else 'plain'}/{pairs}"] = data
+                label = f"{pairs:,} pair{'s' if pairs > 1 else ''}"
+                target, check = "", None
+                if tls:
+                    target, check = _throughput_target(pairs)
+                res.add(Row(label, "msg/s", {k: [r["msgs"] for r in v] for k, v in data.items()},
+                            target=target, check=check))
+                cpu = Row("  relay CPU per message", "us",
+                          {k: [r["us_per_msg"] for r in v if r["us_per_msg"]]
+                           for k, v in data.items()}, higher_is_better=False)
+                cpu.details = {k: "relay {:.0f}% gen {:.0f}% CPU".format(
+                    100 * statistics.median(r["relay_cpu"] for r in v),
+                    100 * statistics.median(r["gen_cpu"] for r in v)) for k, v in data.items()}
+                res.add(cpu)
+
+    def _latency_rows(self, lat: dict[int, dict[str, list[dict[str, Any]]]]) -> None:
+        res = self.results
+        res.section(f"latency, send to delivery, {self.plan.latency_pairs:,} pairs, TLS, "
+                    "fixed offered rate")
+        for rate in self.plan.rates:
+            data = lat.get(rate)
+            if data is None:
+                continue
+            res.raw[f"latency/{rate}"] = data
+            for q in ("p50", "p99"):
+                target, check = "", None
+                if q == "p99" and rate == 5000:
+                    target, check = "<= 2 ms", _at_most("msgr", 2.0)
+                row = Row(f"{q} at {rate:,} msg/s offered", "ms",
+                          {k: [r[f"{q}_ms"] for r in v if f"{q}_ms" in r]
+                           for k, v in data.items()},
+                          higher_is_better=False, target=target, check=check)
+                if q == "p99":
+                    row.details = {k: "relay {:.0f}% gen {:.0f}% CPU".format(
+                        100 * statistics.median(r["relay_cpu"] for r in v),
+                        100 * statistics.median(r["gen_cpu"] for r in v))
+                        for k, v in data.items()}
+                res.add(row)
+
+    def idle_run(self, kind: str, tls: bool) -> dict[str, Any]:
+        """RSS growth of the relay per idle, logged-in connection."""
+        steps = self.plan.idle_steps
+        relay = Relay(kind, self.tls_files if tls else None)
+        gens: list[Gen] = []
+        out: dict[str, Any] = {"per_conn": {}, "rss": {}}
+        try:
+            warm = Gen({"mode": "idle", "port": relay.port, "tls": tls, "ws": kind == "ws",
+                        "conns": 20, "tag": "w"})
+            gens.append(warm)
+            warm.expect("ready", 60)
+            time.sleep(0.3)
+            base = relay.rss()
+            out["rss"][0] = base
+            total = 0
+            for n, step in enumerate(steps):
+                need = step - total
+                procs = 2
+                batch = [Gen({"mode": "idle", "port": relay.port, "tls": tls,
+                              "ws": kind == "ws", "conns": need // procs,
+                              "tag": f"s{n}p{p}x", "concurrency": 50}) for p in range(procs)]
+                gens += batch
+                for g in batch:
+                    g.expect("ready", 180)
+                total = step
+                time.sleep(0.5)
+                rss = relay.rss()
+                out["rss"][step] = rss
+                out["per_conn"][step] = (rss - base) / step
+            if not relay.alive():
+                raise RuntimeError(f"{kind} relay died")
+            for g in gens:
+                g.tell({"close": True})
+            lost = sum(g.expect("result", 30)["result"]["lost"] for g in gens)
+            if lost:
+                self.results.problems.append(f"{RELAY_NAMES[kind]} idle tls={tls}: "
+                                             f"{lost} idle connections dropped")
+        finally:
+            for g in gens:
+                g.stop()
+            relay.stop()
+        self.log(f"{kind:5} idle tls={tls}: " + ", ".join(
+            f"{n}: {v / 1024:.1f} KiB/conn" for n, v in out["per_conn"].items())
+            + f"; rss {out['rss'][steps[-1]] / 2**20:.0f} MiB")
+        return out
+
+    def memory(self) -> None:
+        res = self.results
+        steps = self.plan.idle_steps
+        res.section("memory, relay RSS growth per idle logged-in connection "
+                    "(baselines: one run)")
+        for tls in (False, True):
+            data: dict[str, list[dict[str, Any]]] = {k: [] for k in self.kinds}
+            # msgr: runs times. Baselines: once; their figure is asyncio's (or
+            # websockets') fixed per-connection cost and barely moves (+-1%).
+            for rep in range(self.plan.runs):
+                for kind in self.kinds if rep == 0 else ["msgr"]:
+                    if self.left() < (40 if tls else 20):
+                        res.skipped.append(f"memory {kind} tls={tls} run {rep + 1}")
+                        continue
+                    data[kind].append(self.idle_run(kind, tls))
+            res.raw[f"memory/{'tls' if tls else 'plain'}"] = data
+            limit = 40 if tls else 4
+            for step in steps:
+                res.add(Row(f"{'TLS' if tls else 'plain'}, {step:,} connections", "KiB/conn",
+                            {k: [r["per_conn"][step] / 1024 for r in v]
+                             for k, v in data.items() if v},
+                            higher_is_better=False, target=f"<= {limit} KiB",
+                            check=_at_most("msgr", limit)))
+            if tls:
+                last = steps[-1]
+                res.add(Row(f"relay RSS with {last:,} TLS clients", "MiB",
+                            {k: [r["rss"][last] / 2**20 for r in v]
+                             for k, v in data.items() if v},
+                            higher_is_better=False, target="< 500 MiB",
+                            check=_at_most("msgr", 500, strict=True)))
+
+    def handshake_run(self, kind: str) -> list[dict[str, float]]:
+        plan = self.plan
+        relay = Relay(kind, self.tls_files, cpu=RELAY_CPU)
+        gens = []
+        try:
+            gens = [Gen({"mode": "handshake", "port": relay.port, "concurrency": 8},
+                        cpu=GEN_CPU) for _ in range(2)]
+            for g in gens:
+                g.expect("ready", 30)
+            start = time.monotonic() + 0.1
+            bounds = [start + 0.5 + i * plan.handshake_window for i in range(plan.runs + 1)]
+            for g in gens:
+                g.tell({"bounds": bounds})
+            cpu = []
+            for bound in bounds:
+                time.sleep(max(0.0, bound - time.monotonic()))
+                cpu.append(relay.cpu())
+            outs = [g.expect("result", 60)["result"] for g in gens]
+        finally:
+            for g in gens:
+                g.stop()
+            relay.stop()
+        runs = []
+        for i in range(plan.runs):
+            span = bounds[i + 1] - bounds[i]
+            n = sum(o["counts"][i] for o in outs)
+            c = cpu[i + 1] - cpu[i]
+            runs.append({"per_s": n / span, "us_each": c / n * 1e6 if n else None,
+                         "relay_cpu": c / span})
+        self.log(f"{kind:5} handshakes: " + "; ".join(
+            f"{r['per_s']:.0f}/s relay {r['relay_cpu'] * 100:.0f}%" for r in runs))
+        return runs
+
+    def handshake(self) -> None:
+        res = self.results
+        res.section("TLS handshakes (TLS 1.3, Ed25519 certificate), 16 concurrent clients")
+        data = {}
+        for kind in self.kinds:
+            if self.left() < 12:
+                res.skipped.append(f"handshakes {kind}")
+                continue
+            data[kind] = self.handshake_run(kind)
+        res.raw["handshake"] = data
+        row = Row("handshakes per second", "/s", {k: [r["per_s"] for r in v]
+                                                  for k, v in data.items()})
+        row.details = {k: "relay {:.0f}% CPU".format(
+            100 * statistics.median(r["relay_cpu"] for r in v)) for k, v in data.items()}
+        res.add(row)
+        res.add(Row("  relay CPU per handshake", "us",
+                    {k: [r["us_each"] for r in v if r["us_each"]] for k, v in data.items()},
+                    higher_is_better=False))
+
+    # in-process ---------------------------------------------------------------------------
+
+    def store(self) -> None:
+        res = self.results
+        sizes = list(self.plan.store_sizes)
+        res.section("TTL store (in-process: msgr's Relay.tick over store.MemoryStore, "
+                    "plus one dead heap entry per 4 stored)")
+        figures = inproc.store_figures(sizes, self.plan.runs)
+        res.raw["store"] = figures
+        small, big = sizes[0], sizes[-1]
+        for n in sizes:
+            row = Row(f"idle tick, {n:,} stored", "us", {"msgr": figures[n]["idle_us"]},
+                      higher_is_better=False)
+            if n == big and n != small:
+                row.target = f"same as at {small:,}"
+                base = statistics.median(figures[small]["idle_us"])
+                row.check = lambda r, base=base: (r.median("msgr") or 0) <= base * 1.5 + 0.5
+            res.add(row)
+        for n in sizes:
+            row = Row(f"CPU per 1,000 expirations, {n:,} stored", "ms",
+                      {"msgr": figures[n]["expire_ms"]}, higher_is_better=False)
+            if n == 10**6:
+                row.target, row.check = "<= 5 ms", _at_most("msgr", 5.0)
+            res.add(row)
+
+    def client(self) -> None:
+        res = self.results
+        res.section("client-side crypto (in-process)")
+        try:
+            import kdf
+        except ImportError as err:
+            res.skipped.append(f"client crypto: {err}")
+            return
+        p = kdf.DEFAULT_PARAMS
+        a = inproc.argon2_figures(self.plan.runs)
+        res.add(Row(f"Argon2id, DEFAULT_PARAMS (t={p.time_cost}, m={p.memory_kib // 1024} MiB, "
+                    f"p={p.parallelism}), wall", "ms", {"msgr": a["wall_ms"]},
+                    higher_is_better=False))
+        res.add(Row("  same, CPU (all threads)", "ms", {"msgr": a["cpu_ms"]},
+                    higher_is_better=False))
+        c = inproc.cpace_figures(self.plan.runs)
+        res.add(Row("CPace handshake, 4 messages, both sides, CPU", "ms", {"msgr": c["cpu_ms"]},
+                    higher_is_better=False))
+        r = inproc.ratchet_figures(self.plan.runs)
+        res.add(Row("ratchet encrypt+decrypt, 100 B, same direction", "us",
+                    {"msgr": r["one_way_us"]}, higher_is_better=False))
+        res.add(Row("ratchet encrypt+decrypt, 100 B, alternating (DH step)", "us",
+                    {"msgr": r["ping_pong_us"]}, higher_is_better=False))
+        res.raw["client"] = {"argon2": a, "cpace": c, "ratchet": r}
+
+    def cli(self) -> None:
+        res = self.results
+        res.section("command line")
+        h = inproc.help_figures(max(self.plan.runs, 5))
+        res.raw["cli"] = h
+        res.add(Row("python msgr.py --help, wall", "ms", {"msgr": h["wall_ms"]},
+                    higher_is_better=False, target="< 150 ms",
+                    check=_at_most("msgr", 150, strict=True)))
+
+
+def _describe(run: dict[str, Any]) -> str:
+    text = f"{run['msgs']:.0f} msg/s"
+    if run.get("us_per_msg"):
+        text += f" {run['us_per_msg']:.1f}us"
+    if "p99_ms" in run:
+        text += f" p50 {run['p50_ms']:.2f} p99 {run['p99_ms']:.2f}ms"
+    return text + f" (relay {run['relay_cpu'] * 100:.0f}% gen {run['gen_cpu'] * 100:.0f}%)"
+
+
+def _at_most(kind: str, limit: float, *, strict: bool = False
+             ) -> Callable[[Row], bool | None]:
+    def check(row: Row) -> bool | None:
+        value = row.median(kind)
+        if value is None:
+            return None
+        return value < limit if strict else value <= limit
+    return check
+
+
+def _throughput_target(pairs: int) -> tuple[str, Callable[[Row], bool | None]]:
+    ws_min = {100: 2.5, 1000: 1.5}.get(pairs)
+
+    def check(row: Row) -> bool | None:
+        verdicts = []
+        if ws_min is not None and row.ratio("ws") is not None:
+            verdicts.append(row.ratio("ws") >= ws_min)  # type: ignore[operator]
+        if row.ratio("proto") is not None:
+            verdicts.append(row.ratio("proto") >= 0.85)  # type: ignore[operator]
+        return all(verdicts) if verdicts else None
+
+    text = (f">= {ws_min}x ws, " if ws_min else "") + ">= 0.85x proto"
+    return text, check
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="msgr relay and client benchmark (loopback only, bounded in time).")
+    parser.add_argument("--quick", action="store_true",
+                        help="about a minute: TLS throughput, latency at 5,000 msg/s, short "
+                        "windows, the store at 10^3 and 10^6; no memory or handshake sections")
+    parser.add_argument("--only", metavar="SECTIONS",
+                        help=f"comma-separated subset of: {','.join(SECTIONS)}")
+    parser.add_argument("--relays", default="msgr,ws,proto",
+                        help="relays to measure (default: msgr,ws,proto)")
+    parser.add_argument("--runs", type=int, help="measurement windows per figure (default 3)")
+    parser.add_argument("--budget", type=float, help="seconds the whole run may take; "
+                        "sections that would not fit are skipped (default 420, quick 80)")
+    parser.add_argument("--json", metavar="FILE", help="also write every sample here "
+                        "(default bench/results/last.json)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    args = parser.parse_args(argv)
+
+    plan = Plan(**QUICK) if args.quick else Plan()  # type: ignore[arg-type]
+    if args.runs:
+        plan.runs = args.runs
+    if args.budget:
+        plan.budget = args.budget
+    sections = args.only.split(",") if args.only else [
+        s for s in SECTIONS if not (args.quick and s in QUICK_SKIPS)]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    kinds = [k for k in KIND_ORDER if k in args.relays.split(",")]
+    if "msgr" not in kinds:
+        parser.error("--relays must include msgr")
+    if "ws" in kinds and _ws_version() == "(not installed)":
+        print("websockets is not installed (pip install -r requirements-dev.txt): "
+              "no websockets baseline", file=sys.stderr)
+        kinds.remove("ws")
+
+    raise_nofile()
+    # SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C, so every
+    # relay and generator this run started is stopped by its finally block.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    os.chdir(ROOT)
+    info = machine()
+    with tempfile.TemporaryDirectory(prefix="msgr-bench-") as tmp:
+        import certs
+
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        certs.ensure_certificate(cert, key, hostnames=("localhost",),
+                                 ip_addresses=("127.0.0.1",))
+        bench = Bench(plan, kinds, (cert, key), verbose=not args.quiet)
+        if "throughput" in sections or "latency" in sections:
+            bench.network("throughput" in sections, "latency" in sections)
+        for name in SECTIONS[2:]:
+            if name in sections:
+                bench.log(f"section {name}")
+                getattr(bench, name)()
+    elapsed = time.monotonic() - bench.started
+    info["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    res = bench.results
+
+    print(f"msgr benchmark{' (quick)' if args.quick else ''}: {info['cpu']}, {info['cores']} "
+          f"cores, {info['memory']}, Linux {info['kernel']}, Python {info['python']}, "
+          f"{info['openssl']}")
+    print(f"load average before {info['load']}, after {info['load_end']}; {elapsed:.0f} s; "
+          f"median of {plan.runs} windows [min-max]; ratio = msgr / baseline; "
+          f"ws = websockets {_ws_version()}")
+    print("msgr runs with its default limits except: " + " ".join(
+        __import__("bench.procs", fromlist=["x"]).MSGR_BENCH_LIMITS))
+    print()
+    print(render(res, kinds))
+    if res.retried:
+        print(f"{res.retried} window(s) measured again: other processes on this shared machine "
+              f"used more than {FOREIGN_LIMIT} core during them; {res.contaminated} kept "
+              f"after {MAX_RETRIES} retries (see foreign_cpu in the JSON)")
+    for problem in res.problems:
+        print(f"problem: {problem}")
+    for skipped in res.skipped:
+        print(f"skipped (time budget): {skipped}")
+
+    path = args.json or os.path.join(RESULTS, "last.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"machine": info, "plan": plan.__dict__, "elapsed_s": elapsed,
+                   "raw": res.raw, "problems": res.problems, "skipped": res.skipped},
+                  f, indent=1, default=str)
+    return 1 if res.problems else 0
+
+
+def _ws_version() -> str:
+    try:
+        import websockets
+        return websockets.__version__
+    except ImportError:
+        return "(not installed)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
