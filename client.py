@@ -466,7 +466,10 @@ class ChatClient:
 
 
 def _relay_message(frame: dict[str, Any]) -> str:
-    return str(frame.get("message") or frame.get("code") or "refused")[:300]
+    """The relay's sentence, made safe to print: a hostile relay must not be
+    able to send terminal escape sequences through our error messages."""
+    text = str(frame.get("message") or frame.get("code") or "refused")[:300]
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _reason(err: BaseException) -> str:
