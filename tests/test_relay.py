@@ -348,3 +348,27 @@ def test_shutdown_tells_clients():
         assert frame["type"] == "shutdown"
         assert await c.closed()
     run(main())
+
+
+def test_tls_handshake_timeout_cuts_a_silent_tls_client(tmp_path):
+    import certs
+
+    certs.ensure_certificate(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context = certs.server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+    config = relay.RelayConfig(tls_handshake_timeout=0.5)
+
+    async def main():
+        async with relay_running(config, ssl_context=context) as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.address[1])
+            writer.write(b"\x16\x03\x01")          # the start of a ClientHello, then silence
+            started = asyncio.get_running_loop().time()
+            data = await asyncio.wait_for(reader.read(100), 5)
+            waited = asyncio.get_running_loop().time() - started
+            assert data == b"" and waited < 3       # closed by the relay, not by us
+            writer.close()
+            # A real TLS client is still served.
+            ok = await RawClient.login(srv.address[1], "alice",
+                                       ssl=certs.client_context(cafile=str(tmp_path / "cert.pem")))
+            await ok.send({"type": "ping"})
+            assert (await ok.recv())["type"] == "pong"
+    run(main())
