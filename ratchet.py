@@ -93,8 +93,8 @@ import nacl.exceptions
 from nacl.bindings import (
     crypto_scalarmult,
     crypto_scalarmult_base,
-    crypto_secretbox_easy,
-    crypto_secretbox_open_easy,
+    crypto_secretbox,
+    crypto_secretbox_open,
 )
 
 from errors import CryptoError, MsgrError
@@ -272,7 +272,7 @@ def _skip_keys(
 def _open(mk: bytes, ad_prefix: bytes, header: bytes, box: bytes) -> bytes:
     key, nonce = message_key_nonce(mk, ad_prefix, header)
     try:
-        return crypto_secretbox_open_easy(box, nonce, key)
+        return crypto_secretbox_open(box, nonce, key)
     except nacl.exceptions.CryptoError:
         raise DecryptionFailed(
             "message failed authentication: tampered, or not from this session"
@@ -427,7 +427,7 @@ class Ratchet:
         cks, mk = kdf_ck(self._cks)
         header = _HEADER.pack(VERSION, self._role_byte, self._dhs_pub, self._pn, self._ns)
         key, nonce = message_key_nonce(mk, self._ad_prefix, header)
-        box = crypto_secretbox_easy(bytes(plaintext), nonce, key)
+        box = crypto_secretbox(bytes(plaintext), nonce, key)
         self._cks = cks
         self._ns += 1
         return header + box
