@@ -283,7 +283,10 @@ def _check_scalar(y: object) -> None:
 
 
 def _require_ed25519() -> None:
-    # PyNaCl's wheels have these; a build against a minimal libsodium does not.
+    # PyNaCl's wheels have these; a build against a minimal libsodium does not,
+    # and PyNaCl before 1.6 does not expose from_uniform.
+    if not hasattr(nacl.bindings, "crypto_core_ed25519_from_uniform"):
+        raise CPaceUnavailable("this PyNaCl is too old for CPace; install PyNaCl 1.6 or newer")
     if not (nacl.bindings.has_crypto_core_ed25519 and nacl.bindings.has_crypto_scalarmult_ed25519):
         raise CPaceUnavailable(
             "this PyNaCl is built against a minimal libsodium without Ed25519 point "
