@@ -320,3 +320,36 @@ def test_relay_logs_never_hold_bodies_passcodes_or_text(level):
         assert "alice" not in log and "bob" not in log      # no names at info
     else:
         assert "sender=alice to=bob" in log                  # who talks to whom: debug only
+
+
+def test_chat_survives_a_relay_restart_on_the_same_port(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def main():
+        async with relay_subprocess("--port", str(port)) as (relay_proc, _, _):
+            alice = await Chat.start(port, "alice", "bob")
+            bob = await Chat.start(port, "bob", "alice")
+            await alice.wait_for("secure session", stream="stderr")
+            await bob.wait_for("secure session", stream="stderr")
+            await alice.say("before the restart")
+            await bob.wait_for("before the restart")
+            relay_proc.send_signal(signal.SIGTERM)
+            await relay_proc.wait()
+            await alice.wait_for("reconnecting", stream="stderr")
+            await alice.say("typed while the relay was down")
+        async with relay_subprocess("--port", str(port)):
+            await bob.wait_for("typed while the relay was down", timeout=30)
+            await bob.say("after the restart")
+            await alice.wait_for("after the restart", timeout=30)
+            # The ratchet carried on: no second handshake, no notice about it.
+            assert sum("secure session" in x for x in alice.stderr) == 1
+            await alice.end_input()
+            await bob.end_input()
+            assert await alice.exit_code() == 0, alice.stderr
+            assert await bob.exit_code() == 0, bob.stderr
+            assert bob.stdout.count("alice: typed while the relay was down") == 1
+    run(main(), timeout=90)
