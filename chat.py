@@ -145,7 +145,6 @@ class Outgoing:
     state: OutState = OutState.QUEUED
     deadline: float | None = None   # monotonic; set when sent under a session
     body: str | None = None         # the last ciphertext sent
-    sid: str | None = None          # session it was sealed under (default mode)
     ref: int | None = None
     relay_id: int | None = None
 
@@ -571,7 +570,6 @@ class ChatCore:
                 return
             inner = {"k": "msg", "from": self.me, "to": self.peer, "e": self.epoch, "n": out.n,
                      "ts": out.ts, "ttl": out.ttl, "text": out.text}
-            out.sid = session.sid
             if out.deadline is None:  # the TTL runs from the first send, not from resends
                 out.deadline = self._clock() + out.ttl
             self._seal_and_submit(inner, out)

@@ -34,6 +34,7 @@ from nacl.signing import SigningKey
 import framing
 from chat import ChatCore, Event, Mode, Received
 from errors import MsgrError
+from relay import AUTH_LABEL  # the one definition; relay.py imports no crypto
 
 #: Seconds to open the TCP connection and finish TLS.
 CONNECT_TIMEOUT = 10.0
@@ -46,7 +47,6 @@ BACKOFF_JITTER = 0.3
 FATAL_CODES = frozenset({"name_owned", "bad_name", "version", "bad_signature", "replaced",
                          "protocol", "bad_frame", "frame_too_large"})
 
-AUTH_LABEL = b"msgr/v1/relay-auth\x00"  # must match relay.AUTH_LABEL
 
 
 class ClientError(MsgrError):
@@ -294,7 +294,8 @@ class ChatClient:
                                 f"{self.connect_timeout:g} s") from None
         except ssl.SSLCertVerificationError as err:
             import certs
-            raise certs.unknown_certificate(err, address=self.address) from None
+            raise certs.unknown_certificate(err, address=self.address,
+                                           cafile=self.tls.cafile if self.tls else None) from None
         except ssl.SSLError as err:
             raise WrongTransport(f"TLS failed with {self.address} ({err.reason or err}): is "
                                  "the relay running without --tls? Then drop --tls") from None

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import framing
-from relay import Client, ProtocolViolation, Refused, Relay, RelayConfig
+from relay import Client, Refused, Relay, RelayConfig
 
 log = logging.getLogger("msgr.relay")
 
@@ -380,4 +380,4 @@ async def serve_forever(relay_server: RelayServer, *,
         await relay_server.close()
 
 
-__all__ = ["Connection", "ProtocolViolation", "RelayServer", "start_relay", "serve_forever"]
+__all__ = ["Connection", "RelayServer", "start_relay", "serve_forever"]
