@@ -118,21 +118,36 @@ async def relay_running(config: relay.RelayConfig | None = None,
         await srv.close(timeout=2)
 
 
+def serve_argv(*args: str) -> list[str]:
+    """``msgr.py serve`` on 127.0.0.1, any free port, with ``args``."""
+    return [PYTHON, os.path.join(ROOT, "msgr.py"), "serve", "--host", "127.0.0.1", "--port", "0",
+            *args]
+
+
+def chat_argv(port: int, user: str, peer: str, *extra: str, host: str = "127.0.0.1") -> list[str]:
+    return [PYTHON, os.path.join(ROOT, "msgr.py"), "chat", "--server", f"{host}:{port}",
+            "--user", user, "--peer", peer, *extra]
+
+
+def listening_port(line: str) -> int | None:
+    """The port in the relay's "listening on HOST:PORT" line, or None."""
+    match = re.search(r"listening on \S+:(\d+)", line)
+    return int(match.group(1)) if match else None
+
+
 @contextlib.contextmanager
 def relay_process(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[Any, int]]:
     """``msgr.py serve`` as a subprocess on a free port; yields (process, port)."""
-    proc = subprocess.Popen(
-        [PYTHON, os.path.join(ROOT, "msgr.py"), "serve", "--host", "127.0.0.1", "--port", "0",
-         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(serve_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env={**os.environ, **(env or {})})
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        match = re.search(r"listening on \S+:(\d+)", line)
-        if not match:
+        port = listening_port(line)
+        if port is None:
             proc.kill()
             raise AssertionError(f"relay did not start: {line!r} {proc.stderr.read()!r}")
-        yield proc, int(match.group(1))
+        yield proc, port
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -147,10 +162,9 @@ def chat_process(port: int, user: str, peer: str, *extra: str, passcode: str = "
                  env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """``msgr.py chat`` in line mode as a subprocess (stdin/stdout/stderr pipes)."""
     return subprocess.Popen(
-        [PYTHON, os.path.join(ROOT, "msgr.py"), "chat", "--server", f"127.0.0.1:{port}",
-         "--user", user, "--peer", peer, *extra],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=ROOT, env={**os.environ, "MSGR_PASSCODE": passcode, **(env or {})})
+        chat_argv(port, user, peer, *extra), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "MSGR_PASSCODE": passcode, **(env or {})})
 
 
 class Chat:
@@ -174,8 +188,7 @@ class Chat:
         environ["HOME"] = environ.get("MSGR_TEST_HOME", environ.get("HOME", "/tmp"))
         environ.update(env or {})
         proc = await asyncio.create_subprocess_exec(
-            PYTHON, os.path.join(ROOT, "msgr.py"), "chat", "--server", f"{host}:{port}",
-            "--user", user, "--peer", peer, *extra, stdin=asyncio.subprocess.PIPE,
+            *chat_argv(port, user, peer, *extra, host=host), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=environ)
         return cls(proc, user)
 
@@ -277,16 +290,16 @@ async def relay_subprocess(
         *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, list[str]]]:
     """``msgr.py serve`` as an asyncio subprocess; yields (process, port, first line)."""
     proc = await asyncio.create_subprocess_exec(
-        PYTHON, os.path.join(ROOT, "msgr.py"), "serve", "--host", "127.0.0.1", "--port", "0",
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+        *serve_argv(*args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT)
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()
-        match = re.search(r"listening on \S+:(\d+)", line)
-        if not match:
+        port = listening_port(line)
+        if port is None:
             err = (await proc.stderr.read()).decode() if proc.stderr else ""
             raise AssertionError(f"relay did not start: {line!r} {err!r}")
-        yield proc, int(match.group(1)), [line]
+        yield proc, port, [line]
     finally:
         if proc.returncode is None:
             proc.terminate()
