@@ -592,6 +592,9 @@ def server_context(
     _check_key_file(key_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # TLS 1.2 renegotiation lets a client make the server redo expensive
+    # work on demand, and would let a write wait for the peer (tlsconn.py).
+    context.options |= ssl.OP_NO_RENEGOTIATION
     try:
         context.load_cert_chain(cert_path, key_path, password=_refuse_password)
     except CertificateFileError as err:

@@ -16,7 +16,10 @@ waits in the store until its TTL.
 We use ``loop.create_server`` with a Protocol rather than ``start_server``
 with streams: it is the same stdlib layer start_server is built on, without a
 task and a StreamReader per connection, and it exposes pause_reading and
-write-buffer limits, which backpressure needs.
+write-buffer limits, which backpressure needs. TLS is terminated by
+:mod:`tlsconn` (an ``ssl.SSLObject`` over memory BIOs, one read buffer shared
+by all connections) rather than by asyncio's TLS layer; the reasons, measured,
+are in that module.
 """
 
 from __future__ import annotations
@@ -31,20 +34,10 @@ from collections.abc import Callable
 from typing import Any
 
 import framing
+import tlsconn
 from relay import Client, Refused, Relay, RelayConfig
 
 log = logging.getLogger("msgr.relay")
-
-#: asyncio's TLS layer allocates a 256 KiB socket read buffer per connection
-#: (asyncio.sslproto.SSLProtocol.max_size), ~283 KiB per idle TLS client.
-#: The relay's TLS connections share one buffer of that size instead (see
-#: _share_tls_buffer): big reads under load, nothing per idle client.
-TLS_READ_BUFFER = 256 * 1024
-#: Plaintext asked of the TLS object per read call. A TLS record carries at
-#: most 16 KiB and one call returns at most one record, so asking for 256 KiB
-#: (asyncio's default) only allocates a larger bytes object each time.
-TLS_RECORD = 16 * 1024
-
 
 class _Timeout(Refused):
     def __init__(self, message: str) -> None:
@@ -77,7 +70,6 @@ class Connection(asyncio.Protocol):
         self.address = f"{host}:{peer[1]}" if isinstance(peer, tuple) else host
         server = self.server
         config = self.relay.config
-        _share_tls_buffer(transport, server)
         if server.closing:
             transport.abort()
             return
@@ -229,36 +221,6 @@ class Connection(asyncio.Protocol):
         self._timer = loop.call_at(deadline, self._on_timer)
 
 
-def _share_tls_buffer(transport: asyncio.BaseTransport, server: RelayServer) -> None:
-    """Point a TLS connection's socket read buffer at the server's shared one.
-
-    asyncio offers no public knob for it; the attribute names are those of
-    CPython 3.11-3.13's sslproto (checked identical in the three). If they are
-    absent (3.10, uvloop) nothing changes.
-
-    Sharing is safe because the buffer holds bytes only between ``recv_into``
-    and the start of ``SSLProtocol.buffer_updated``, whose first statement
-    copies them into the connection's incoming BIO; both run in one callback
-    of the (single-threaded) loop, so no two connections ever have data in it.
-
-    The first version of this function gave each connection a 16 KiB buffer
-    and did not work: the socket transport asks for ``get_buffer(-1)``, which
-    sslproto reads as "max_size" and answers by re-allocating a 256 KiB buffer
-    when the one it has is smaller: 280 KiB per idle logged-in TLS client,
-    measured. The shared buffer is ``TLS_READ_BUFFER`` long, so it is never
-    replaced, and ``max_size`` (also the plaintext size asked per SSLObject
-    read) drops to one TLS record.
-    """
-    proto = getattr(transport, "_ssl_protocol", None)
-    if (proto is None or not hasattr(proto, "_ssl_buffer")
-            or not hasattr(proto, "_ssl_buffer_view")):
-        return
-    shared, view = server.tls_read_buffer()
-    proto.max_size = TLS_RECORD  # an instance attribute over the class one
-    proto._ssl_buffer = shared
-    proto._ssl_buffer_view = view
-
-
 class RelayServer:
     """A relay listening on a socket. Use :func:`start_relay` to make one."""
 
@@ -275,20 +237,13 @@ class RelayServer:
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at: float | None = None
         self.tls = False
-        self._tls_buffer: tuple[bytearray, memoryview] | None = None
+        self.handshaking: set[tlsconn.TLSServerProtocol] = set()
 
     @property
     def address(self) -> tuple[str, int]:
         assert self.server is not None and self.server.sockets
         host, port = self.server.sockets[0].getsockname()[:2]
         return host, port
-
-    def tls_read_buffer(self) -> tuple[bytearray, memoryview]:
-        """The socket read buffer every TLS connection shares (made on first use)."""
-        if self._tls_buffer is None:
-            buffer = bytearray(TLS_READ_BUFFER)
-            self._tls_buffer = (buffer, memoryview(buffer))
-        return self._tls_buffer
 
     def flush(self) -> None:
         """Write out everything queued during this batch, one write per connection."""
@@ -320,6 +275,8 @@ class RelayServer:
         if self.server is not None:
             self.server.close()
         self.relay.shutdown()
+        for tls in list(self.handshaking):
+            tls.abort()  # mid-handshake: not a client of the relay yet
         for conn in list(self.connections):
             conn.close()
         self.flush()
@@ -348,10 +305,20 @@ async def start_relay(config: RelayConfig | None = None, *, host: str = "127.0.0
     config = config or RelayConfig()
     relay_server = RelayServer(config, loop=loop)
     relay_server.tls = ssl_context is not None
+    factory: Callable[[], asyncio.BaseProtocol]
+    if ssl_context is None:
+        def factory() -> asyncio.BaseProtocol:
+            return Connection(relay_server)
+    else:
+        context, buffer = ssl_context, tlsconn.ReadBuffer()
+
+        def factory() -> asyncio.BaseProtocol:
+            return tlsconn.TLSServerProtocol(
+                context, Connection(relay_server), buffer=buffer, loop=loop,
+                handshake_timeout=config.tls_handshake_timeout,
+                handshaking=relay_server.handshaking)
     relay_server.server = await loop.create_server(
-        lambda: Connection(relay_server), host=host, port=port, ssl=ssl_context,
-        ssl_handshake_timeout=config.tls_handshake_timeout if ssl_context else None,
-        backlog=backlog, reuse_address=True)
+        factory, host=host, port=port, backlog=backlog, reuse_address=True)
     return relay_server
 
 

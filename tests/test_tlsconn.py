@@ -1,0 +1,255 @@
+"""The relay's own TLS layer (tlsconn.py), against a real relay on loopback.
+
+Most TLS traffic in the suite goes through it already (test_e2e, test_certs,
+test_screen); these tests aim at what an ordinary client never does: records
+cut into tiny TCP segments, many records in one segment, forged records,
+garbage instead of a ClientHello, close_notify, a client that stops reading,
+TLS 1.2, and a shutdown while handshakes are half done.
+
+:class:`RecordClient` speaks TLS through an ``ssl.SSLObject`` over a plain
+socket, so a test decides exactly which ciphertext bytes go out and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+from nacl.signing import SigningKey
+
+import certs
+import framing
+import relay
+from tests.helpers import RawClient, relay_running, run
+from tests.test_relay import send_frame
+
+
+@pytest.fixture
+def tls(tmp_path):
+    """(server context, client context) for a fresh self-signed certificate."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certs.ensure_certificate(cert, key)
+    return certs.server_context(cert, key), certs.client_context(cafile=str(cert))
+
+
+class RecordClient(RawClient):
+    """A TLS client whose ciphertext the test controls, byte by byte."""
+
+    def __init__(self, reader, writer, context: ssl.SSLContext) -> None:
+        super().__init__(reader, writer)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        self.decoder = framing.FrameDecoder(max_size=1 << 20)
+        self.frames: list = []
+
+    @classmethod
+    async def open(cls, port: int, context: ssl.SSLContext) -> RecordClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer, context)
+        while True:
+            try:
+                client.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await client.send_raw(client.outgoing.read())
+                data = await asyncio.wait_for(reader.read(65536), 5)
+                assert data, "the relay closed during the handshake"
+                client.incoming.write(data)
+        await client.send_raw(client.outgoing.read())
+        return client
+
+    def seal(self, frame: dict) -> bytes:
+        """The ciphertext of one frame (one or more TLS records), not yet sent."""
+        self.tls.write(framing.encode_frame(frame))
+        return self.outgoing.read()
+
+    async def send(self, frame: dict) -> None:
+        await self.send_raw(self.seal(frame))
+
+    async def recv(self, timeout: float = 5.0) -> dict:
+        while not self.frames:
+            try:
+                plain = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+                assert data, "connection closed"
+                self.incoming.write(data)
+                continue
+            self.frames.extend(self.decoder.feed(plain))
+        return self.frames.pop(0)
+
+
+def test_records_cut_into_tiny_segments_and_many_records_per_segment(tls):
+    server_ctx, client_ctx = tls
+
+    async def main():
+        async with relay_running(relay.RelayConfig(), ssl_context=server_ctx) as srv:
+            port = srv.address[1]
+            alice = await RawClient.login(port, "alice", ssl=client_ctx)
+            bob = await RecordClient.open(port, client_ctx)
+            assert (await bob.hello("bob"))["type"] == "welcome"
+            # A frame near the size limit is four TLS records; send its
+            # ciphertext 7 bytes at a time, so the relay sees every record
+            # arrive in pieces, headers included.
+            body = "s1." + "x" * 60_000
+            cipher = bob.seal(send_frame("alice", body, ref=1))
+            for i in range(0, len(cipher), 7):
+                await bob.send_raw(cipher[i:i + 7])
+                if i % 700 == 0:
+                    await asyncio.sleep(0.001)  # let the relay read a partial record
+            assert (await bob.recv_type("accepted"))["ref"] == 1
+            assert (await alice.recv_type("deliver"))["body"] == body
+            # Then 50 records in one segment: each frame is its own record.
+            burst = b"".join(bob.seal(send_frame("alice", f"s1.m{i}", ref=10 + i))
+                             for i in range(50))
+            await bob.send_raw(burst)
+            refs = [(await bob.recv_type("accepted"))["ref"] for _ in range(50)]
+            assert refs == list(range(10, 60))
+            bodies = [(await alice.recv_type("deliver"))["body"] for _ in range(50)]
+            assert bodies == [f"s1.m{i}" for i in range(50)]
+    run(main())
+
+
+def test_a_forged_record_closes_only_that_connection(tls):
+    server_ctx, client_ctx = tls
+
+    async def main():
+        async with relay_running(relay.RelayConfig(), ssl_context=server_ctx) as srv:
+            port = srv.address[1]
+            alice = await RawClient.login(port, "alice", ssl=client_ctx)
+            mallory = await RecordClient.open(port, client_ctx)
+            assert (await mallory.hello("mallory"))["type"] == "welcome"
+            record = bytearray(mallory.seal({"type": "ping"}))
+            record[-1] ^= 1  # the last byte of the authentication tag
+            await mallory.send_raw(bytes(record))
+            assert await mallory.closed(timeout=3)
+            await alice.send({"type": "ping"})
+            assert (await alice.recv())["type"] == "pong"
+            await asyncio.sleep(0.05)
+            assert "mallory" not in {c.client.user for c in srv.connections}
+    run(main())
+
+
+@pytest.mark.parametrize("garbage", [
+    b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n",
+    framing.encode_frame({"type": "hello", "v": 1, "user": "alice"}),  # plain msgr
+    b"\x16\x03\x01\x00\x05hello",  # a handshake record that is no ClientHello
+])
+def test_garbage_instead_of_a_client_hello_is_cut_at_once(tls, garbage):
+    server_ctx, client_ctx = tls
+    # The handshake timeout is long: the cut must come from the failed handshake.
+    config = relay.RelayConfig(tls_handshake_timeout=30)
+
+    async def main():
+        async with relay_running(config, ssl_context=server_ctx) as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.address[1])
+            writer.write(garbage)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            while await asyncio.wait_for(reader.read(4096), 5):
+                pass  # maybe a TLS alert first
+            assert loop.time() - started < 2
+            writer.close()
+            assert not srv.handshaking and not srv.connections
+            ok = await RawClient.login(srv.address[1], "alice", ssl=client_ctx)
+            await ok.send({"type": "ping"})
+            assert (await ok.recv())["type"] == "pong"
+    run(main())
+
+
+def test_close_notify_frees_the_connection_at_once(tls):
+    server_ctx, client_ctx = tls
+
+    async def main():
+        async with relay_running(relay.RelayConfig(), ssl_context=server_ctx) as srv:
+            port = srv.address[1]
+            key = SigningKey.generate()
+            alice = await RecordClient.open(port, client_ctx)
+            assert (await alice.hello("alice", key))["type"] == "welcome"
+            try:
+                alice.tls.unwrap()
+            except ssl.SSLWantReadError:
+                pass  # our close_notify is out; the relay's comes back
+            await alice.send_raw(alice.outgoing.read())
+            data = b""
+            while chunk := await asyncio.wait_for(alice.reader.read(4096), 3):
+                data += chunk
+            alice.incoming.write(data)
+            alice.incoming.write_eof()
+            # The relay answered with its close_notify (a bare TCP close would
+            # raise SSLEOFError here).
+            with pytest.raises(ssl.SSLZeroReturnError):
+                alice.tls.read(1024)
+            assert not srv.connections
+            assert srv.relay.claims.get("alice") is None or \
+                srv.relay.claims["alice"].client is None
+    run(main())
+
+
+def test_a_tls_client_that_stops_reading_is_paused_then_dropped(tls):
+    server_ctx, client_ctx = tls
+    config = relay.RelayConfig(write_buffer=64 * 1024, stall_timeout=0.5,
+                               mailbox_messages=10_000, mailbox_bytes=10**8,
+                               rate_messages=10**6, burst_messages=10**6,
+                               rate_bytes=10**9, burst_bytes=10**9)
+
+    async def main():
+        async with relay_running(config, ssl_context=server_ctx) as srv:
+            port = srv.address[1]
+            key = SigningKey.generate()
+            lazy = await RawClient.login(port, "lazy", key, ssl=client_ctx)
+            lazy.writer.transport.pause_reading()  # never read again
+            alice = await RawClient.login(port, "alice", ssl=client_ctx)
+            body = "s1." + "B" * 8000
+            for i in range(2000):  # 16 MB: far more than the socket buffers hold
+                alice.writer.write(framing.encode_frame(send_frame("lazy", body, ref=i)))
+            await alice.writer.drain()
+            for _ in range(2000):
+                await alice.recv_type("accepted")
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if srv.relay.claims["lazy"].client is None:
+                    break
+            assert srv.relay.claims["lazy"].client is None
+            assert srv.relay.store.count_for("lazy") == 2000  # nothing lost
+            lazy.writer.transport.abort()
+            again = await RawClient.login(port, "lazy", key, ssl=client_ctx)
+            assert (await again.recv_type("deliver"))["body"] == body
+    run(main(), timeout=60)
+
+
+def test_tls_1_2_clients_are_served(tls):
+    server_ctx, client_ctx = tls
+    client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    async def main():
+        async with relay_running(relay.RelayConfig(), ssl_context=server_ctx) as srv:
+            alice = await RawClient.login(srv.address[1], "alice", ssl=client_ctx)
+            version = alice.writer.get_extra_info("ssl_object").version()
+            assert version == "TLSv1.2"
+            await alice.send({"type": "ping"})
+            assert (await alice.recv())["type"] == "pong"
+    run(main())
+
+
+def test_shutdown_aborts_half_done_handshakes(tls):
+    server_ctx, _ = tls
+    config = relay.RelayConfig(tls_handshake_timeout=30)
+
+    async def main():
+        async with relay_running(config, ssl_context=server_ctx) as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.address[1])
+            writer.write(b"\x16\x03\x01")  # the start of a ClientHello, then silence
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if srv.handshaking:
+                    break
+            assert srv.handshaking
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await srv.close(timeout=5)
+            assert loop.time() - started < 2
+            assert await asyncio.wait_for(reader.read(100), 2) == b""
+            writer.close()
+    run(main())

@@ -1,0 +1,310 @@
+"""Server-side TLS for one asyncio connection, over memory BIOs.
+
+:class:`TLSServerProtocol` sits between a plain socket transport and an
+application protocol: ciphertext from the socket goes into an
+``ssl.SSLObject`` through a ``MemoryBIO``; plaintext comes out and is handed
+to the application's ``data_received``. The application sees an ordinary
+transport (``write``, ``close``, ``pause_reading``, write-buffer limits and
+flow-control callbacks), so it cannot tell this layer from asyncio's own.
+
+Why not asyncio's TLS layer (``loop.create_server(ssl=...)``)? The relay
+measured three costs there (bench/, BENCHMARKS.md):
+
+* memory: every connection gets its own 256 KiB socket read buffer, about
+  283 KiB per idle TLS client. Here every connection of a server reads into
+  one shared buffer (:class:`ReadBuffer`), copied into the connection's BIO
+  at once, so an idle connection holds only OpenSSL's state.
+* CPU per message: asyncio reads the SSLObject until it raises
+  ``SSLWantReadError``, an exception object built and caught per socket read,
+  and passes each write through a backlog and two layers of bookkeeping.
+  Here a read stops when the incoming BIO is empty, and a write is one
+  ``SSLObject.write`` and one socket-transport write.
+* the earlier way around the first point reached into asyncio's private
+  ``sslproto`` attributes, which differ between Python versions.
+
+What this layer does not do: TLS renegotiation (refused: see
+``certs.server_context``), and the client side (clients use asyncio's TLS;
+their traffic is one person's).
+
+Errors from OpenSSL (a bad handshake, a forged record) close the connection:
+before the handshake completes the application never hears of it; after, it
+gets ``connection_lost`` with the ``ssl.SSLError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("msgr.relay")
+
+#: Plaintext asked of OpenSSL per read. One call returns at most one TLS
+#: record, which carries at most 16 KiB.
+TLS_RECORD = 16 * 1024
+#: Size of the read buffer every connection of a server shares: large
+#: reads under load, nothing per idle connection.
+SHARED_READ_BUFFER = 256 * 1024
+
+
+class ReadBuffer:
+    """The socket read buffer shared by every connection of one server.
+
+    Sharing is safe because the bytes live in it only between the socket's
+    ``recv_into`` and the first statement of ``buffer_updated``, which copies
+    them into the connection's incoming BIO; both run in one callback of the
+    (single-threaded) event loop, so no two connections have data in it at
+    the same time.
+    """
+
+    def __init__(self, size: int = SHARED_READ_BUFFER) -> None:
+        self.view = memoryview(bytearray(size))
+
+
+class TLSServerProtocol(asyncio.BufferedProtocol, asyncio.Transport):
+    """TLS between a socket transport and ``app``, an ``asyncio.Protocol``.
+
+    ``app.connection_made`` is called with this object as its transport once
+    the handshake succeeds; a client that does not finish it within
+    ``handshake_timeout`` seconds is disconnected. While the handshake runs
+    the connection is in ``handshaking`` (if given), so that a server
+    shutting down can abort connections its application never saw.
+    """
+
+    def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
+                 buffer: ReadBuffer, handshake_timeout: float = 10.0,
+                 handshaking: set[TLSServerProtocol] | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        asyncio.Transport.__init__(self)
+        self._context = context
+        self._app = app
+        self._view = buffer.view
+        self._handshake_timeout = handshake_timeout
+        self._loop = loop
+        self._raw: asyncio.Transport | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._sslobj: ssl.SSLObject | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._app_connected = False  # app.connection_made was called
+        self._closing = False
+        self._error: Exception | None = None
+        self._handshaking = handshaking
+        self._write_raw: Callable[[bytes], None] | None = None
+
+    # -- the socket side (asyncio calls these) ---------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._raw = transport
+        self._write_raw = transport.write
+        self._sslobj = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        self._timer = loop.call_later(self._handshake_timeout, self._handshake_expired)
+        if self._handshaking is not None:
+            self._handshaking.add(self)
+        self._handshake()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._closing:
+            return  # we said close_notify, or failed: nothing more is read
+        self._incoming.write(self._view[:nbytes])
+        if self._app_connected:
+            self._read()
+        else:
+            self._handshake()
+
+    def eof_received(self) -> bool:
+        self._incoming.write_eof()
+        if self._app_connected and not self._closing:
+            self._app.eof_received()
+        return False  # close the socket
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._handshaking is not None:
+            self._handshaking.discard(self)
+        if self._app_connected:
+            self._app_connected = False
+            self._app.connection_lost(exc or self._error)
+        self._sslobj = None  # OpenSSL's state, and the cycle through the app
+        self._app = None  # type: ignore[assignment]
+
+    def pause_writing(self) -> None:
+        if self._app_connected:
+            self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._app_connected:
+            self._app.resume_writing()
+
+    # -- the TLS machinery -------------------------------------------------------
+
+    def _handshake(self) -> None:
+        sslobj = self._sslobj
+        assert sslobj is not None
+        try:
+            sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._send_pending()
+            return
+        except (ssl.SSLError, ValueError) as err:
+            self._send_pending()  # the alert, if OpenSSL made one
+            self._fail(err, "tls_failed")
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._handshaking is not None:
+            self._handshaking.discard(self)
+        self._send_pending()  # the last flight, and TLS 1.3 session tickets
+        self._app_connected = True
+        self._app.connection_made(self)
+        if self._incoming.pending and not self._closing:
+            self._read()  # the client's first data came with its Finished
+
+    def _read(self) -> None:
+        sslobj = self._sslobj
+        incoming = self._incoming
+        assert sslobj is not None
+        chunks = []
+        eof = False
+        try:
+            # Stop when the BIO is empty, instead of asking OpenSSL once more
+            # and catching SSLWantReadError: that exception was the largest
+            # single cost of a small read in asyncio's TLS layer.
+            while incoming.pending:
+                data = sslobj.read(TLS_RECORD)
+                if not data:
+                    eof = True  # the peer's close_notify
+                    break
+                chunks.append(data)
+        except ssl.SSLWantReadError:
+            pass  # a partial record, or a record without data; the rest comes later
+        except ssl.SSLError as err:
+            self._deliver(chunks)
+            self._fail(err, "tls_error")
+            return
+        if self._outgoing.pending:
+            self._send_pending()  # e.g. a reply to a TLS 1.3 KeyUpdate
+        self._deliver(chunks)
+        if eof and self._app_connected and not self._closing:
+            self._app.eof_received()
+            self.close()
+
+    def _deliver(self, chunks: list[bytes]) -> None:
+        if chunks and self._app_connected and not self._closing:
+            self._app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _send_pending(self) -> None:
+        data = self._outgoing.read()
+        if data and self._raw is not None and not self._raw.is_closing():
+            self._raw.write(data)
+
+    def _handshake_expired(self) -> None:
+        self._timer = None
+        if not self._app_connected and self._raw is not None:
+            log.debug("tls_timeout", extra={"fields": {"addr": self._peer()}})
+            self._closing = True
+            self._raw.abort()
+
+    def _fail(self, err: Exception, event: str) -> None:
+        reason = getattr(err, "reason", None) or type(err).__name__
+        log.debug(event, extra={"fields": {"addr": self._peer(), "reason": reason}})
+        self._error = err
+        self._closing = True
+        if self._raw is not None:
+            # Close, not abort: the alert OpenSSL queued tells the client why.
+            self._raw.close()
+
+    def _peer(self) -> str:
+        peer = self._raw.get_extra_info("peername") if self._raw is not None else None
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    # -- the transport the application sees -------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self._sslobj is None or not data:
+            return
+        # A memory BIO never blocks, so write() takes everything at once
+        # (renegotiation, which could make it wait for the peer, is off).
+        self._sslobj.write(data)
+        self._write_raw(self._outgoing.read())  # type: ignore[misc]
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def close(self) -> None:
+        """Send close_notify after what is queued, then close the socket."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._sslobj is not None:
+            try:
+                self._sslobj.unwrap()
+            except ssl.SSLError:
+                pass  # SSLWantReadError: we do not wait for the peer's reply
+            self._send_pending()
+        if self._raw is not None:
+            self._raw.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self._raw is not None:
+            self._raw.abort()
+
+    def is_closing(self) -> bool:
+        return self._closing or self._raw is None or self._raw.is_closing()
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        sslobj = self._sslobj
+        if sslobj is not None:
+            if name == "ssl_object":
+                return sslobj
+            if name == "peercert":
+                return sslobj.getpeercert()
+            if name == "cipher":
+                return sslobj.cipher()
+            if name == "compression":
+                return sslobj.compression()
+        if self._raw is None:
+            return default
+        return self._raw.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        if self._raw is not None:
+            self._raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._raw is not None:
+            self._raw.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._raw is not None and self._raw.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        # Counted in ciphertext: within a few percent of the plaintext for
+        # all but tiny writes, and what actually sits in memory.
+        if self._raw is not None:
+            self._raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._raw.get_write_buffer_size() if self._raw is not None else 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._raw.get_write_buffer_limits() if self._raw is not None else (0, 0)
+
+
+__all__ = ["ReadBuffer", "TLSServerProtocol", "TLS_RECORD", "SHARED_READ_BUFFER"]
