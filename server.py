@@ -237,7 +237,7 @@ class RelayServer:
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at: float | None = None
         self.tls = False
-        self.handshaking: set[tlsconn.TLSServerProtocol] = set()
+        self.handshaking: set[tlsconn.TLSProtocol] = set()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -313,7 +313,7 @@ async def start_relay(config: RelayConfig | None = None, *, host: str = "127.0.0
         context, buffer = ssl_context, tlsconn.ReadBuffer()
 
         def factory() -> asyncio.BaseProtocol:
-            return tlsconn.TLSServerProtocol(
+            return tlsconn.TLSProtocol(
                 context, Connection(relay_server), buffer=buffer, loop=loop,
                 handshake_timeout=config.tls_handshake_timeout,
                 handshaking=relay_server.handshaking)

@@ -1,6 +1,6 @@
-"""Server-side TLS for one asyncio connection, over memory BIOs.
+"""TLS for one asyncio connection, over memory BIOs.
 
-:class:`TLSServerProtocol` sits between a plain socket transport and an
+:class:`TLSProtocol` sits between a plain socket transport and an
 application protocol: ciphertext from the socket goes into an
 ``ssl.SSLObject`` through a ``MemoryBIO``; plaintext comes out and is handed
 to the application's ``data_received``. The application sees an ordinary
@@ -22,9 +22,11 @@ measured three costs there (bench/, BENCHMARKS.md):
 * the earlier way around the first point reached into asyncio's private
   ``sslproto`` attributes, which differ between Python versions.
 
-What this layer does not do: TLS renegotiation (refused: see
-``certs.server_context``), and the client side (clients use asyncio's TLS;
-their traffic is one person's).
+The relay uses it for every TLS connection. Its client mode serves the
+benchmark's load generator, which must spend less CPU per message than the
+relays it measures; msgr's chat client keeps asyncio's TLS (one connection,
+one person's traffic). What this layer does not do: TLS renegotiation
+(refused: see ``certs.server_context``).
 
 Errors from OpenSSL (a bad handshake, a forged record) close the connection:
 before the handshake completes the application never hears of it; after, it
@@ -63,22 +65,27 @@ class ReadBuffer:
         self.view = memoryview(bytearray(size))
 
 
-class TLSServerProtocol(asyncio.BufferedProtocol, asyncio.Transport):
+class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
     """TLS between a socket transport and ``app``, an ``asyncio.Protocol``.
 
     ``app.connection_made`` is called with this object as its transport once
-    the handshake succeeds; a client that does not finish it within
-    ``handshake_timeout`` seconds is disconnected. While the handshake runs
+    the handshake succeeds; a peer that does not finish it within
+    ``handshake_timeout`` seconds is disconnected. With ``server_side=False``
+    it is the client end (``server_hostname`` as for ``SSLContext.wrap_bio``).
+    While the handshake runs
     the connection is in ``handshaking`` (if given), so that a server
     shutting down can abort connections its application never saw.
     """
 
     def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
                  buffer: ReadBuffer, handshake_timeout: float = 10.0,
-                 handshaking: set[TLSServerProtocol] | None = None,
+                 handshaking: set[TLSProtocol] | None = None,
+                 server_side: bool = True, server_hostname: str | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         asyncio.Transport.__init__(self)
         self._context = context
+        self._server_side = server_side
+        self._server_hostname = server_hostname
         self._app = app
         self._view = buffer.view
         self._handshake_timeout = handshake_timeout
@@ -100,7 +107,9 @@ class TLSServerProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         assert isinstance(transport, asyncio.Transport)
         self._raw = transport
         self._write_raw = transport.write
-        self._sslobj = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._sslobj = self._context.wrap_bio(self._incoming, self._outgoing,
+                                              server_side=self._server_side,
+                                              server_hostname=self._server_hostname)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         self._timer = loop.call_later(self._handshake_timeout, self._handshake_expired)
@@ -307,4 +316,4 @@ class TLSServerProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         return self._raw.get_write_buffer_limits() if self._raw is not None else (0, 0)
 
 
-__all__ = ["ReadBuffer", "TLSServerProtocol", "TLS_RECORD", "SHARED_READ_BUFFER"]
+__all__ = ["ReadBuffer", "TLSProtocol", "TLS_RECORD", "SHARED_READ_BUFFER"]
