@@ -173,3 +173,31 @@ class Gen:
     def stop(self) -> None:
         _stop(self.proc)
         self.log.close()
+
+
+class StallMeter:
+    """bench.stalls on one CPU (see that module): late wake-ups as they come."""
+
+    def __init__(self, cpu: int) -> None:
+        self.cpu = cpu
+        self.proc = subprocess.Popen([PYTHON, "-m", "bench.stalls", str(cpu)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+        self.rt = _readline(self.proc, 10).strip() == "rt 1"
+        self.late: list[tuple[float, float]] = []  # (monotonic s, ms late)
+        self._partial = b""
+
+    def within(self, start: float, end: float) -> list[float]:
+        """How late (ms) each late wake-up between ``start`` and ``end`` was."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            lines = (self._partial + chunk).split(b"\n")
+            self._partial = lines.pop()
+            self.late += [(float(t), float(ms)) for t, ms in (line.split() for line in lines)]
+        return [ms for t, ms in self.late if start <= t < end]
+
+    def stop(self) -> None:
+        _stop(self.proc)
