@@ -6,6 +6,7 @@ import asyncio
 import base64
 import struct
 
+import pytest
 from helpers import RawClient, relay_running, run
 from nacl.signing import SigningKey
 
@@ -260,18 +261,27 @@ def test_mailbox_limit_per_recipient():
     run(main())
 
 
-def test_non_reading_client_is_dropped_and_its_messages_wait_until_ttl():
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_non_reading_client_is_dropped_and_its_messages_wait_until_ttl(tls, tmp_path):
+    # Over TLS this also checks that tlsconn passes flow control through.
+    server_ctx = client_ctx = None
+    if tls:
+        import certs
+
+        certs.ensure_certificate(tmp_path / "cert.pem", tmp_path / "key.pem")
+        server_ctx = certs.server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+        client_ctx = certs.client_context(cafile=str(tmp_path / "cert.pem"))
     config = relay.RelayConfig(write_buffer=64 * 1024, stall_timeout=0.5, ttl_min=1,
                                mailbox_messages=10_000, mailbox_bytes=10**8,
                                rate_messages=10**6, burst_messages=10**6,
                                rate_bytes=10**9, burst_bytes=10**9)
     async def main():
-        async with relay_running(config) as srv:
+        async with relay_running(config, ssl_context=server_ctx) as srv:
             port = srv.address[1]
             key = SigningKey.generate()
-            lazy = await RawClient.login(port, "lazy", key)
+            lazy = await RawClient.login(port, "lazy", key, ssl=client_ctx)
             lazy.writer.transport.pause_reading()  # never read again
-            alice = await RawClient.login(port, "alice")
+            alice = await RawClient.login(port, "alice", ssl=client_ctx)
             body = "s1." + "B" * 8000
             # Far more than the kernel's socket buffers can absorb (16 MB).
             for i in range(2000):
@@ -287,7 +297,7 @@ def test_non_reading_client_is_dropped_and_its_messages_wait_until_ttl():
             assert srv.relay.claims["lazy"].client is None
             assert srv.relay.store.count_for("lazy") == 2000  # nothing lost
             lazy.writer.transport.abort()
-            again = await RawClient.login(port, "lazy", key)
+            again = await RawClient.login(port, "lazy", key, ssl=client_ctx)
             first = await again.recv_type("deliver")
             assert first["body"] == body
     run(main(), timeout=60)

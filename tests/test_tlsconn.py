@@ -3,8 +3,9 @@
 Most TLS traffic in the suite goes through it already (test_e2e, test_certs,
 test_screen); these tests aim at what an ordinary client never does: records
 cut into tiny TCP segments, many records in one segment, forged records,
-garbage instead of a ClientHello, close_notify, a client that stops reading,
-TLS 1.2, and a shutdown while handshakes are half done.
+garbage instead of a ClientHello, close_notify, TLS 1.2, and a shutdown
+while handshakes are half done. (A TLS client that stops reading is in
+test_relay.py, beside the plain one.)
 
 :class:`RecordClient` speaks TLS through an ``ssl.SSLObject`` over a plain
 socket, so a test decides exactly which ciphertext bytes go out and when.
@@ -16,13 +17,13 @@ import asyncio
 import ssl
 
 import pytest
+from helpers import RawClient, relay_running, run
 from nacl.signing import SigningKey
+from test_relay import send_frame
 
 import certs
 import framing
 import relay
-from tests.helpers import RawClient, relay_running, run
-from tests.test_relay import send_frame
 
 
 @pytest.fixture
@@ -185,38 +186,6 @@ def test_close_notify_frees_the_connection_at_once(tls):
             assert srv.relay.claims.get("alice") is None or \
                 srv.relay.claims["alice"].client is None
     run(main())
-
-
-def test_a_tls_client_that_stops_reading_is_paused_then_dropped(tls):
-    server_ctx, client_ctx = tls
-    config = relay.RelayConfig(write_buffer=64 * 1024, stall_timeout=0.5,
-                               mailbox_messages=10_000, mailbox_bytes=10**8,
-                               rate_messages=10**6, burst_messages=10**6,
-                               rate_bytes=10**9, burst_bytes=10**9)
-
-    async def main():
-        async with relay_running(config, ssl_context=server_ctx) as srv:
-            port = srv.address[1]
-            key = SigningKey.generate()
-            lazy = await RawClient.login(port, "lazy", key, ssl=client_ctx)
-            lazy.writer.transport.pause_reading()  # never read again
-            alice = await RawClient.login(port, "alice", ssl=client_ctx)
-            body = "s1." + "B" * 8000
-            for i in range(2000):  # 16 MB: far more than the socket buffers hold
-                alice.writer.write(framing.encode_frame(send_frame("lazy", body, ref=i)))
-            await alice.writer.drain()
-            for _ in range(2000):
-                await alice.recv_type("accepted")
-            for _ in range(100):
-                await asyncio.sleep(0.05)
-                if srv.relay.claims["lazy"].client is None:
-                    break
-            assert srv.relay.claims["lazy"].client is None
-            assert srv.relay.store.count_for("lazy") == 2000  # nothing lost
-            lazy.writer.transport.abort()
-            again = await RawClient.login(port, "lazy", key, ssl=client_ctx)
-            assert (await again.recv_type("deliver"))["body"] == body
-    run(main(), timeout=60)
 
 
 def test_tls_1_2_clients_are_served(tls):
