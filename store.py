@@ -38,6 +38,7 @@ Time is a parameter (``now``), never read here, so tests drive the clock.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 from collections.abc import Iterator
@@ -102,7 +103,8 @@ class Held(NamedTuple):
 
 # Fields of the stored tuple the store itself reads.
 _ID, _RECIPIENT, _SIZE = 0, 2, 8
-_view = Held._make
+# A Held view of a stored tuple, made in C (Held._make and Held() run Python).
+_view = functools.partial(tuple.__new__, Held)
 
 
 class MessageStore(Protocol):
@@ -176,17 +178,19 @@ class MemoryStore:
                 f"the {self.mailbox_bytes}-byte mailbox limit")
         if self.bytes + size > self.store_bytes:
             raise StoreFull("the relay is full (memory budget reached); try again shortly")
-        held = Held(next(self._ids), sender, recipient, body, kind, ttl, now + ttl, wall + ttl,
-                    size)
+        msg_id = next(self._ids)
+        expires_at = now + ttl
+        # An exact tuple, untracked by the garbage collector: see Held.
+        record = (msg_id, sender, recipient, body, kind, ttl, expires_at, wall + ttl, size)
         if box is None:
             box = self._boxes[recipient] = {}
             self._box_bytes[recipient] = 0
-        box[held.id] = tuple(held)  # untracked by the collector: see Held
+        box[msg_id] = record
         self._box_bytes[recipient] += size
         self.bytes += size
         self._count += 1
-        heapq.heappush(self._heap, (held.expires_at, held.id, recipient))
-        return held
+        heapq.heappush(self._heap, (expires_at, msg_id, recipient))
+        return _view(record)
 
     def waiting(self, recipient: str) -> Iterator[Held]:
         box = self._boxes.get(recipient)

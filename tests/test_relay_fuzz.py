@@ -17,7 +17,7 @@ import os
 import random
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from nacl.signing import SigningKey
@@ -238,3 +238,18 @@ def test_regression_non_string_type_is_a_protocol_error():
     client = r.connect(link)
     r.receive(client, {"type": []})
     assert link.frames[-1]["code"] == "protocol" and link.closed
+
+
+@settings(max_examples=EXAMPLES * 5, deadline=None)
+@given(msg_id=st.integers(min_value=0, max_value=2**63), sender=st.text(max_size=40),
+       kind=st.sampled_from(["msg", "hs"]) | st.text(max_size=8),
+       ttl=st.integers(min_value=0, max_value=10**6),
+       expires_at=st.floats(allow_nan=False, allow_infinity=False),
+       body=st.text(max_size=300))
+def test_deliver_frame_is_byte_for_byte_the_generic_encoding(msg_id, sender, kind, ttl,
+                                                             expires_at, body):
+    """relay.deliver_frame formats the hot frame by hand; it must never differ."""
+    frame = {"type": "deliver", "id": msg_id, "from": sender, "kind": kind, "ttl": ttl,
+             "expires_at": expires_at, "body": body}
+    assert relay.deliver_frame(msg_id, sender, kind, ttl, expires_at, body,
+                               max_size=1 << 20) == framing.encode_frame(frame, max_size=1 << 20)
