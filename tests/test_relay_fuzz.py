@@ -253,3 +253,13 @@ def test_deliver_frame_is_byte_for_byte_the_generic_encoding(msg_id, sender, kin
              "expires_at": expires_at, "body": body}
     assert relay.deliver_frame(msg_id, sender, kind, ttl, expires_at, body,
                                max_size=1 << 20) == framing.encode_frame(frame, max_size=1 << 20)
+
+
+@settings(max_examples=EXAMPLES * 5, deadline=None)
+@given(ref=st.integers(min_value=-(2**63), max_value=2**63),
+       msg_id=st.integers(min_value=0, max_value=2**63),
+       ttl=st.integers(min_value=0, max_value=10**6),
+       expires_at=st.floats(allow_nan=False, allow_infinity=False))
+def test_accepted_frame_is_byte_for_byte_the_generic_encoding(ref, msg_id, ttl, expires_at):
+    frame = {"type": "accepted", "ref": ref, "id": msg_id, "ttl": ttl, "expires_at": expires_at}
+    assert relay.accepted_frame(ref, msg_id, ttl, expires_at) == framing.encode_frame(frame)
