@@ -133,6 +133,9 @@ class Connection(asyncio.Protocol):
                 server.per_address.pop(self.host, None)
         if self.client is not None:
             self.relay.disconnect(self.client)
+            # Client.link points back here: without this the pair would wait
+            # for a full garbage collection (now rare; see store.Held).
+            self.client = None
         server.flush()
         if not server.connections:
             server.idle.set()
@@ -172,8 +175,17 @@ class Connection(asyncio.Protocol):
             return
         self.closing = True
         self._flush()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+            if not self.server.tls:
+                # close() waits for the buffer to drain; a client that stopped
+                # reading gets stall_timeout to take it, then is cut. (TLS
+                # connections: tlsconn's shutdown_timeout does the same.)
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self.server.loop.call_later(self.relay.config.stall_timeout,
+                                                          transport.abort)
 
     # -- internals ----------------------------------------------------------
 
@@ -316,7 +328,8 @@ async def start_relay(config: RelayConfig | None = None, *, host: str = "127.0.0
             return tlsconn.TLSProtocol(
                 context, Connection(relay_server), buffer=buffer, loop=loop,
                 handshake_timeout=config.tls_handshake_timeout,
-                handshaking=relay_server.handshaking)
+                handshaking=relay_server.handshaking, max_handshaking=config.max_connections,
+                shutdown_timeout=config.stall_timeout)
     relay_server.server = await loop.create_server(
         factory, host=host, port=port, backlog=backlog, reuse_address=True)
     return relay_server

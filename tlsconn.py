@@ -74,12 +74,19 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
     it is the client end (``server_hostname`` as for ``SSLContext.wrap_bio``).
     While the handshake runs
     the connection is in ``handshaking`` (if given), so that a server
-    shutting down can abort connections its application never saw.
+    shutting down can abort connections its application never saw; with
+    ``max_handshaking``, a connection that would make that set larger is
+    dropped at once (TLS handshakes cost the server CPU before any of the
+    application's limits apply). Once closing, the peer has
+    ``shutdown_timeout`` seconds to take what is queued (as asyncio's
+    ``ssl_shutdown_timeout``), then the socket is aborted: a peer that stops
+    reading cannot hold a closed connection open.
     """
 
     def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
                  buffer: ReadBuffer, handshake_timeout: float = 10.0,
-                 handshaking: set[TLSProtocol] | None = None,
+                 handshaking: set[TLSProtocol] | None = None, max_handshaking: int = 0,
+                 shutdown_timeout: float = 10.0,
                  server_side: bool = True, server_hostname: str | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         asyncio.Transport.__init__(self)
@@ -99,6 +106,8 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         self._closing = False
         self._error: Exception | None = None
         self._handshaking = handshaking
+        self._max_handshaking = max_handshaking
+        self._shutdown_timeout = shutdown_timeout
         self._write_raw: Callable[[bytes], None] | None = None
 
     # -- the socket side (asyncio calls these) ---------------------------------
@@ -112,9 +121,16 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
                                               server_hostname=self._server_hostname)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
+        handshaking = self._handshaking
+        if handshaking is not None:
+            if self._max_handshaking and len(handshaking) >= self._max_handshaking:
+                log.info("tls_busy", extra={"fields": {"addr": self._peer(),
+                                                       "handshaking": len(handshaking)}})
+                self._closing = True
+                transport.abort()
+                return
+            handshaking.add(self)
         self._timer = loop.call_later(self._handshake_timeout, self._handshake_expired)
-        if self._handshaking is not None:
-            self._handshaking.add(self)
         self._handshake()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -142,9 +158,10 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
             self._timer = None
         if self._handshaking is not None:
             self._handshaking.discard(self)
+        error, self._error = self._error, None
         if self._app_connected:
             self._app_connected = False
-            self._app.connection_lost(exc or self._error)
+            self._app.connection_lost(exc or error)
         self._sslobj = None  # OpenSSL's state, and the cycle through the app
         self._app = None  # type: ignore[assignment]
 
@@ -204,7 +221,7 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
             self._fail(err, "tls_error")
             return
         if self._outgoing.pending:
-            self._send_pending()  # e.g. a reply to a TLS 1.3 KeyUpdate
+            self._send_pending()  # whatever OpenSSL queued while reading
         self._deliver(chunks)
         if eof and self._app_connected and not self._closing:
             self._app.eof_received()
@@ -229,11 +246,23 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
     def _fail(self, err: Exception, event: str) -> None:
         reason = getattr(err, "reason", None) or type(err).__name__
         log.debug(event, extra={"fields": {"addr": self._peer(), "reason": reason}})
-        self._error = err
+        # Without its traceback: that would hold this frame, hence self and
+        # OpenSSL's state, in a cycle until a full garbage collection.
+        self._error = err.with_traceback(None)
+        self._send_pending()  # the alert OpenSSL queued tells the peer why
         self._closing = True
-        if self._raw is not None:
-            # Close, not abort: the alert OpenSSL queued tells the client why.
-            self._raw.close()
+        self._close_raw()
+
+    def _close_raw(self) -> None:
+        """Close the socket once what is queued is sent, within shutdown_timeout."""
+        raw = self._raw
+        if raw is None or raw.is_closing():
+            return
+        raw.close()
+        if self._loop is not None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_later(self._shutdown_timeout, raw.abort)
 
     def _peer(self) -> str:
         peer = self._raw.get_extra_info("peername") if self._raw is not None else None
@@ -263,8 +292,7 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
             except ssl.SSLError:
                 pass  # SSLWantReadError: we do not wait for the peer's reply
             self._send_pending()
-        if self._raw is not None:
-            self._raw.close()
+        self._close_raw()
 
     def abort(self) -> None:
         self._closing = True

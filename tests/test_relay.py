@@ -303,6 +303,46 @@ def test_non_reading_client_is_dropped_and_its_messages_wait_until_ttl(tls, tmp_
     run(main(), timeout=60)
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_a_closed_connection_that_does_not_read_is_cut_after_stall_timeout(tls, tmp_path):
+    """Closing waits for the send buffer to drain, but not forever."""
+    server_ctx = client_ctx = None
+    if tls:
+        import certs
+
+        certs.ensure_certificate(tmp_path / "cert.pem", tmp_path / "key.pem")
+        server_ctx = certs.server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+        client_ctx = certs.client_context(cafile=str(tmp_path / "cert.pem"))
+    # A write buffer so large the relay never pauses: only the close is left.
+    config = relay.RelayConfig(hello_timeout=0.5, idle_timeout=1.0, stall_timeout=0.5,
+                               write_buffer=1 << 30,
+                               mailbox_messages=10_000, mailbox_bytes=10**9,
+                               rate_messages=10**6, burst_messages=10**6,
+                               rate_bytes=10**9, burst_bytes=10**9)
+
+    async def main():
+        async with relay_running(config, ssl_context=server_ctx) as srv:
+            port = srv.address[1]
+            lazy = await RawClient.login(port, "lazy", ssl=client_ctx)
+            lazy.writer.transport.pause_reading()  # and no heartbeat: idle timeout
+            alice = await RawClient.login(port, "alice", ssl=client_ctx)
+            conn = next(c for c in srv.connections if c.client.user == "lazy")
+            body = "s1." + "B" * 8000
+            ref = 0
+            while conn.transport.get_write_buffer_size() == 0:  # past the kernel's buffers
+                await alice.send(send_frame("lazy", body, ref=ref))
+                ref += 1
+                await asyncio.sleep(0)
+            await alice.close()
+            for _ in range(80):  # idle timeout 1 s, then at most 0.5 s to drain
+                await asyncio.sleep(0.05)
+                if conn not in srv.connections:
+                    break
+            assert conn not in srv.connections
+            lazy.writer.transport.abort()
+    run(main(), timeout=30)
+
+
 def test_a_thousand_concurrent_connections_are_served():
     config = relay.RelayConfig(max_per_address=2000)
     async def main():

@@ -14,7 +14,9 @@ socket, so a test decides exactly which ciphertext bytes go out and when.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
+import weakref
 
 import pytest
 from helpers import RawClient, relay_running, run
@@ -121,10 +123,26 @@ def test_a_forged_record_closes_only_that_connection(tls):
             alice = await RawClient.login(port, "alice", ssl=client_ctx)
             mallory = await RecordClient.open(port, client_ctx)
             assert (await mallory.hello("mallory"))["type"] == "welcome"
+            conn = next(c for c in srv.connections if c.client.user == "mallory")
+            sslobj = weakref.ref(conn.transport.get_extra_info("ssl_object"))
+            del conn
             record = bytearray(mallory.seal({"type": "ping"}))
             record[-1] ^= 1  # the last byte of the authentication tag
-            await mallory.send_raw(bytes(record))
-            assert await mallory.closed(timeout=3)
+            gc.disable()  # OpenSSL's state must go by reference counting, not a collection
+            try:
+                await mallory.send_raw(bytes(record))
+                data = b""
+                while chunk := await asyncio.wait_for(mallory.reader.read(4096), 3):
+                    data += chunk
+                # The relay said why before closing: a bad_record_mac alert.
+                mallory.incoming.write(data)
+                mallory.incoming.write_eof()
+                with pytest.raises(ssl.SSLError, match="BAD_RECORD_MAC"):
+                    mallory.tls.read(4096)
+                await asyncio.sleep(0.05)
+                assert sslobj() is None
+            finally:
+                gc.enable()
             await alice.send({"type": "ping"})
             assert (await alice.recv())["type"] == "pong"
             await asyncio.sleep(0.05)
@@ -221,4 +239,38 @@ def test_shutdown_aborts_half_done_handshakes(tls):
             assert loop.time() - started < 2
             assert await asyncio.wait_for(reader.read(100), 2) == b""
             writer.close()
+    run(main())
+
+
+def test_half_open_handshakes_are_capped_at_max_connections(tls):
+    server_ctx, client_ctx = tls
+    config = relay.RelayConfig(max_connections=3, tls_handshake_timeout=30)
+
+    async def main():
+        async with relay_running(config, ssl_context=server_ctx) as srv:
+            port = srv.address[1]
+            stalled = []
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"\x16\x03\x01")  # a ClientHello that never ends
+                stalled.append((reader, writer))
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if len(srv.handshaking) == 3:
+                    break
+            assert len(srv.handshaking) == 3
+            # One more is dropped at once, before OpenSSL does any work for it.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+                await asyncio.wait_for(reader.readexactly(1), 3)
+            writer.close()
+            for _, w in stalled:
+                w.close()
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if not srv.handshaking:
+                    break
+            alice = await RawClient.login(port, "alice", ssl=client_ctx)
+            await alice.send({"type": "ping"})
+            assert (await alice.recv())["type"] == "pong"
     run(main())
