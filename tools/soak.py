@@ -13,8 +13,10 @@ Reports, and exits non-zero unless the first two are zero:
 * messages left in the relay's memory after the last TTL;
 * the relay's memory (RSS) before and after.
 
-Usage: ``python tools/soak.py [--messages 100000] [--pairs 50] [--seconds 300]``
-(``make soak``). Bounded: it gives up after ``--seconds``.
+Usage: ``python tools/soak.py [--messages 100000] [--pairs 50] [--seconds 300]
+[--tls]`` (``make soak``). Bounded: it gives up after ``--seconds``. With
+``--tls`` every connection is TLS (a fresh self-signed certificate), so the
+random drops also cut TLS records in the middle.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -38,16 +42,23 @@ import relay  # noqa: E402
 TTL = 10
 
 
-def relay_child() -> None:
+def relay_child(tls_dir: str | None) -> None:
     """Run in the child: a relay, plus a stats line for each 'stats' on stdin."""
+    import certs
     import server
+
+    context = None
+    if tls_dir is not None:
+        cert, key = os.path.join(tls_dir, "cert.pem"), os.path.join(tls_dir, "key.pem")
+        certs.ensure_certificate(cert, key)
+        context = certs.server_context(cert, key)
 
     async def main() -> None:
         config = relay.RelayConfig(max_per_address=10_000, rate_messages=10_000,
                                    burst_messages=10_000, rate_bytes=1e9, burst_bytes=1e9,
                                    mailbox_messages=100_000, mailbox_bytes=10**9,
                                    claim_ttl=TTL * 3)
-        srv = await server.start_relay(config, host="127.0.0.1", port=0)
+        srv = await server.start_relay(config, host="127.0.0.1", port=0, ssl_context=context)
         print(srv.address[1], flush=True)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
@@ -75,11 +86,12 @@ def rss_kib(pid: int) -> int:
 class Peer:
     """One user: reconnects with the same key after every random drop."""
 
-    def __init__(self, name: str, port: int, stats: Stats) -> None:
+    def __init__(self, name: str, port: int, stats: Stats, ssl: Any = None) -> None:
         from nacl.signing import SigningKey
 
         self.name = name
         self.port = port
+        self.ssl = ssl
         self.key = SigningKey.generate()
         self.stats = stats
         self.writer: asyncio.StreamWriter | None = None
@@ -87,7 +99,8 @@ class Peer:
         self.received: set[int] = set()
 
     async def connect(self) -> asyncio.StreamReader:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=self.ssl, server_hostname="localhost" if self.ssl else None)
         writer.write(framing.encode_frame({
             "type": "hello", "v": 1, "user": self.name,
             "key": base64.b64encode(bytes(self.key.verify_key)).decode()}))
@@ -157,10 +170,17 @@ class Stats:
 
 
 async def soak(args: argparse.Namespace) -> int:
-    child = subprocess.Popen([sys.executable, __file__, "--relay-child"], stdin=subprocess.PIPE,
+    tls_dir = args.tls_dir
+    child = subprocess.Popen([sys.executable, __file__, "--relay-child",
+                              *(["--tls", tls_dir] if tls_dir else [])], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert child.stdin is not None and child.stdout is not None
     port = int(child.stdout.readline())
+    context = None
+    if tls_dir is not None:
+        import certs
+
+        context = certs.client_context(cafile=os.path.join(tls_dir, "cert.pem"))
 
     def stats() -> dict:
         child.stdin.write("stats\n")
@@ -172,8 +192,8 @@ async def soak(args: argparse.Namespace) -> int:
     peers = {}
     for i in range(args.pairs):
         a, b = f"a{i}", f"b{i}"
-        peers[a] = Peer(a, port, s)
-        peers[b] = Peer(b, port, s)
+        peers[a] = Peer(a, port, s, context)
+        peers[b] = Peer(b, port, s, context)
     stop = asyncio.Event()
     runners = [asyncio.create_task(p.run(stop, args.drop_rate, args.max_offline))
                for p in peers.values()]
@@ -241,7 +261,7 @@ async def soak(args: argparse.Namespace) -> int:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--relay-child":
-        relay_child()
+        relay_child(sys.argv[3] if sys.argv[2:3] == ["--tls"] else None)
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=100_000)
@@ -252,8 +272,11 @@ def main() -> int:
     parser.add_argument("--max-offline", type=float, default=2.0,
                         help="longest a dropped client stays away, seconds (< TTL)")
     parser.add_argument("--seconds", type=float, default=300, help="give up after this long")
+    parser.add_argument("--tls", action="store_true", help="every connection over TLS")
     args = parser.parse_args()
-    return asyncio.run(asyncio.wait_for(soak(args), args.seconds + TTL + 60))
+    with tempfile.TemporaryDirectory(prefix="msgr-soak-") as tls_dir:  # the throwaway key
+        args.tls_dir = tls_dir if args.tls else None
+        return asyncio.run(asyncio.wait_for(soak(args), args.seconds + TTL + 60))
 
 
 if __name__ == "__main__":
