@@ -249,7 +249,9 @@ class RelayServer:
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at: float | None = None
         self.tls = False
-        self.handshaking: set[tlsconn.TLSProtocol] = set()
+        #: TLS connections still in their handshake (see tlsconn.Handshakes).
+        self.handshaking = tlsconn.Handshakes(max_total=config.max_connections,
+                                              max_per_host=config.max_per_address)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -286,8 +288,11 @@ class RelayServer:
         self.closing = True
         if self.server is not None:
             self.server.close()
+            # Sockets accepted just before get connection_made in the next
+            # loop iteration: let that run, so they are counted below.
+            await asyncio.sleep(0)
         self.relay.shutdown()
-        for tls in list(self.handshaking):
+        for tls in self.handshaking:
             tls.abort()  # mid-handshake: not a client of the relay yet
         for conn in list(self.connections):
             conn.close()
@@ -328,8 +333,7 @@ async def start_relay(config: RelayConfig | None = None, *, host: str = "127.0.0
             return tlsconn.TLSProtocol(
                 context, Connection(relay_server), buffer=buffer, loop=loop,
                 handshake_timeout=config.tls_handshake_timeout,
-                handshaking=relay_server.handshaking, max_handshaking=config.max_connections,
-                shutdown_timeout=config.stall_timeout)
+                handshakes=relay_server.handshaking, shutdown_timeout=config.stall_timeout)
     relay_server.server = await loop.create_server(
         factory, host=host, port=port, backlog=backlog, reuse_address=True)
     return relay_server

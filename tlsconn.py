@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger("msgr.relay")
@@ -65,6 +65,46 @@ class ReadBuffer:
         self.view = memoryview(bytearray(size))
 
 
+class Handshakes:
+    """The connections of one server still in their TLS handshake, with caps.
+
+    A handshake costs the server CPU and OpenSSL state before any limit of
+    the application applies, so a flood of half-open handshakes is capped
+    here: at most ``max_total`` at once (0: no cap), and ``max_per_host``
+    from one address. A server shutting down aborts the ones left.
+    """
+
+    def __init__(self, *, max_total: int = 0, max_per_host: int = 0) -> None:
+        self.max_total = max_total
+        self.max_per_host = max_per_host
+        self._pending: set[TLSProtocol] = set()
+        self._per_host: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __iter__(self) -> Iterator[TLSProtocol]:
+        return iter(list(self._pending))
+
+    def admit(self, proto: TLSProtocol, host: str) -> bool:
+        count = self._per_host.get(host, 0)
+        if (self.max_total and len(self._pending) >= self.max_total
+                or self.max_per_host and count >= self.max_per_host):
+            return False
+        self._pending.add(proto)
+        self._per_host[host] = count + 1
+        return True
+
+    def done(self, proto: TLSProtocol, host: str) -> None:
+        if proto in self._pending:
+            self._pending.discard(proto)
+            count = self._per_host[host] - 1
+            if count:
+                self._per_host[host] = count
+            else:
+                del self._per_host[host]
+
+
 class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
     """TLS between a socket transport and ``app``, an ``asyncio.Protocol``.
 
@@ -73,11 +113,8 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
     ``handshake_timeout`` seconds is disconnected. With ``server_side=False``
     it is the client end (``server_hostname`` as for ``SSLContext.wrap_bio``).
     While the handshake runs
-    the connection is in ``handshaking`` (if given), so that a server
-    shutting down can abort connections its application never saw; with
-    ``max_handshaking``, a connection that would make that set larger is
-    dropped at once (TLS handshakes cost the server CPU before any of the
-    application's limits apply). Once closing, the peer has
+    the connection is counted in ``handshakes`` (if given), which may refuse
+    it (see :class:`Handshakes`): it is then dropped at once. Once closing, the peer has
     ``shutdown_timeout`` seconds to take what is queued (as asyncio's
     ``ssl_shutdown_timeout``), then the socket is aborted: a peer that stops
     reading cannot hold a closed connection open.
@@ -85,8 +122,7 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
 
     def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
                  buffer: ReadBuffer, handshake_timeout: float = 10.0,
-                 handshaking: set[TLSProtocol] | None = None, max_handshaking: int = 0,
-                 shutdown_timeout: float = 10.0,
+                 handshakes: Handshakes | None = None, shutdown_timeout: float = 10.0,
                  server_side: bool = True, server_hostname: str | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         asyncio.Transport.__init__(self)
@@ -105,8 +141,8 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         self._app_connected = False  # app.connection_made was called
         self._closing = False
         self._error: Exception | None = None
-        self._handshaking = handshaking
-        self._max_handshaking = max_handshaking
+        self._handshakes = handshakes
+        self._host = "?"
         self._shutdown_timeout = shutdown_timeout
         self._write_raw: Callable[[bytes], None] | None = None
 
@@ -121,15 +157,16 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
                                               server_hostname=self._server_hostname)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
-        handshaking = self._handshaking
-        if handshaking is not None:
-            if self._max_handshaking and len(handshaking) >= self._max_handshaking:
+        handshakes = self._handshakes
+        if handshakes is not None:
+            peer = transport.get_extra_info("peername")
+            self._host = peer[0] if isinstance(peer, tuple) else str(peer)
+            if not handshakes.admit(self, self._host):
                 log.info("tls_busy", extra={"fields": {"addr": self._peer(),
-                                                       "handshaking": len(handshaking)}})
+                                                       "handshaking": len(handshakes)}})
                 self._closing = True
                 transport.abort()
                 return
-            handshaking.add(self)
         self._timer = loop.call_later(self._handshake_timeout, self._handshake_expired)
         self._handshake()
 
@@ -156,8 +193,8 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._handshaking is not None:
-            self._handshaking.discard(self)
+        if self._handshakes is not None:
+            self._handshakes.done(self, self._host)
         error, self._error = self._error, None
         if self._app_connected:
             self._app_connected = False
@@ -190,8 +227,8 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._handshaking is not None:
-            self._handshaking.discard(self)
+        if self._handshakes is not None:
+            self._handshakes.done(self, self._host)
         self._send_pending()  # the last flight, and TLS 1.3 session tickets
         self._app_connected = True
         self._app.connection_made(self)
@@ -344,4 +381,4 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         return self._raw.get_write_buffer_limits() if self._raw is not None else (0, 0)
 
 
-__all__ = ["ReadBuffer", "TLSProtocol", "TLS_RECORD", "SHARED_READ_BUFFER"]
+__all__ = ["Handshakes", "ReadBuffer", "TLSProtocol", "TLS_RECORD", "SHARED_READ_BUFFER"]

@@ -242,9 +242,11 @@ def test_shutdown_aborts_half_done_handshakes(tls):
     run(main())
 
 
-def test_half_open_handshakes_are_capped_at_max_connections(tls):
+@pytest.mark.parametrize("limits", [{"max_connections": 3}, {"max_per_address": 3}],
+                         ids=["total", "per-address"])
+def test_half_open_handshakes_are_capped_by_the_connection_limits(tls, limits):
     server_ctx, client_ctx = tls
-    config = relay.RelayConfig(max_connections=3, tls_handshake_timeout=30)
+    config = relay.RelayConfig(tls_handshake_timeout=30, **limits)
 
     async def main():
         async with relay_running(config, ssl_context=server_ctx) as srv:
