@@ -178,14 +178,12 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is not None:
             transport.close()
-            if not self.server.tls:
-                # close() waits for the buffer to drain; a client that stopped
-                # reading gets stall_timeout to take it, then is cut. (TLS
-                # connections: tlsconn's shutdown_timeout does the same.)
-                if self._timer is not None:
-                    self._timer.cancel()
-                self._timer = self.server.loop.call_later(self.relay.config.stall_timeout,
-                                                          transport.abort)
+            # close() waits for the buffer to drain; a client that stopped
+            # reading gets stall_timeout to take it, then is cut.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.server.loop.call_later(self.relay.config.stall_timeout,
+                                                      transport.abort)
 
     # -- internals ----------------------------------------------------------
 

@@ -107,6 +107,15 @@ class RawClient:
             await self.writer.wait_closed()
 
 
+def tls_contexts(directory: Any) -> tuple[Any, Any]:
+    """(server, client) SSL contexts for a fresh self-signed certificate in ``directory``."""
+    import certs
+
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    certs.ensure_certificate(cert, key)
+    return certs.server_context(cert, key), certs.client_context(cafile=cert)
+
+
 @contextlib.asynccontextmanager
 async def relay_running(config: relay.RelayConfig | None = None,
                         ssl_context: Any = None) -> AsyncIterator[server.RelayServer]:

@@ -7,7 +7,7 @@ import base64
 import struct
 
 import pytest
-from helpers import RawClient, relay_running, run
+from helpers import RawClient, relay_running, run, tls_contexts
 from nacl.signing import SigningKey
 
 import relay
@@ -264,13 +264,7 @@ def test_mailbox_limit_per_recipient():
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 def test_non_reading_client_is_dropped_and_its_messages_wait_until_ttl(tls, tmp_path):
     # Over TLS this also checks that tlsconn passes flow control through.
-    server_ctx = client_ctx = None
-    if tls:
-        import certs
-
-        certs.ensure_certificate(tmp_path / "cert.pem", tmp_path / "key.pem")
-        server_ctx = certs.server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
-        client_ctx = certs.client_context(cafile=str(tmp_path / "cert.pem"))
+    server_ctx, client_ctx = tls_contexts(tmp_path) if tls else (None, None)
     config = relay.RelayConfig(write_buffer=64 * 1024, stall_timeout=0.5, ttl_min=1,
                                mailbox_messages=10_000, mailbox_bytes=10**8,
                                rate_messages=10**6, burst_messages=10**6,
@@ -306,13 +300,7 @@ def test_non_reading_client_is_dropped_and_its_messages_wait_until_ttl(tls, tmp_
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 def test_a_closed_connection_that_does_not_read_is_cut_after_stall_timeout(tls, tmp_path):
     """Closing waits for the send buffer to drain, but not forever."""
-    server_ctx = client_ctx = None
-    if tls:
-        import certs
-
-        certs.ensure_certificate(tmp_path / "cert.pem", tmp_path / "key.pem")
-        server_ctx = certs.server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
-        client_ctx = certs.client_context(cafile=str(tmp_path / "cert.pem"))
+    server_ctx, client_ctx = tls_contexts(tmp_path) if tls else (None, None)
     # A write buffer so large the relay never pauses: only the close is left.
     config = relay.RelayConfig(hello_timeout=0.5, idle_timeout=1.0, stall_timeout=0.5,
                                write_buffer=1 << 30,
@@ -401,10 +389,7 @@ def test_shutdown_tells_clients():
 
 
 def test_tls_handshake_timeout_cuts_a_silent_tls_client(tmp_path):
-    import certs
-
-    certs.ensure_certificate(tmp_path / "cert.pem", tmp_path / "key.pem")
-    context = certs.server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context, client_context = tls_contexts(tmp_path)
     config = relay.RelayConfig(tls_handshake_timeout=0.5)
 
     async def main():
@@ -417,8 +402,7 @@ def test_tls_handshake_timeout_cuts_a_silent_tls_client(tmp_path):
             assert data == b"" and waited < 3       # closed by the relay, not by us
             writer.close()
             # A real TLS client is still served.
-            ok = await RawClient.login(srv.address[1], "alice",
-                                       ssl=certs.client_context(cafile=str(tmp_path / "cert.pem")))
+            ok = await RawClient.login(srv.address[1], "alice", ssl=client_context)
             await ok.send({"type": "ping"})
             assert (await ok.recv())["type"] == "pong"
     run(main())

@@ -19,11 +19,10 @@ import ssl
 import weakref
 
 import pytest
-from helpers import RawClient, relay_running, run
+from helpers import RawClient, relay_running, run, tls_contexts
 from nacl.signing import SigningKey
 from test_relay import send_frame
 
-import certs
 import framing
 import relay
 
@@ -31,9 +30,7 @@ import relay
 @pytest.fixture
 def tls(tmp_path):
     """(server context, client context) for a fresh self-signed certificate."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    certs.ensure_certificate(cert, key)
-    return certs.server_context(cert, key), certs.client_context(cafile=str(cert))
+    return tls_contexts(tmp_path)
 
 
 class RecordClient(RawClient):
