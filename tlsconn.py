@@ -112,12 +112,12 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
     the handshake succeeds; a peer that does not finish it within
     ``handshake_timeout`` seconds is disconnected. With ``server_side=False``
     it is the client end (``server_hostname`` as for ``SSLContext.wrap_bio``).
-    While the handshake runs
-    the connection is counted in ``handshakes`` (if given), which may refuse
-    it (see :class:`Handshakes`): it is then dropped at once. Once closing, the peer has
-    ``shutdown_timeout`` seconds to take what is queued (as asyncio's
-    ``ssl_shutdown_timeout``), then the socket is aborted: a peer that stops
-    reading cannot hold a closed connection open.
+
+    While the handshake runs the connection is counted in ``handshakes`` (if
+    given), which may refuse it (see :class:`Handshakes`): it is then dropped
+    at once. Once closing, the peer has ``shutdown_timeout`` seconds to take
+    what is queued (as asyncio's ``ssl_shutdown_timeout``), then the socket
+    is aborted: a peer that stops reading cannot hold a closed connection open.
     """
 
     def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
@@ -152,9 +152,6 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         assert isinstance(transport, asyncio.Transport)
         self._raw = transport
         self._write_raw = transport.write
-        self._sslobj = self._context.wrap_bio(self._incoming, self._outgoing,
-                                              server_side=self._server_side,
-                                              server_hostname=self._server_hostname)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         handshakes = self._handshakes
@@ -167,6 +164,9 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
                 self._closing = True
                 transport.abort()
                 return
+        self._sslobj = self._context.wrap_bio(self._incoming, self._outgoing,
+                                              server_side=self._server_side,
+                                              server_hostname=self._server_hostname)
         self._timer = loop.call_later(self._handshake_timeout, self._handshake_expired)
         self._handshake()
 
@@ -221,8 +221,7 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
             self._send_pending()
             return
         except (ssl.SSLError, ValueError) as err:
-            self._send_pending()  # the alert, if OpenSSL made one
-            self._fail(err, "tls_failed")
+            self._fail(err, "tls_failed")  # sends the alert, if OpenSSL made one
             return
         if self._timer is not None:
             self._timer.cancel()
