@@ -56,7 +56,7 @@ class Plan:
     idle_steps: tuple[int, ...] = (5000, 10000)
     handshake_window: float = 1.5
     store_sizes: tuple[int, ...] = (10**3, 10**4, 10**5, 10**6)
-    budget: float = 420.0
+    budget: float = 480.0
 
 
 QUICK = dict(runs=3, latency_runs=3, warmup=0.3, window=0.5, latency_warmup=0.3, rates=(5000,),
@@ -747,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int,
                         help="measurement windows per figure (default 3, latency 5)")
     parser.add_argument("--budget", type=float, help="seconds the whole run may take; "
-                        "sections that would not fit are skipped (default 420, quick 80)")
+                        "sections that would not fit are skipped (default 480, quick 80)")
     parser.add_argument("--json", metavar="FILE", help="also write every sample here "
                         "(default bench/results/last.json)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
