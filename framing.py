@@ -56,6 +56,7 @@ __all__ = [
     "TruncatedFrame",
     "decode_body",
     "encode_frame",
+    "frame_body",
     "read_frame",
     "write_frame",
 ]
@@ -327,7 +328,16 @@ def encode_frame(obj: dict[str, Any], *, max_size: int = DEFAULT_MAX_FRAME) -> b
     """
     if type(obj) is not dict:
         raise TypeError(f"a frame must be a dict, not {type(obj).__name__}")
-    body = _json_encode(obj).encode("utf-8")
+    return frame_body(_json_encode(obj).encode("utf-8"), max_size=max_size)
+
+
+def frame_body(body: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> bytes:
+    """Return the frame for ``body``, one JSON object already encoded (UTF-8).
+
+    For callers that format a hot frame themselves (``relay.deliver_frame``);
+    the body is not checked, only its size: :class:`FrameTooLarge` (with
+    ``remote = False``) if it is larger than ``max_size`` bytes.
+    """
     size = len(body)
     if size > max_size or size > _MAX_LENGTH_FIELD:
         raise FrameTooLarge(size, min(max_size, _MAX_LENGTH_FIELD), remote=False)

@@ -28,7 +28,6 @@ import binascii
 import enum
 import heapq
 import logging
-import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -235,9 +234,6 @@ def _b64decode(value: object, size: int, what: str) -> bytes:
     return raw
 
 
-_pack_length = struct.Struct(">I").pack
-
-
 def deliver_frame(msg_id: int, sender: str, kind: str, ttl: int, expires_at: float, body: str,
                   *, max_size: int = framing.DEFAULT_MAX_FRAME) -> bytes:
     """The deliver frame, formatted directly: with accepted_frame, the relay's
@@ -253,16 +249,14 @@ def deliver_frame(msg_id: int, sender: str, kind: str, ttl: int, expires_at: flo
     text = (f'{{"type":"deliver","id":{msg_id:d},"from":{_json_string(sender)},'
             f'"kind":{_json_string(kind)},"ttl":{ttl:d},"expires_at":{expires_at!r},'
             f'"body":{_json_string(body)}}}').encode()
-    if len(text) > max_size:
-        raise framing.FrameTooLarge(len(text), max_size, remote=False)
-    return _pack_length(len(text)) + text
+    return framing.frame_body(text, max_size=max_size)
 
 
 def accepted_frame(ref: int, msg_id: int, ttl: int, expires_at: float) -> bytes:
     """The accepted frame for an integer ``ref``, formatted as deliver_frame is."""
     text = (f'{{"type":"accepted","ref":{ref:d},"id":{msg_id:d},"ttl":{ttl:d},'
             f'"expires_at":{expires_at!r}}}').encode()
-    return _pack_length(len(text)) + text
+    return framing.frame_body(text)
 
 
 class Relay:
