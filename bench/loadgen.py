@@ -20,9 +20,16 @@ Modes:
     body starts with its send time and the receiver records delivery time
     minus send time.
 
-  Receivers count deliveries per window and acknowledge what they got every
-  5 ms (at once past 256 ids), as msgr's client acknowledges per read batch.
-  Every connection pings every 15 s, as msgr's client does.
+  Receivers count deliveries per window and acknowledge what they got: in a
+  latency phase at once, one ack per read, as msgr's client does; in a
+  throughput phase every 5 ms (at once past 256 ids), so that ack traffic
+  does not depend on how a relay batches its writes. (A 5 ms ticker in a
+  latency phase sent every receiver's ack in one burst, which the relay
+  then read in one burst while new sends waited: up to 2 ms of queueing
+  made by the generator, on every relay alike.)
+  Every connection pings every 15 s (msgr's client pings every 20 s, the
+  interval its relay advertises), spread evenly over the period, a slice of
+  the connections every 0.1 s, as independent users' pings are.
 * ``idle``: log in ``conns`` clients and keep them open, silent, until told.
 * ``handshake``: open and close TLS connections, ``concurrency`` at a time;
   counts completed handshakes.
@@ -38,6 +45,7 @@ import asyncio
 import base64
 import bisect
 import gc
+import itertools
 import json
 import os
 import re
@@ -63,6 +71,10 @@ ACK_CHUNK = 1024
 ACK_INTERVAL = 0.005
 #: ...or at once when this many are waiting (msgr holds 1,000 per recipient).
 ACK_EAGER = 256
+#: Every connection pings this often (seconds; msgr's client: 20 s)...
+HEARTBEAT = 15.0
+#: ...a slice of the connections per tick, so that pings are spread evenly.
+HEARTBEAT_TICK = 0.1
 
 _PREFIX = struct.Struct(">I")
 _unpack = _PREFIX.unpack_from
@@ -387,7 +399,7 @@ class Receiver(Conn):
         if not self.pending:
             gen.ack_due.append(self)
         self.pending += ids
-        if len(self.pending) >= ACK_EAGER:
+        if gen.latency or len(self.pending) >= ACK_EAGER:
             self.flush_acks()  # the ticker skips an empty list
 
     def flush_acks(self) -> None:
@@ -563,11 +575,19 @@ class Generator:
         return result
 
     async def heartbeat(self, conns: list[Conn]) -> None:
-        """A ping per connection every 15 s, as msgr's client does (idle timeout 60 s)."""
+        """A ping per connection every HEARTBEAT s (msgr's relay times out a
+        silent client after 60 s), spread evenly over the period as
+        independent users' pings are.
+
+        All at once, 2,000 TLS pings cost the relay 60-150 ms of CPU in one
+        burst every 15 s; any latency window it fell in (or that of another
+        relay pinned to the same core) measured the burst, not the relay.
+        """
         ping = self.codec.encode(b'{"type":"ping"}')
-        while True:
-            await asyncio.sleep(15)
-            for conn in conns:
+        ticks = round(HEARTBEAT / HEARTBEAT_TICK)
+        for tick in itertools.cycle(range(ticks)):
+            await asyncio.sleep(HEARTBEAT_TICK)
+            for conn in conns[tick::ticks]:
                 if not conn.lost:
                     conn.transport.write(ping)
 
