@@ -79,6 +79,14 @@ def _stop(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
             proc.wait()
 
 
+def _signal(proc: subprocess.Popen[Any], sig: int) -> None:
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
 def _readline(proc: subprocess.Popen[Any], timeout: float) -> str:
     """One stdout line within ``timeout`` seconds, or an error naming the process."""
     assert proc.stdout is not None
@@ -137,6 +145,9 @@ class Relay:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def signal(self, sig: int) -> None:
+        _signal(self.proc, sig)
+
     def stop(self) -> None:
         _stop(self.proc)
         self.log.close()
@@ -169,6 +180,9 @@ class Gen:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
+
+    def signal(self, sig: int) -> None:
+        _signal(self.proc, sig)
 
     def stop(self) -> None:
         _stop(self.proc)

@@ -230,7 +230,17 @@ def machine_busy() -> float:
 class Arena:
     """Every relay of one configuration, started with its generators connected,
     then measured in turn (interleaved), so slow drifts in the machine's load
-    (it is shared) fall on all relays alike and connections are made once."""
+    (it is shared) fall on all relays alike and connections are made once.
+
+    While one relay is measured the others and their generators are stopped
+    (SIGSTOP, then SIGCONT before their own turn). Left running, an idle
+    relay still answers its clients' heartbeats on the same core, and the
+    scheduler, which favours a process that has slept, ran it ahead of the
+    measured relay: a kernel trace (perf sched) showed the measured relay
+    kept waiting up to 6 ms while it was ready to run. Nothing of theirs is
+    lost meanwhile: the kernel holds what their sockets receive, and a turn
+    (a few seconds) is far shorter than any timeout of theirs.
+    """
 
     def __init__(self, bench: Bench, tls: bool, pairs: int, *, latency: bool) -> None:
         self.bench = bench
@@ -262,8 +272,17 @@ class Arena:
                              "tag": f"g{i}"}, cpu=GEN_CPU))
         self.setup_s[kind] = max(g.expect("ready", 180)["setup_s"] for g in gens)
 
+    def _only(self, kind: str) -> None:
+        """Let only ``kind``'s relay and generators run (see the class docstring)."""
+        for other, (relay, gens) in self.setups.items():
+            sig = signal.SIGCONT if other == kind else signal.SIGSTOP
+            for proc in (relay, *gens):
+                proc.signal(sig)
+
     def __exit__(self, *exc: object) -> None:
         for relay, gens in self.setups.values():
+            for proc in (relay, *gens):
+                proc.signal(signal.SIGCONT)
             for gen in gens:
                 try:
                     gen.tell({"close": True})
@@ -308,6 +327,7 @@ class Arena:
     def _phase(self, kind: str, warmup: float, window: float, *,
                rate: float | None = None) -> dict[str, Any]:
         relay, gens = self.setups[kind]
+        self._only(kind)
         start = time.monotonic() + 0.05
         bounds = [start + warmup, start + warmup + window]
         for gen in gens:
