@@ -45,6 +45,16 @@ def pin(pid: int, cpu: int | None) -> None:
             pass
 
 
+def waited_seconds(pid: int) -> float:
+    """Time the process's main thread spent ready to run but not running,
+    waiting for its CPU to be free (/proc/PID/schedstat, nanoseconds)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def raise_nofile() -> None:
     """Soft RLIMIT_NOFILE up to the hard limit; children inherit it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -141,6 +151,9 @@ class Relay:
 
     def rss(self) -> int:
         return rss_bytes(self.pid)
+
+    def waited(self) -> float:
+        return waited_seconds(self.pid)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

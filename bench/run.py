@@ -332,11 +332,12 @@ class Arena:
         bounds = [start + warmup, start + warmup + window]
         for gen in gens:
             gen.tell({"bounds": bounds, "rate": (rate or 0) / len(gens)})
-        cpu, gcpu, busy, ours = [], [], [], []
+        cpu, gcpu, busy, ours, waited = [], [], [], [], []
         for bound in bounds:
             delay = bound - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            waited.append(relay.waited())
             cpu.append(relay.cpu())
             gcpu.append(sum(g.cpu() for g in gens))
             busy.append(machine_busy())
@@ -350,7 +351,8 @@ class Arena:
             "msgs": delivered / span, "us_per_msg": used / delivered * 1e6 if delivered else None,
             "relay_cpu": used / span, "gen_cpu": (gcpu[1] - gcpu[0]) / span,
             "foreign_cpu": max(0.0, (busy[1] - busy[0]) - (ours[1] - ours[0])) / span,
-            "window": bounds, "kind": kind, "rate": rate}
+            "window": bounds, "kind": kind, "rate": rate,
+            "relay_waited_ms": (waited[1] - waited[0]) * 1000}
         meters = self.bench.meters
         if rate and meters:
             run["stalls"] = {core: m.within(bounds[0], bounds[-1]) for core, m in meters.items()}
@@ -722,7 +724,8 @@ def _describe(run: dict[str, Any]) -> str:
         text += f" {run['us_per_msg']:.1f}us"
     if "p99_ms" in run:
         text += f" p50 {run['p50_ms']:.2f} p99 {run['p99_ms']:.2f}ms"
-    return text + f" (relay {run['relay_cpu'] * 100:.0f}% gen {run['gen_cpu'] * 100:.0f}%)"
+    return text + (f" (relay {run['relay_cpu'] * 100:.0f}% gen {run['gen_cpu'] * 100:.0f}%,"
+                   f" relay waited {run['relay_waited_ms']:.0f} ms)")
 
 
 def _at_most(kind: str, limit: float, *, strict: bool = False
