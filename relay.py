@@ -104,7 +104,10 @@ class RelayConfig:
     max_per_address: int = 64
 
     def clamp_ttl(self, ttl: int) -> int:
-        return min(max(ttl, self.ttl_min), self.ttl_max)
+        # Comparisons, not min(max()): this runs once per message.
+        if ttl < self.ttl_min:
+            return self.ttl_min
+        return ttl if ttl <= self.ttl_max else self.ttl_max
 
     def limits_table(self) -> dict[str, Any]:
         """The limits a client may want to know, sent in ``welcome``."""
@@ -234,29 +237,30 @@ def _b64decode(value: object, size: int, what: str) -> bytes:
     return raw
 
 
-def deliver_frame(msg_id: int, sender: str, kind: str, ttl: int, expires_at: float, body: str,
+def deliver_frame(msg_id: int, sender: str, kind: str, ttl: int, expires_at: str, body: str,
                   *, max_size: int = framing.DEFAULT_MAX_FRAME) -> bytes:
     """The deliver frame, formatted directly: with accepted_frame, the relay's
     most frequent encode (once per message each).
 
-    Byte for byte what ``framing.encode_frame`` makes of ``{"type": "deliver",
-    "id": ..., "from": ..., "kind": ..., "ttl": ..., "expires_at": ...,
-    "body": ...}`` (test_relay_fuzz checks it with hypothesis): JSON formats
-    ints and floats with their repr and strings with ``encode_basestring``,
-    the same C function the encoder uses. 2.2 us instead of 3.5 us per
-    frame here, about 4% of the relay's CPU per message at saturation.
+    ``expires_at`` is the JSON text of the expiry (``repr`` of the float, as
+    the encoder writes it), made once per message for both frames. Byte for
+    byte what ``framing.encode_frame`` makes of ``{"type": "deliver", "id":
+    ..., "from": ..., "kind": ..., "ttl": ..., "expires_at": ..., "body":
+    ...}`` (test_relay_fuzz checks it with hypothesis): JSON formats ints
+    with ``str`` and strings with ``encode_basestring``, the same C function
+    the encoder uses. 1.0 us instead of 3.5 us per frame here.
     """
-    text = (f'{{"type":"deliver","id":{msg_id:d},"from":{_json_string(sender)},'
-            f'"kind":{_json_string(kind)},"ttl":{ttl:d},"expires_at":{expires_at!r},'
+    text = (f'{{"type":"deliver","id":{msg_id},"from":{_json_string(sender)},'
+            f'"kind":{_json_string(kind)},"ttl":{ttl},"expires_at":{expires_at},'
             f'"body":{_json_string(body)}}}').encode()
     return framing.frame_body(text, max_size=max_size)
 
 
-def accepted_frame(ref: int, msg_id: int, ttl: int, expires_at: float) -> bytes:
+def accepted_frame(ref: int, msg_id: int, ttl: int, expires_at: str) -> bytes:
     """The accepted frame for an integer ``ref``, formatted as deliver_frame is."""
-    text = (f'{{"type":"accepted","ref":{ref:d},"id":{msg_id:d},"ttl":{ttl:d},'
-            f'"expires_at":{expires_at!r}}}').encode()
-    return framing.frame_body(text)
+    return framing.frame_body(
+        f'{{"type":"accepted","ref":{ref},"id":{msg_id},"ttl":{ttl},"expires_at":{expires_at}}}'
+        .encode())
 
 
 class Relay:
@@ -297,6 +301,8 @@ class Relay:
         }
         self._encode = framing.encode_frame
         self._max_out = config.max_frame + 1024  # our frames: a full body plus fields
+        self._expiry_ms = -1  # see _expiry_json
+        self._expiry_text = ""
 
     # -- connection lifecycle -------------------------------------------------
 
@@ -551,13 +557,13 @@ class Relay:
             self._event(logging.DEBUG, "send", sender=user, to=to, kind=kind, size=len(body),
                         ttl=held.ttl)
         self._arm(held.expires_at)
-        expires_at = round(held.expires_wall, 3)  # once for both frames: round() is slow
+        expires_at = self._expiry_json(held.expires_wall)  # once for both frames
         ref = msg.get("ref")
         if type(ref) is int:  # what msgr's client sends: the frame formatted directly
             client.link.write(accepted_frame(ref, held.id, held.ttl, expires_at))
         else:  # any other JSON value is echoed as it came
             self._write(client, {"type": "accepted", "ref": ref, "id": held.id,
-                                 "ttl": held.ttl, "expires_at": expires_at})
+                                 "ttl": held.ttl, "expires_at": float(expires_at)})
         claim = self.claims.get(to)
         if claim is not None and claim.client is not None and not claim.client.paused:
             self._deliver(claim.client, held, expires_at)
@@ -575,10 +581,21 @@ class Relay:
             buckets.move_to_end(pair)
         return bucket.take(1.0, now)
 
-    def _deliver(self, client: Client, held: Any, expires_at: float | None = None) -> None:
+    def _expiry_json(self, wall: float) -> str:
+        """The JSON text of a message's expiry shown to clients: Unix seconds,
+        to the millisecond below. Messages sent in the same millisecond with
+        the same TTL share it, so it is formatted once for them (``round``
+        and ``repr`` of a float were 1 us per message, 4% of the relay)."""
+        ms = int(wall * 1000)
+        if ms != self._expiry_ms:
+            self._expiry_ms = ms
+            self._expiry_text = repr(ms / 1000)
+        return self._expiry_text
+
+    def _deliver(self, client: Client, held: Any, expires_at: str | None = None) -> None:
         self.stats.delivered += 1
         if expires_at is None:
-            expires_at = round(held.expires_wall, 3)
+            expires_at = self._expiry_json(held.expires_wall)
         client.link.write(deliver_frame(held.id, held.sender, held.kind, held.ttl, expires_at,
                                         held.body, max_size=self._max_out))
 

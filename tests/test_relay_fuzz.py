@@ -13,6 +13,7 @@ its recipient, nothing outlives its TTL, and a closed connection gets nothing.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import random
 from typing import Any
@@ -251,7 +252,7 @@ def test_deliver_frame_is_byte_for_byte_the_generic_encoding(msg_id, sender, kin
     """relay.deliver_frame formats the hot frame by hand; it must never differ."""
     frame = {"type": "deliver", "id": msg_id, "from": sender, "kind": kind, "ttl": ttl,
              "expires_at": expires_at, "body": body}
-    assert relay.deliver_frame(msg_id, sender, kind, ttl, expires_at, body,
+    assert relay.deliver_frame(msg_id, sender, kind, ttl, repr(expires_at), body,
                                max_size=1 << 20) == framing.encode_frame(frame, max_size=1 << 20)
 
 
@@ -262,4 +263,16 @@ def test_deliver_frame_is_byte_for_byte_the_generic_encoding(msg_id, sender, kin
        expires_at=st.floats(allow_nan=False, allow_infinity=False))
 def test_accepted_frame_is_byte_for_byte_the_generic_encoding(ref, msg_id, ttl, expires_at):
     frame = {"type": "accepted", "ref": ref, "id": msg_id, "ttl": ttl, "expires_at": expires_at}
-    assert relay.accepted_frame(ref, msg_id, ttl, expires_at) == framing.encode_frame(frame)
+    assert relay.accepted_frame(ref, msg_id, ttl, repr(expires_at)) == framing.encode_frame(frame)
+
+
+@settings(max_examples=EXAMPLES * 5, deadline=None)
+@given(walls=st.lists(st.floats(min_value=0, max_value=4e9), min_size=1, max_size=5))
+def test_expiry_json_is_the_millisecond_below_as_json_writes_it(walls):
+    """The expiry text is cached per millisecond; every answer must still be
+    the JSON of that millisecond, whatever came before it."""
+    r = relay.Relay(relay.RelayConfig(), clock=lambda: 0.0, wallclock=lambda: 0.0, rng=os.urandom)
+    for wall in walls:
+        text = r._expiry_json(wall)
+        assert text == json.dumps(int(wall * 1000) / 1000)
+        assert wall - 0.001 < float(text) <= wall
