@@ -197,6 +197,9 @@ class Gen:
     def signal(self, sig: int) -> None:
         _signal(self.proc, sig)
 
+    def waited(self) -> float:
+        return waited_seconds(self.pid)
+
     def stop(self) -> None:
         _stop(self.proc)
         self.log.close()

@@ -337,7 +337,7 @@ class Arena:
             delay = bound - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            waited.append(relay.waited())
+            waited.append((relay.waited(), sum(g.waited() for g in gens)))
             cpu.append(relay.cpu())
             gcpu.append(sum(g.cpu() for g in gens))
             busy.append(machine_busy())
@@ -352,7 +352,8 @@ class Arena:
             "relay_cpu": used / span, "gen_cpu": (gcpu[1] - gcpu[0]) / span,
             "foreign_cpu": max(0.0, (busy[1] - busy[0]) - (ours[1] - ours[0])) / span,
             "window": bounds, "kind": kind, "rate": rate,
-            "relay_waited_ms": (waited[1] - waited[0]) * 1000}
+            "relay_waited_ms": (waited[1][0] - waited[0][0]) * 1000,
+            "gen_waited_ms": (waited[1][1] - waited[0][1]) * 1000}
         meters = self.bench.meters
         if rate and meters:
             run["stalls"] = {core: m.within(bounds[0], bounds[-1]) for core, m in meters.items()}
@@ -725,7 +726,8 @@ def _describe(run: dict[str, Any]) -> str:
     if "p99_ms" in run:
         text += f" p50 {run['p50_ms']:.2f} p99 {run['p99_ms']:.2f}ms"
     return text + (f" (relay {run['relay_cpu'] * 100:.0f}% gen {run['gen_cpu'] * 100:.0f}%,"
-                   f" relay waited {run['relay_waited_ms']:.0f} ms)")
+                   f" waited: relay {run['relay_waited_ms']:.0f} ms,"
+                   f" gen {run['gen_waited_ms']:.0f} ms)")
 
 
 def _at_most(kind: str, limit: float, *, strict: bool = False
