@@ -248,7 +248,7 @@ def deliver_frame(msg_id: int, sender: str, kind: str, ttl: int, expires_at: str
     ..., "from": ..., "kind": ..., "ttl": ..., "expires_at": ..., "body":
     ...}`` (test_relay_fuzz checks it with hypothesis): JSON formats ints
     with ``str`` and strings with ``encode_basestring``, the same C function
-    the encoder uses. 1.0 us instead of 3.5 us per frame here.
+    the encoder uses. 1.25 us per frame here (3.5 us through encode_frame).
     """
     text = (f'{{"type":"deliver","id":{msg_id},"from":{_json_string(sender)},'
             f'"kind":{_json_string(kind)},"ttl":{ttl},"expires_at":{expires_at},'

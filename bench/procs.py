@@ -89,14 +89,6 @@ def _stop(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
             proc.wait()
 
 
-def _signal(proc: subprocess.Popen[Any], sig: int) -> None:
-    if proc.poll() is None:
-        try:
-            proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
-
-
 def _readline(proc: subprocess.Popen[Any], timeout: float) -> str:
     """One stdout line within ``timeout`` seconds, or an error naming the process."""
     assert proc.stdout is not None
@@ -114,7 +106,32 @@ def _readline(proc: subprocess.Popen[Any], timeout: float) -> str:
             return line.decode() if isinstance(line, bytes) else line
 
 
-class Relay:
+class _Child:
+    """What the benchmark reads of, and does to, a relay or generator process."""
+
+    proc: subprocess.Popen[Any]
+    pid: int
+    log: IO[bytes]
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def waited(self) -> float:
+        return waited_seconds(self.pid)
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.log.close()
+
+
+class Relay(_Child):
     """A relay process on 127.0.0.1, port chosen by the kernel."""
 
     def __init__(self, kind: str, tls: tuple[str, str] | None, *, limits: bool = True,
@@ -146,27 +163,14 @@ class Relay:
             self.stop()
             raise
 
-    def cpu(self) -> float:
-        return cpu_seconds(self.pid)
-
     def rss(self) -> int:
         return rss_bytes(self.pid)
-
-    def waited(self) -> float:
-        return waited_seconds(self.pid)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def signal(self, sig: int) -> None:
-        _signal(self.proc, sig)
 
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.log.close()
-
-
-class Gen:
+class Gen(_Child):
     """A load generator process running one job (see bench.loadgen)."""
 
     def __init__(self, job: dict[str, Any], *, cpu: int | None = None) -> None:
@@ -191,18 +195,6 @@ class Gen:
         self.proc.stdin.write((json.dumps(obj) + "\n").encode())
         self.proc.stdin.flush()
 
-    def cpu(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def signal(self, sig: int) -> None:
-        _signal(self.proc, sig)
-
-    def waited(self) -> float:
-        return waited_seconds(self.pid)
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.log.close()
 
 
 class StallMeter:
