@@ -396,7 +396,7 @@ class Receiver(Conn):
         if idx >= 0:
             gen.counts[idx] += len(ids)
         gen.delivered += len(ids)
-        if not self.pending:
+        if not self.pending and not gen.latency:
             gen.ack_due.append(self)
         self.pending += ids
         if gen.latency or len(self.pending) >= ACK_EAGER:
@@ -514,9 +514,11 @@ class Generator:
             go = await self.wait_go()
             if go.get("close"):
                 break
-            acker = asyncio.ensure_future(self.ack_ticker())
+            # Latency phases acknowledge per read, with no ticker (see Receiver).
+            acker = None if go.get("rate") else asyncio.ensure_future(self.ack_ticker())
             result = await self.phase(senders, go)
-            acker.cancel()
+            if acker is not None:
+                acker.cancel()
             for receiver in self.ack_due:
                 receiver.flush_acks()
             self.ack_due = []
