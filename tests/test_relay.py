@@ -261,14 +261,18 @@ def test_mailbox_limit_per_recipient():
     run(main())
 
 
+#: Limits raised so that one sender can flood one recipient (mailbox_bytes
+#: is each test's own).
+_FLOOD_LIMITS = dict(mailbox_messages=10_000, rate_messages=10**6, burst_messages=10**6,
+                     rate_bytes=10**9, burst_bytes=10**9)
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 def test_non_reading_client_is_dropped_and_its_messages_wait_until_ttl(tls, tmp_path):
     # Over TLS this also checks that tlsconn passes flow control through.
     server_ctx, client_ctx = tls_contexts(tmp_path) if tls else (None, None)
     config = relay.RelayConfig(write_buffer=64 * 1024, stall_timeout=0.5, ttl_min=1,
-                               mailbox_messages=10_000, mailbox_bytes=10**8,
-                               rate_messages=10**6, burst_messages=10**6,
-                               rate_bytes=10**9, burst_bytes=10**9)
+                               **_FLOOD_LIMITS, mailbox_bytes=10**8)
     async def main():
         async with relay_running(config, ssl_context=server_ctx) as srv:
             port = srv.address[1]
@@ -303,10 +307,7 @@ def test_a_closed_connection_that_does_not_read_is_cut_after_stall_timeout(tls, 
     server_ctx, client_ctx = tls_contexts(tmp_path) if tls else (None, None)
     # A write buffer so large the relay never pauses: only the close is left.
     config = relay.RelayConfig(hello_timeout=0.5, idle_timeout=1.0, stall_timeout=0.5,
-                               write_buffer=1 << 30,
-                               mailbox_messages=10_000, mailbox_bytes=10**9,
-                               rate_messages=10**6, burst_messages=10**6,
-                               rate_bytes=10**9, burst_bytes=10**9)
+                               write_buffer=1 << 30, **_FLOOD_LIMITS, mailbox_bytes=10**9)
 
     async def main():
         async with relay_running(config, ssl_context=server_ctx) as srv:

@@ -59,6 +59,14 @@ class RecordClient(RawClient):
         await client.send_raw(client.outgoing.read())
         return client
 
+    @classmethod
+    async def logged_in(cls, port: int, context: ssl.SSLContext, user: str,
+                        key: SigningKey | None = None) -> RecordClient:
+        """open(), then hello and the challenge answered: welcomed as ``user``."""
+        client = await cls.open(port, context)
+        assert (await client.hello(user, key))["type"] == "welcome"
+        return client
+
     def seal(self, frame: dict) -> bytes:
         """The ciphertext of one frame (one or more TLS records), not yet sent."""
         self.tls.write(framing.encode_frame(frame))
@@ -87,8 +95,7 @@ def test_records_cut_into_tiny_segments_and_many_records_per_segment(tls):
         async with relay_running(relay.RelayConfig(), ssl_context=server_ctx) as srv:
             port = srv.address[1]
             alice = await RawClient.login(port, "alice", ssl=client_ctx)
-            bob = await RecordClient.open(port, client_ctx)
-            assert (await bob.hello("bob"))["type"] == "welcome"
+            bob = await RecordClient.logged_in(port, client_ctx, "bob")
             # A frame near the size limit is four TLS records; send its
             # ciphertext 7 bytes at a time, so the relay sees every record
             # arrive in pieces, headers included.
@@ -118,8 +125,7 @@ def test_a_forged_record_closes_only_that_connection(tls):
         async with relay_running(relay.RelayConfig(), ssl_context=server_ctx) as srv:
             port = srv.address[1]
             alice = await RawClient.login(port, "alice", ssl=client_ctx)
-            mallory = await RecordClient.open(port, client_ctx)
-            assert (await mallory.hello("mallory"))["type"] == "welcome"
+            mallory = await RecordClient.logged_in(port, client_ctx, "mallory")
             conn = next(c for c in srv.connections if c.client.user == "mallory")
             sslobj = weakref.ref(conn.transport.get_extra_info("ssl_object"))
             del conn
@@ -180,9 +186,7 @@ def test_close_notify_frees_the_connection_at_once(tls):
     async def main():
         async with relay_running(relay.RelayConfig(), ssl_context=server_ctx) as srv:
             port = srv.address[1]
-            key = SigningKey.generate()
-            alice = await RecordClient.open(port, client_ctx)
-            assert (await alice.hello("alice", key))["type"] == "welcome"
+            alice = await RecordClient.logged_in(port, client_ctx, "alice")
             try:
                 alice.tls.unwrap()
             except ssl.SSLWantReadError:
