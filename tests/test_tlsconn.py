@@ -67,6 +67,14 @@ class RecordClient(RawClient):
         assert (await client.hello(user, key))["type"] == "welcome"
         return client
 
+    async def read_until_closed(self, timeout: float = 3.0) -> None:
+        """Feed everything the relay sends until it closes, then EOF, into
+        the TLS object, so a test can read its last records (an alert, a
+        close_notify)."""
+        while chunk := await asyncio.wait_for(self.reader.read(4096), timeout):
+            self.incoming.write(chunk)
+        self.incoming.write_eof()
+
     def seal(self, frame: dict) -> bytes:
         """The ciphertext of one frame (one or more TLS records), not yet sent."""
         self.tls.write(framing.encode_frame(frame))
@@ -134,12 +142,8 @@ def test_a_forged_record_closes_only_that_connection(tls):
             gc.disable()  # OpenSSL's state must go by reference counting, not a collection
             try:
                 await mallory.send_raw(bytes(record))
-                data = b""
-                while chunk := await asyncio.wait_for(mallory.reader.read(4096), 3):
-                    data += chunk
+                await mallory.read_until_closed()
                 # The relay said why before closing: a bad_record_mac alert.
-                mallory.incoming.write(data)
-                mallory.incoming.write_eof()
                 with pytest.raises(ssl.SSLError, match="BAD_RECORD_MAC"):
                     mallory.tls.read(4096)
                 await asyncio.sleep(0.05)
@@ -192,11 +196,7 @@ def test_close_notify_frees_the_connection_at_once(tls):
             except ssl.SSLWantReadError:
                 pass  # our close_notify is out; the relay's comes back
             await alice.send_raw(alice.outgoing.read())
-            data = b""
-            while chunk := await asyncio.wait_for(alice.reader.read(4096), 3):
-                data += chunk
-            alice.incoming.write(data)
-            alice.incoming.write_eof()
+            await alice.read_until_closed()
             # The relay answered with its close_notify (a bare TCP close would
             # raise SSLEOFError here).
             with pytest.raises(ssl.SSLZeroReturnError):
