@@ -28,9 +28,11 @@ relays it measures; msgr's chat client keeps asyncio's TLS (one connection,
 one person's traffic). What this layer does not do: TLS renegotiation
 (refused: see ``certs.server_context``).
 
-Errors from OpenSSL (a bad handshake, a forged record) close the connection:
-before the handshake completes the application never hears of it; after, it
-gets ``connection_lost`` with the ``ssl.SSLError``.
+Errors from OpenSSL (a bad handshake, a forged record) close the connection.
+Before the handshake completes the application never hears of it (a server's
+application has not been made yet); a client learns why from
+:attr:`TLSProtocol.handshake`. After, the application gets ``connection_lost``
+with the ``ssl.SSLError``.
 """
 
 from __future__ import annotations
@@ -118,6 +120,12 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
     at once. Once closing, the peer has ``shutdown_timeout`` seconds to take
     what is queued (as asyncio's ``ssl_shutdown_timeout``), then the socket
     is aborted: a peer that stops reading cannot hold a closed connection open.
+
+    In client mode, :attr:`handshake` is a future that completes when the
+    handshake does, or carries why it failed (the ``ssl.SSLError``, a
+    ``TimeoutError``, or a ``ConnectionError`` if the socket closed first).
+    Server mode has none: a server has no one to tell, and 10,000
+    connections would each carry one.
     """
 
     def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
@@ -145,6 +153,10 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         self._host = "?"
         self._shutdown_timeout = shutdown_timeout
         self._write_raw: Callable[[bytes], None] | None = None
+        self._write_paused = False  # the socket's buffer is over its limit
+        self._app_paused = False  # and the application was told so
+        #: Client mode: done when the handshake is (see the class docstring).
+        self.handshake: asyncio.Future[None] | None = None
 
     # -- the socket side (asyncio calls these) ---------------------------------
 
@@ -154,6 +166,8 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         self._write_raw = transport.write
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
+        if not self._server_side:
+            self.handshake = loop.create_future()
         handshakes = self._handshakes
         if handshakes is not None:
             peer = transport.get_extra_info("peername")
@@ -196,6 +210,8 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         if self._handshakes is not None:
             self._handshakes.done(self, self._host)
         error, self._error = self._error, None
+        self._handshake_failed(error or exc or ConnectionResetError(
+            "the connection closed during the TLS handshake"))
         if self._app_connected:
             self._app_connected = False
             self._app.connection_lost(exc or error)
@@ -203,12 +219,21 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         self._app = None  # type: ignore[assignment]
 
     def pause_writing(self) -> None:
-        if self._app_connected:
-            self._app.pause_writing()
+        # Remembered: a pause that comes during the handshake is passed on
+        # once the application is connected (see _handshake).
+        self._write_paused = True
+        self._tell_app_paused()
 
     def resume_writing(self) -> None:
-        if self._app_connected:
+        self._write_paused = False
+        if self._app_paused:
+            self._app_paused = False
             self._app.resume_writing()
+
+    def _tell_app_paused(self) -> None:
+        if self._write_paused and self._app_connected and not self._app_paused:
+            self._app_paused = True
+            self._app.pause_writing()
 
     # -- the TLS machinery -------------------------------------------------------
 
@@ -231,6 +256,10 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         self._send_pending()  # the last flight, and TLS 1.3 session tickets
         self._app_connected = True
         self._app.connection_made(self)
+        if not self._closing:
+            self._tell_app_paused()  # if the socket went over its limit before
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_result(None)
         if self._incoming.pending and not self._closing:
             self._read()  # the client's first data came with its Finished
 
@@ -276,8 +305,15 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         self._timer = None
         if not self._app_connected and self._raw is not None:
             log.debug("tls_timeout", extra={"fields": {"addr": self._peer()}})
+            self._handshake_failed(TimeoutError(
+                f"the TLS handshake did not complete within {self._handshake_timeout:g} s"))
             self._closing = True
             self._raw.abort()
+
+    def _handshake_failed(self, err: BaseException) -> None:
+        """Tell a client why its handshake failed (no-op once it is done)."""
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_exception(err)
 
     def _fail(self, err: Exception, event: str) -> None:
         reason = getattr(err, "reason", None) or type(err).__name__
@@ -285,6 +321,8 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
         # Without its traceback: that would hold this frame, hence self and
         # OpenSSL's state, in a cycle until a full garbage collection.
         self._error = err.with_traceback(None)
+        if not self._app_connected:
+            self._handshake_failed(self._error)
         self._send_pending()  # the alert OpenSSL queued tells the peer why
         self._closing = True
         self._close_raw()

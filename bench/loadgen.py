@@ -463,7 +463,9 @@ class Generator:
         factory: Any = (lambda: conn) if context is None else (
             lambda: tlsconn.TLSProtocol(context, conn, buffer=_TLS_BUFFER, server_side=False,
                                         server_hostname="localhost", handshake_timeout=30))
-        await self.loop.create_connection(factory, "127.0.0.1", self.job["port"])
+        _, proto = await self.loop.create_connection(factory, "127.0.0.1", self.job["port"])
+        if context is not None:
+            await proto.handshake  # raises why the handshake failed, if it did
         await conn.ready
         return conn
 

@@ -5,7 +5,8 @@ test_screen); these tests aim at what an ordinary client never does: records
 cut into tiny TCP segments, many records in one segment, forged records,
 garbage instead of a ClientHello, close_notify, TLS 1.2, and a shutdown
 while handshakes are half done. (A TLS client that stops reading is in
-test_relay.py, beside the plain one.)
+test_relay.py, beside the plain one.) The last tests use its client mode,
+as the benchmark's load generator does.
 
 :class:`RecordClient` speaks TLS through an ``ssl.SSLObject`` over a plain
 socket, so a test decides exactly which ciphertext bytes go out and when.
@@ -25,6 +26,7 @@ from test_relay import send_frame
 
 import framing
 import relay
+import tlsconn
 
 
 @pytest.fixture
@@ -276,4 +278,106 @@ def test_half_open_handshakes_are_capped_by_the_connection_limits(tls, limits):
             alice = await RawClient.login(port, "alice", ssl=client_ctx)
             await alice.send({"type": "ping"})
             assert (await alice.recv())["type"] == "pong"
+    run(main())
+
+
+# -- client mode (the benchmark's load generator uses it) ------------------------------
+
+
+class Recorder(asyncio.Protocol):
+    """An application protocol that notes what the TLS layer tells it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.data = bytearray()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.calls.append("made")
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def pause_writing(self) -> None:
+        self.calls.append("pause")
+
+    def resume_writing(self) -> None:
+        self.calls.append("resume")
+
+    def connection_lost(self, exc) -> None:
+        self.calls.append("lost")
+
+
+async def _client(port: int, context: ssl.SSLContext, app: asyncio.Protocol,
+                  **kwargs) -> tlsconn.TLSProtocol:
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_connection(
+        lambda: tlsconn.TLSProtocol(context, app, buffer=tlsconn.ReadBuffer(), server_side=False,
+                                    server_hostname="localhost", **kwargs),
+        "127.0.0.1", port)
+    return proto
+
+
+def test_client_mode_says_when_its_handshake_is_done(tls):
+    server_ctx, client_ctx = tls
+
+    async def main():
+        async with relay_running(ssl_context=server_ctx) as srv:
+            app = Recorder()
+            proto = await _client(srv.address[1], client_ctx, app)
+            await asyncio.wait_for(proto.handshake, 5)
+            assert app.calls == ["made"]
+            app.transport.write(framing.encode_frame({"type": "hello", "v": 1}))
+            while not app.data:
+                await asyncio.sleep(0.01)
+            assert framing.FrameDecoder().feed(bytes(app.data))[0]["type"] == "error"
+            proto.close()
+    run(main())
+
+
+def test_client_mode_reports_why_its_handshake_failed(tls, tmp_path):
+    server_ctx, _ = tls
+    _, stranger = tls_contexts(tmp_path / "other")  # trusts another certificate
+
+    async def main():
+        async with relay_running(ssl_context=server_ctx) as srv:
+            app = Recorder()
+            proto = await _client(srv.address[1], stranger, app)
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await asyncio.wait_for(proto.handshake, 5)
+            assert app.calls == []  # the application was never connected
+        async with relay_running() as plain:  # not TLS at all
+            proto = await _client(plain.address[1], stranger, app)
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await asyncio.wait_for(proto.handshake, 5)
+        # A server that never answers: the handshake timeout, as a TimeoutError.
+        silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        async with silent:
+            port = silent.sockets[0].getsockname()[1]
+            proto = await _client(port, stranger, app, handshake_timeout=0.2)
+            with pytest.raises(TimeoutError, match="did not complete within 0.2 s"):
+                await asyncio.wait_for(proto.handshake, 5)
+        assert app.calls == []
+    run(main())
+
+
+def test_a_pause_during_the_handshake_reaches_the_application(tls):
+    """The socket may ask us to stop writing before the application exists
+    (asyncio calls pause_writing on the TLS layer): it is told once connected."""
+    server_ctx, client_ctx = tls
+
+    async def main():
+        async with relay_running(ssl_context=server_ctx) as srv:
+            app = Recorder()
+            proto = await _client(srv.address[1], client_ctx, app)
+            assert not proto.handshake.done()
+            proto.pause_writing()  # as the socket transport would
+            await asyncio.wait_for(proto.handshake, 5)
+            assert app.calls == ["made", "pause"]
+            proto.pause_writing()  # told once only
+            proto.resume_writing()
+            assert app.calls == ["made", "pause", "resume"]
+            proto.resume_writing()  # nothing to resume
+            assert app.calls == ["made", "pause", "resume"]
+            proto.close()
     run(main())
