@@ -35,6 +35,7 @@ import framing
 from chat import ChatCore, Event, Mode, Received
 from errors import MsgrError
 from relay import AUTH_LABEL  # the one definition; relay.py imports no crypto
+from safetext import escape
 
 #: Seconds to open the TCP connection and finish TLS.
 CONNECT_TIMEOUT = 10.0
@@ -469,8 +470,7 @@ class ChatClient:
 def _relay_message(frame: dict[str, Any]) -> str:
     """The relay's sentence, made safe to print: a hostile relay must not be
     able to send terminal escape sequences through our error messages."""
-    text = str(frame.get("message") or frame.get("code") or "refused")[:300]
-    return "".join(c if c.isprintable() else "?" for c in text)
+    return escape(str(frame.get("message") or frame.get("code") or "refused")[:300])
 
 
 def _reason(err: BaseException) -> str:

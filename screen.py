@@ -17,7 +17,7 @@ Three layers, from pure to impure:
   (Ctrl-C, SIGTERM, SIGHUP end the chat cleanly; SIGWINCH redraws).
 
 Everything that came over the network is passed through :func:`safe_text`
-(``ui.escape`` plus the characters curses cannot draw safely) before it is
+(``safetext.escape`` plus the characters curses cannot draw safely) before it is
 stored in the view, so nothing a peer or relay sends can move the cursor.
 
 A message disappears from the screen when its TTL ends (a received one at the
@@ -48,6 +48,7 @@ import chat
 import ui
 from client import ChatClient, Status
 from errors import MsgrError
+from safetext import escape
 
 #: The TTL range users may choose (the relay enforces the same bounds).
 TTL_MIN, TTL_MAX = 5, 60
@@ -90,12 +91,12 @@ HELP = (
 # -- text: safety and width -----------------------------------------------------
 
 def safe_text(text: str, *, unicode: bool = True) -> str:
-    """``ui.escape`` plus what curses cannot draw safely: line/paragraph
+    """``safetext.escape`` plus what curses cannot draw safely: line/paragraph
     separators, format characters (except the emoji joiner), unassigned and
     private-use code points; and everything outside ASCII when the terminal's
     encoding is not UTF-8."""
     out = []
-    for ch in ui.escape(text):
+    for ch in escape(text):
         cat = unicodedata.category(ch)
         if (cat in ("Zl", "Zp", "Cs", "Co", "Cn") or (cat == "Cf" and ch != "\u200d")
                 or (not unicode and ord(ch) > 0x7E)):

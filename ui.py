@@ -18,13 +18,13 @@ import os
 import sys
 import threading
 import time
-import unicodedata
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import chat
 from client import ChatClient, Status, TlsOptions, load_identity
 from errors import MsgrError
+from safetext import escape
 
 EXIT_OK, EXIT_ERROR, EXIT_UNDELIVERED, EXIT_INTERRUPTED = 0, 1, 3, 130
 
@@ -50,22 +50,6 @@ class ChatOptions:
     identity: str | None = None
     wait: float | None = None
     kdf_params: Any = None
-
-
-def escape(text: str) -> str:
-    """Make peer text safe to print: control and bidi-override characters
-    become visible escapes, so a message cannot move the cursor, clear the
-    screen or disguise itself."""
-    out = []
-    for ch in text:
-        if ch == "\t":
-            out.append("    ")
-        elif unicodedata.category(ch) == "Cc" or "\u202a" <= ch <= "\u202e" \
-                or "\u2066" <= ch <= "\u2069":
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def derive_key(options: ChatOptions, progress: TextIO | None = sys.stderr) -> bytes:

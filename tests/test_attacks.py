@@ -4,7 +4,8 @@ A proxy between the clients and the relay substitutes, replays, reflects,
 reorders and tampers with frames once the session is up. Both clients must
 notice, show every genuine message exactly once, and never show text from a
 forged frame. A recorded session must give an offline attacker nothing but
-shares, tags and ciphertext.
+shares, tags and ciphertext. A hostile relay's error text reaches the terminal
+only escaped.
 """
 
 from __future__ import annotations
@@ -145,3 +146,29 @@ def test_recorded_session_holds_only_shares_tags_and_ciphertext():
     # and tags: no salt, no hash of the passcode, no static-key ciphertext.
     assert handshake_fields <= {"hs", "v", "na", "nb", "Y", "ad", "tag"}
     assert not any(b.startswith("s1.") for b in bodies)
+
+
+def test_a_hostile_relays_error_text_reaches_the_terminal_escaped():
+    """The relay chooses the sentence in its error frames: terminal escapes
+    and bidirectional overrides in it are shown as visible escapes."""
+    hostile = "\x1b]0;owned\x07\x1b[2J\u202eevil\nsecond line\x9b"
+
+    def hook(direction: str, frame: dict, conn: dict) -> list[dict]:
+        if direction == "down" and frame.get("type") == "challenge":
+            return [{"type": "error", "code": "protocol", "message": hostile, "fatal": True}]
+        return [frame]
+
+    async def main():
+        async with relay_subprocess() as (_, relay_port, _):
+            proxy = await Proxy(relay_port, hook).start()
+            alice = await Chat.start(proxy.port, "alice", "bob")
+            code = await alice.exit_code(timeout=60)
+            await proxy.close()
+            return code, alice
+
+    code, alice = run(main(), timeout=90)
+    assert code == 1
+    text = "\n".join(alice.stderr)
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\u202eevil\\x0asecond line\\x9b" in text, alice.stderr
+    assert not any(c in text for c in "\x1b\x07\u202e\x9b"), alice.stderr
+    assert "traceback" not in text.lower()
