@@ -537,6 +537,11 @@ class Relay:
             raise ProtocolViolation("ttl must be an integer number of seconds")
         if kind != "msg" and kind != "hs":
             raise ProtocolViolation("kind must be 'msg' or 'hs'")
+        ref = msg.get("ref")
+        if ref is not None and type(ref) is not int:
+            # Echoed in `accepted`: an integer, as PROTOCOL.md says. Any JSON
+            # value would let a client make the echo larger than a frame.
+            raise ProtocolViolation("ref must be an integer")
         now = self.clock()
         if not client.msgs.take(1.0, now) or not client.bytes.take(len(body), now):
             self.stats.refused += 1
@@ -558,12 +563,11 @@ class Relay:
                         ttl=held.ttl)
         self._arm(held.expires_at)
         expires_at = self._expiry_json(held.expires_wall)  # once for both frames
-        ref = msg.get("ref")
-        if type(ref) is int:  # what msgr's client sends: the frame formatted directly
+        if ref is not None:  # an int: the frame formatted directly
             client.link.write(accepted_frame(ref, held.id, held.ttl, expires_at))
-        else:  # any other JSON value is echoed as it came
-            self._write(client, {"type": "accepted", "ref": ref, "id": held.id,
-                                 "ttl": held.ttl, "expires_at": float(expires_at)})
+        else:
+            self._write(client, {"type": "accepted", "id": held.id, "ttl": held.ttl,
+                                 "expires_at": float(expires_at)})
         claim = self.claims.get(to)
         if claim is not None and claim.client is not None and not claim.client.paused:
             self._deliver(claim.client, held, expires_at)

@@ -190,6 +190,26 @@ def test_unknown_type_and_bad_fields():
     run(main())
 
 
+def test_a_ref_that_is_not_an_integer_is_refused_and_nothing_is_stored():
+    """Echoed in `accepted`, a ref of 60 KB of floats used to come back four
+    times larger than a frame may be: an exception inside the relay, after
+    the message was already stored."""
+    async def main():
+        async with relay_running() as srv:
+            port = srv.address[1]
+            c = await RawClient.login(port, "alice")
+            await c.send({**send_frame("bob"), "ref": [1e15] * 3000})
+            err = await c.recv()
+            assert err["code"] == "protocol" and "ref" in err["message"] and err["fatal"]
+            assert await c.closed()
+            assert len(srv.relay.store) == 0
+            c = await RawClient.login(port, "carol")
+            await c.send({k: v for k, v in send_frame("bob").items() if k != "ref"})
+            accepted = await c.recv()
+            assert accepted["type"] == "accepted" and "ref" not in accepted
+    run(main())
+
+
 def test_flood_hits_the_rate_limit_and_others_are_served():
     config = relay.RelayConfig(rate_messages=50, burst_messages=100)
     async def main():
