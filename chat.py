@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import e2e
+import framing
 import handshake
 import ratchet
 from errors import CryptoError, MsgrError
@@ -238,6 +239,11 @@ class ChatCore:
 
     def send(self, text: str) -> int:
         """Queue ``text`` for the peer; return its number (for Delivered etc.)."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MsgrError("the message is not valid Unicode text (it holds a lone "
+                            "surrogate); not sent") from None
         self._next_n += 1
         out = Outgoing(self._next_n, text, self.ttl, self._wall())
         self.outbox[out.n] = out
@@ -274,18 +280,28 @@ class ChatCore:
         self.peer_online = None
 
     def handle(self, frame: dict[str, Any]) -> None:
-        """One frame from the relay (after welcome)."""
+        """One frame from the relay (after welcome).
+
+        Whatever the frame holds, this does not raise: the relay, and anyone
+        who can send through it, chooses its content. A frame the checks
+        below did not foresee is reported as a notice and ignored, rather
+        than ending the chat (and with it, the fate of the messages in flight).
+        """
         kind = frame.get("type")
-        if kind == "deliver":
-            self._on_deliver(frame)
-        elif kind == "accepted":
-            self._on_accepted(frame)
-        elif kind == "error":
-            self._on_error(frame)
-        elif kind == "expired":
-            self._on_expired(frame)
-        elif kind == "presence":
-            self._on_presence(frame)
+        try:
+            if kind == "deliver":
+                self._on_deliver(frame)
+            elif kind == "accepted":
+                self._on_accepted(frame)
+            elif kind == "error":
+                self._on_error(frame)
+            elif kind == "expired":
+                self._on_expired(frame)
+            elif kind == "presence":
+                self._on_presence(frame)
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            self._notice(f"ignored a {str(kind)[:20]!r} frame from the relay that could not be "
+                         f"handled ({type(err).__name__})", "bad_frame", "warn")
 
     def next_deadline(self) -> float | None:
         times = [o.deadline + (STATIC_GRACE if o.state is OutState.ACCEPTED else 0.0)
@@ -332,35 +348,36 @@ class ChatCore:
             self._notice(f"ignored a message from {str(frame.get('from'))[:32]!r}, who is "
                          "not the peer of this chat", "stranger", "warn")
             return
-        expires_at = frame.get("expires_at")
-        if type(expires_at) not in (int, float):
-            expires_at = self._wall() + self.ttl
+        expires_at = _unix_time(frame.get("expires_at"), self._wall() + self.ttl)
         try:
             if self.mode is Mode.STATIC:
-                self._open_static(body, float(expires_at))  # type: ignore[arg-type]
+                self._open_static(body, expires_at)
             elif frame.get("kind") == "hs":
                 self._on_handshake(body)
             else:
-                self._open_ratchet(body, float(expires_at))  # type: ignore[arg-type]
+                self._open_ratchet(body, expires_at)
         except CryptoError as err:
             self._notice(_explain(err, self.peer), err.code, "warn")
 
+    def _take_ref(self, frame: dict[str, Any]) -> tuple[str, Outgoing | None] | None:
+        """What the send this frame answers was for (``ref`` is ours: an int)."""
+        ref = frame.get("ref")
+        return self._refs.pop(ref, None) if type(ref) is int else None
+
     def _on_accepted(self, frame: dict[str, Any]) -> None:
-        entry = self._refs.pop(frame.get("ref"), None)  # type: ignore[arg-type]
+        entry = self._take_ref(frame)
         if entry is None or entry[1] is None:
             return
         out = entry[1]
         if out.state is OutState.SENT:
             out.state = OutState.ACCEPTED
             out.relay_id = frame.get("id")  # type: ignore[assignment]
-            expires_at = frame.get("expires_at")
-            self._events.append(Accepted(out.n, float(expires_at)  # type: ignore[arg-type]
-                                         if type(expires_at) in (int, float) else 0.0))
+            self._events.append(Accepted(out.n, _unix_time(frame.get("expires_at"), 0.0)))
 
     def _on_error(self, frame: dict[str, Any]) -> None:
         code = str(frame.get("code", "error"))
         message = str(frame.get("message", "the relay refused a request"))[:300]
-        entry = self._refs.pop(frame.get("ref"), None)  # type: ignore[arg-type]
+        entry = self._take_ref(frame)
         if entry is not None and entry[1] is not None and entry[1].n in self.outbox:
             self._fail(entry[1], f"the relay refused it: {message}")
         elif entry is not None and entry[0] == "hs":
@@ -632,6 +649,16 @@ def _explain(err: CryptoError, peer: str) -> str:
     return text.format(peer=peer) + f" ({err})"
 
 
+def _unix_time(value: object, default: float) -> float:
+    """A time the relay sent, as a float; ``default`` if it is not a number
+    (or an integer too large for a float)."""
+    if type(value) is float:
+        return value  # type: ignore[return-value]
+    if type(value) is int and -1e15 < value < 1e15:  # type: ignore[operator]
+        return float(value)  # type: ignore[arg-type]
+    return default
+
+
 def _remember(memory: OrderedDict[Any, None], key: Any) -> None:
     memory[key] = None
     if len(memory) > DEDUP_MEMORY:
@@ -646,12 +673,11 @@ def _parse_hs(body: str) -> dict[str, Any]:
     if not body.startswith("h1."):
         raise BadBody("a handshake message has an unknown format")
     try:
-        msg = json.loads(base64.b64decode(body[3:], validate=True).decode("utf-8"))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+        # Strict, depth-limited JSON (framing.decode_body): anyone who can
+        # send to us writes this, before any key is known.
+        return framing.decode_body(base64.b64decode(body[3:], validate=True))
+    except (binascii.Error, ValueError, framing.FramingError):
         raise BadBody("a handshake message is not valid") from None
-    if not isinstance(msg, dict):
-        raise BadBody("a handshake message is not valid")
-    return msg
 
 
 def _parse_ratchet_body(body: str) -> tuple[str, bytes]:
@@ -668,11 +694,9 @@ def _parse_ratchet_body(body: str) -> tuple[str, bytes]:
 
 def _parse_inner(plaintext: bytes) -> dict[str, Any]:
     try:
-        inner = json.loads(plaintext.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise BadBody("a message decrypted but is not valid JSON") from None
-    if not isinstance(inner, dict):
-        raise BadBody("a message decrypted but is not an object")
+        inner = framing.decode_body(plaintext)
+    except framing.FramingError:
+        raise BadBody("a message decrypted but is not a valid JSON object") from None
     kind = inner.get("k")
     ok = False
     if kind == "msg":

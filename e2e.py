@@ -30,6 +30,7 @@ from typing import Any
 import nacl.bindings
 import nacl.exceptions
 
+import framing
 import kdf
 from errors import CryptoError
 
@@ -137,10 +138,10 @@ class StaticBox:
 
 def _parse_inner(plaintext: bytes) -> dict[str, Any]:
     try:
-        inner = json.loads(plaintext.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise SealError("a message decrypted but is not valid JSON") from None
-    if (not isinstance(inner, dict) or not isinstance(inner.get("from"), str)
+        inner = framing.decode_body(plaintext)
+    except framing.FramingError:
+        raise SealError("a message decrypted but is not a valid JSON object") from None
+    if (not isinstance(inner.get("from"), str)
             or not isinstance(inner.get("to"), str) or not isinstance(inner.get("epoch"), str)
             or type(inner.get("n")) is not int or type(inner.get("ts")) not in (int, float)
             or type(inner.get("ttl")) is not int or not isinstance(inner.get("text"), str)):

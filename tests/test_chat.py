@@ -12,6 +12,8 @@ import os
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 import chat
@@ -424,3 +426,69 @@ def test_sealed_names_are_checked_on_receipt():
     net.pump()
     assert net.received("bob") == []
     assert any("wrong sender" in e.text for e in net.of("bob", chat.Notice))
+
+
+# -- hostile frames: the relay, or anyone who can send through it, writes them --------
+
+
+def test_deeply_nested_bodies_are_notices_not_crashes():
+    """20,000 nested arrays made json.loads raise RecursionError, which ended
+    the chat: in a handshake body anyone can send, and in an authenticated one."""
+    net = Net()
+    alice, bob = pair(net)
+    deep = "h1." + base64.b64encode(b"[" * 20000).decode()
+    alice.handle({"type": "deliver", "id": 10**9, "from": "bob", "kind": "hs", "ttl": 30,
+                  "expires_at": 0, "body": deep})
+    sealed = bob.session.ratchet.encrypt(b"[" * 20000)
+    alice.handle({"type": "deliver", "id": 10**9 + 1, "from": "bob", "kind": "msg", "ttl": 30,
+                  "expires_at": 0,
+                  "body": f"r1.{bob.session.sid}.{base64.b64encode(sealed).decode()}"})
+    notices = [e for e in alice.take_events() if isinstance(e, chat.Notice)]
+    assert [n.code for n in notices] == ["bad_message", "bad_message"], notices
+    bob.send("still here")
+    net.pump()
+    assert net.received("alice") == ["still here"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=10**300)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=3),
+    max_leaves=6)
+relay_frames = st.fixed_dictionaries(
+    {"type": st.sampled_from(["deliver", "accepted", "error", "expired", "presence"])},
+    optional={"id": json_values, "ref": json_values, "from": st.just("bob") | json_values,
+              "kind": st.sampled_from(["msg", "hs"]) | json_values,
+              "body": st.sampled_from(["h1.", "r1.", "s1."]).flatmap(
+                  lambda p: st.binary(max_size=80).map(
+                      lambda b: p + base64.b64encode(b).decode())) | json_values,
+              "ttl": json_values, "expires_at": json_values, "code": json_values,
+              "message": json_values, "fatal": json_values, "user": st.just("bob") | json_values,
+              "online": json_values})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.lists(relay_frames, min_size=1, max_size=6))
+def test_any_frame_from_the_relay_is_handled_without_raising(frames):
+    net = Net()
+    alice, _ = pair(net)
+    alice.send("in flight")
+    for frame in frames:
+        alice.handle(frame)  # must not raise
+        alice.take_frames()
+    alice.take_events()
+
+
+def test_static_box_refuses_a_deeply_nested_plaintext():
+    import nacl.bindings
+
+    import e2e
+    clock = Clock()
+    alice = e2e.StaticBox(KEY, "alice", "bob", rng=os.urandom, wallclock=clock)
+    bob = e2e.StaticBox(KEY, "bob", "alice", rng=os.urandom, wallclock=clock)
+    nonce = os.urandom(24)
+    sealed = nacl.bindings.crypto_secretbox(b"[" * 20000, nonce, alice._send_key)
+    with pytest.raises(e2e.SealError, match="not a valid JSON object"):
+        bob.open(e2e.PREFIX + base64.b64encode(nonce + sealed).decode())
+    assert bob.open(alice.seal("fine", 30)).text == "fine"
