@@ -262,6 +262,8 @@ class ChatCore:
 
     def connected_to_relay(self) -> None:
         """The relay accepted us (first time or after a reconnect)."""
+        # What expired while we were away is reported, not sent again.
+        self.tick()
         self.connected = True
         self._frames.append({"type": "watch", "user": self.peer})
         for out in self.outbox.values():

@@ -233,7 +233,7 @@ class ChatClient:
                     await self._session(first)
                     delay = BACKOFF_FIRST  # we were connected: start backoff afresh
                 except RelayRefused as err:
-                    if err.code in FATAL_CODES or first:
+                    if err.code in FATAL_CODES or (first and not self._ready.is_set()):
                         raise
                     self._status("disconnected", f"relay: {err}")
                 except (ConnectFailed, WrongTransport):
@@ -460,11 +460,25 @@ class ChatClient:
             self._queue.put_nowait(item)
 
     async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
-        try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
+        """Wait between connections; time still passes for the core: messages
+        whose TTL ends meanwhile are reported when it ends, not at reconnect."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while not self._closed:
+            now = loop.time()
+            if now >= end:
+                return
+            wake_at = end
+            deadline = self.core.next_deadline()
+            if deadline is not None:
+                wake_at = min(end, max(deadline, now + 0.01))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), wake_at - now)
+            except asyncio.TimeoutError:
+                pass
+            self.core.tick()
+            self._flush_events()
 
 
 def _relay_message(frame: dict[str, Any]) -> str:

@@ -117,9 +117,9 @@ def tls_contexts(directory: Any) -> tuple[Any, Any]:
 
 
 @contextlib.asynccontextmanager
-async def relay_running(config: relay.RelayConfig | None = None,
-                        ssl_context: Any = None) -> AsyncIterator[server.RelayServer]:
-    srv = await server.start_relay(config or relay.RelayConfig(), host="127.0.0.1", port=0,
+async def relay_running(config: relay.RelayConfig | None = None, ssl_context: Any = None,
+                        port: int = 0) -> AsyncIterator[server.RelayServer]:
+    srv = await server.start_relay(config or relay.RelayConfig(), host="127.0.0.1", port=port,
                                    ssl_context=ssl_context)
     try:
         yield srv

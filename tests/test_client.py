@@ -1,0 +1,91 @@
+"""client.ChatClient, the library's asyncio layer, against a real relay on loopback.
+
+What the chat core cannot see on its own: how the client treats the relay's
+verdicts, and that time passes while it is disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from helpers import relay_running, run
+
+import chat
+import client
+import kdf
+import relay
+
+TINY_KDF = kdf.KdfParams(time_cost=1, memory_kib=8, parallelism=1)
+
+
+async def _open(port: int, user: str, peer: str, **kw) -> client.ChatClient:
+    return await client.open_chat(server=f"127.0.0.1:{port}", user=user, peer=peer,
+                                  passcode="correct horse battery", kdf_params=TINY_KDF, **kw)
+
+
+async def _until(events, want, timeout: float = 10.0):
+    """The next event for which ``want(event)`` is true."""
+    async def scan():
+        async for event in events:
+            if want(event):
+                return event
+        raise AssertionError("the client closed")
+    return await asyncio.wait_for(scan(), timeout)
+
+
+def test_a_relay_timeout_after_connecting_means_reconnect_not_exit():
+    """A laptop that slept past the relay's idle timeout gets a fatal 'timeout'
+    error from it. That ended the client when it happened on the first
+    connection; it must reconnect like after any other loss."""
+    config = relay.RelayConfig(hello_timeout=1.0, idle_timeout=1.0)  # the client pings every 20 s
+
+    async def main():
+        async with relay_running(config) as srv:
+            alice = await _open(srv.address[1], "alice", "bob")
+            events = alice.events()
+            lost = await _until(events, lambda e: isinstance(e, client.Status)
+                                and e.state == "disconnected")
+            assert "heartbeat" in lost.detail
+            await _until(events, lambda e: isinstance(e, client.Status) and e.state == "connected")
+            assert not alice._task.done()
+            await alice.aclose()
+    run(main())
+
+
+def test_a_message_whose_ttl_ends_while_disconnected_is_reported_then_not_resent():
+    """Found by review: nothing ticked while the client waited to reconnect;
+    at reconnect the expired message was sealed and sent again, shown late by
+    the peer, while its sender was told it was not delivered."""
+    config = relay.RelayConfig(ttl_min=1)
+
+    async def main():
+        async with relay_running(config) as srv:
+            port = srv.address[1]
+            alice = await _open(port, "alice", "bob", ttl=1)
+            bob = await _open(port, "bob", "alice")
+            events = alice.events()
+            await _until(events, lambda e: isinstance(e, chat.SessionStarted))
+            await bob.aclose()
+            await _until(events, lambda e: isinstance(e, chat.Presence) and not e.online)
+            n = alice.send("for later")
+            await _until(events, lambda e: isinstance(e, chat.Accepted) and e.n == n)
+        # The relay is gone (and with it the message): alice is reconnecting.
+        await _until(events, lambda e: isinstance(e, client.Status) and e.state == "reconnecting")
+        failed = await _until(events, lambda e: isinstance(e, chat.Undelivered), timeout=10)
+        assert failed.n == n and "1 s TTL" in failed.reason
+        assert alice.core.outbox == {}
+        async with relay_running(config, port=port) as srv:
+            await _until(events, lambda e: isinstance(e, client.Status) and e.state == "connected",
+                         timeout=40)
+            assert srv.relay.stats.accepted == 0  # nothing was sent again
+        await alice.aclose()
+    run(main(), timeout=90)
+
+
+def test_text_that_is_not_unicode_is_refused_with_a_reason():
+    core = chat.ChatCore(me="alice", peer="bob", key=bytes(32), clock=lambda: 0.0,
+                         wallclock=lambda: 0.0, rng=lambda n: bytes(n))
+    with pytest.raises(client.MsgrError, match="not valid Unicode"):
+        core.send("lone \ud800 surrogate")
+    assert core.outbox == {}
