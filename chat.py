@@ -155,6 +155,7 @@ class Session:
     keys: handshake.SessionKeys
     ratchet: ratchet.Ratchet
     sid: str
+    heard: bool = False  # a message from the peer opened under it
 
 
 class ChatCore:
@@ -404,6 +405,9 @@ class ChatCore:
             self._events.append(Presence(online))
             if online:
                 self._hs_timeouts = 0
+                # After a reconnect of either side: our last hi may have been
+                # lost with a connection, a relay restart, or expired unread.
+                self._say_hi()
         self._maybe_initiate()
 
     # -- static mode -----------------------------------------------------------
@@ -520,12 +524,22 @@ class ChatCore:
         self.session = Session(keys, rat, keys.sid.hex())
         self.verified = False
         self._events.append(SessionStarted(keys.safety_number, keys.sid.hex(), replaced))
-        if rat.can_send:
-            self._seal_and_submit({"k": "hi"}, None)
+        self._say_hi()
         # Everything not yet confirmed goes out again under the new session.
         for out in self.outbox.values():
             out.state = OutState.QUEUED
         self._pump()
+
+    def _say_hi(self) -> None:
+        """Initiator: send ``hi`` through the ratchet, which lets the responder
+        send (a ratchet responder cannot send first). Again each time the peer
+        is seen coming online, until it is heard from: a lost
+        ``hi`` (relay restart, refused, expired while the peer was away) would
+        leave the responder unable to send for the rest of the session."""
+        session = self.session
+        if (session is not None and not session.heard and self.connected
+                and session.keys.role == "initiator" and session.ratchet.can_send):
+            self._seal_and_submit({"k": "hi"}, None)
 
     # -- default mode: messages -----------------------------------------------
 
@@ -544,6 +558,7 @@ class ChatCore:
             return
         could_send = session.ratchet.can_send
         plaintext = session.ratchet.decrypt(data)
+        session.heard = True
         inner = _parse_inner(plaintext)
         kind = inner["k"]
         if kind == "msg":

@@ -492,3 +492,33 @@ def test_static_box_refuses_a_deeply_nested_plaintext():
     with pytest.raises(e2e.SealError, match="not a valid JSON object"):
         bob.open(e2e.PREFIX + base64.b64encode(nonce + sealed).decode())
     assert bob.open(alice.seal("fine", 30)).text == "fine"
+
+
+def test_a_lost_hi_is_sent_again_when_the_peer_comes_back():
+    """A ratchet responder cannot send until the initiator's first message
+    (``hi``) arrives. Found by review: a hi that expired unread while the
+    responder was away left it unable to send for the rest of the session,
+    its messages queued for ever with nothing said."""
+    net = Net()
+    alice, bob = net.core("alice", "bob"), net.core("bob", "alice")
+    net.attach(alice)
+    net.attach(bob)
+    held_back = []
+
+    def hold_hi(frame: dict) -> bool:
+        if frame["body"].startswith("r1.") and not held_back:
+            held_back.append(frame)
+            net.detach("bob")  # bob's connection drops as the hi arrives
+            return True
+        return False
+
+    net.pump(drop=hold_hi)
+    assert held_back and alice.session is not None and bob.session is not None
+    assert not bob.session.ratchet.can_send
+    net.advance(relay.RelayConfig().ttl_max + 1)  # the hi expires at the relay, unread
+    assert len(net.relay.store) == 0
+    bob.send("can you hear me")
+    net.attach(bob)
+    net.pump()
+    assert net.received("alice") == ["can you hear me"]
+    assert [d.n for d in net.of("bob", chat.Delivered)] == [1]
