@@ -44,6 +44,7 @@ import framing
 import handshake
 import ratchet
 from errors import CryptoError, MsgrError
+from relay import TokenBucket
 
 #: Consecutive failed handshakes after which a client stops answering new
 #: ones. Each attempt lets an active attacker test one passcode guess; three
@@ -58,6 +59,13 @@ MAX_HANDSHAKE_TIMEOUTS = 3
 STATIC_GRACE = 5.0
 #: Relay ids and (epoch, n) pairs remembered to drop duplicates silently.
 DEDUP_MEMORY = 4096
+#: Share of the relay's per-connection rates (from ``welcome``) the client
+#: allows itself, so that its sends are not refused as too fast.
+RATE_MARGIN = 0.9
+#: Times a send refused as too fast (``rate_limited``) is tried again.
+RATE_RETRIES = 3
+#: Most ids in one ``ack`` frame (the relay's limit, PROTOCOL.md).
+MAX_ACK_IDS = 1024
 
 
 class Mode(enum.Enum):
@@ -151,6 +159,49 @@ class Outgoing:
 
 
 @dataclass
+class Pending:
+    """A send frame, from when it is queued until the relay answers it."""
+
+    purpose: str                         # msg, ctl (hi), rcpt (receipt) or hs
+    frame: dict[str, Any]
+    out: Outgoing | None = None          # msg: the message it carries
+    inner: dict[str, Any] | None = None  # rcpt: sealed again after a reconnect
+    sent: bool = False                   # handed to the I/O layer
+    retries: int = 0
+
+
+class Pacer:
+    """Keeps sends under the relay's per-connection message and byte rates."""
+
+    def __init__(self, limits: dict[str, Any], now: float) -> None:
+        def rate(name: str, default: float) -> float:
+            value = limits.get(name)
+            ok = type(value) in (int, float) and 0 < value < float("inf")
+            return value * RATE_MARGIN if ok else default  # type: ignore[operator]
+
+        self.msgs = TokenBucket(rate("rate_messages", 1e9), max(1.0, rate("burst_messages", 1e9)),
+                                now)
+        self.bytes = TokenBucket(rate("rate_bytes", 1e12), rate("burst_bytes", 1e12), now)
+
+    def take(self, size: int, now: float) -> bool:
+        size = min(size, int(self.bytes.burst))  # larger than a burst: the relay decides
+        if self.msgs.level(now) < 1 or self.bytes.level(now) < size:
+            return False
+        return self.msgs.take(1, now) and self.bytes.take(size, now)
+
+    def ready_at(self, size: int, now: float) -> float:
+        size = min(size, int(self.bytes.burst))
+        wait = max((1 - self.msgs.level(now)) / self.msgs.rate,
+                   (size - self.bytes.level(now)) / self.bytes.rate, 0.0)
+        return now + wait
+
+    def empty(self, now: float) -> None:
+        """The relay said we were too fast: start again from no budget."""
+        self.msgs.tokens = self.bytes.tokens = 0.0
+        self.msgs.stamp = self.bytes.stamp = now
+
+
+@dataclass
 class Session:
     keys: handshake.SessionKeys
     ratchet: ratchet.Ratchet
@@ -181,7 +232,9 @@ class ChatCore:
         self._frames: list[dict[str, Any]] = []
         self._events: list[Event] = []
         self._acks: list[int] = []
-        self._refs: dict[int, tuple[str, Outgoing | None]] = {}
+        self._refs: dict[int, Pending] = {}
+        self._pacer: Pacer | None = None
+        self._redo_receipts: list[dict[str, Any]] = []
         self._next_ref = 0
         self._next_n = 0
         # Messages whose fate is open. Settled ones leave it at once, so their
@@ -211,12 +264,29 @@ class ChatCore:
     # -- outputs --------------------------------------------------------------
 
     def take_frames(self) -> list[dict[str, Any]]:
-        """Frames to send to the relay now, in order."""
-        if self._acks:
-            self._frames.append({"type": "ack", "ids": self._acks})
-            self._acks = []
-        frames, self._frames = self._frames, []
+        """Frames to send to the relay now. Sends beyond the relay's rates
+        (see :meth:`set_limits`) wait, in order, until :meth:`next_deadline`."""
+        acks, self._acks = self._acks, []
+        frames = [{"type": "ack", "ids": acks[i:i + MAX_ACK_IDS]}
+                  for i in range(0, len(acks), MAX_ACK_IDS)]
+        queue, self._frames = self._frames, []
+        pacer = self._pacer
+        now = self._clock() if pacer is not None else 0.0
+        for i, frame in enumerate(queue):
+            if frame["type"] == "send":
+                if pacer is not None and not pacer.take(len(frame["body"]), now):
+                    self._frames = queue[i:]
+                    break
+                entry = self._refs.get(frame["ref"])
+                if entry is not None:
+                    entry.sent = True
+            frames.append(frame)
         return frames
+
+    def set_limits(self, limits: dict[str, Any]) -> None:
+        """The relay's limits from ``welcome`` (each connection starts with
+        its full burst): pace sends to stay under its rates."""
+        self._pacer = Pacer(limits, self._clock())
 
     def take_events(self) -> list[Event]:
         events, self._events = self._events, []
@@ -276,11 +346,25 @@ class ChatCore:
             elif out.state is OutState.SENT and out.body is not None:
                 # Static mode: resend what the relay never acknowledged.
                 self._submit(out)
+        # Receipts the relay may not have stored: the peer would otherwise
+        # report as undelivered a message we showed. A copy is harmless.
+        redo, self._redo_receipts = self._redo_receipts, []
+        session = self.session
+        if session is not None and session.ratchet.can_send:
+            for inner in redo:
+                self._seal_and_submit(inner, None)
         self._pump()
 
     def disconnected(self) -> None:
         self.connected = False
         self.peer_online = None
+        # Sends handed out on that connection get no answer on another one.
+        # Messages are resent from the outbox; receipts are sealed anew.
+        for ref, entry in list(self._refs.items()):
+            if entry.sent:
+                del self._refs[ref]
+                if entry.purpose == "rcpt" and entry.inner is not None:
+                    self._redo_receipts.append(entry.inner)
 
     def handle(self, frame: dict[str, Any]) -> None:
         """One frame from the relay (after welcome).
@@ -313,6 +397,10 @@ class ChatCore:
             times.append(self._hs_started + self.handshake_timeout)
         if self._req_at is not None:
             times.append(self._req_at + self.handshake_timeout)
+        if self._pacer is not None and self.connected:
+            held = next((f for f in self._frames if f["type"] == "send"), None)
+            if held is not None:
+                times.append(self._pacer.ready_at(len(held["body"]), self._clock()))
         return min(times) if times else None
 
     def tick(self) -> None:
@@ -362,16 +450,17 @@ class ChatCore:
         except CryptoError as err:
             self._notice(_explain(err, self.peer), err.code, "warn")
 
-    def _take_ref(self, frame: dict[str, Any]) -> tuple[str, Outgoing | None] | None:
-        """What the send this frame answers was for (``ref`` is ours: an int)."""
+    def _take_ref(self, frame: dict[str, Any]) -> Pending | None:
+        """The send this frame answers (``ref`` is ours: an int)."""
         ref = frame.get("ref")
-        return self._refs.pop(ref, None) if type(ref) is int else None
+        entry = self._refs.pop(ref, None) if type(ref) is int else None
+        return entry if entry is not None and entry.sent else None
 
     def _on_accepted(self, frame: dict[str, Any]) -> None:
         entry = self._take_ref(frame)
-        if entry is None or entry[1] is None:
+        if entry is None or entry.out is None:
             return
-        out = entry[1]
+        out = entry.out
         if out.state is OutState.SENT:
             out.state = OutState.ACCEPTED
             out.relay_id = frame.get("id")  # type: ignore[assignment]
@@ -381,9 +470,24 @@ class ChatCore:
         code = str(frame.get("code", "error"))
         message = str(frame.get("message", "the relay refused a request"))[:300]
         entry = self._take_ref(frame)
-        if entry is not None and entry[1] is not None and entry[1].n in self.outbox:
-            self._fail(entry[1], f"the relay refused it: {message}")
-        elif entry is not None and entry[0] == "hs":
+        if (entry is not None and code == "rate_limited" and entry.retries < RATE_RETRIES
+                and (entry.out is None or entry.out.n in self.outbox)):
+            # Not stored by the relay: the same frame goes again, in its
+            # place among those waiting, once the budget allows (the peer
+            # never saw it, so it is no replay).
+            entry.retries += 1
+            entry.sent = False
+            ref = entry.frame["ref"]
+            self._refs[ref] = entry
+            queue = self._frames
+            at = next((i for i, f in enumerate(queue) if f.get("ref", ref) > ref), len(queue))
+            queue.insert(at, entry.frame)
+            if self._pacer is not None:
+                self._pacer.empty(self._clock())
+            return
+        if entry is not None and entry.out is not None and entry.out.n in self.outbox:
+            self._fail(entry.out, f"the relay refused it: {message}")
+        elif entry is not None and entry.purpose == "hs":
             self._hs = None
             self._notice(f"handshake message refused by the relay: {message}", code, "warn")
         else:
@@ -443,9 +547,7 @@ class ChatCore:
     def _send_hs(self, msg: dict[str, Any]) -> None:
         body = "h1." + base64.b64encode(
             json.dumps(msg, separators=(",", ":")).encode()).decode()
-        ref = self._ref("hs", None)
-        self._frames.append({"type": "send", "ref": ref, "to": self.peer, "ttl": self.ttl,
-                             "kind": "hs", "body": body})
+        self._queue_send(Pending("hs", {"kind": "hs", "ttl": self.ttl, "body": body}))
 
     def _on_handshake(self, body: str) -> None:
         msg = _parse_hs(body)
@@ -615,25 +717,28 @@ class ChatCore:
         body = ("r1." + session.sid + "."
                 + base64.b64encode(session.ratchet.encrypt(plaintext)).decode())
         if out is None:
-            ref = self._ref("ctl", None)
-            self._frames.append({"type": "send", "ref": ref, "to": self.peer,
-                                 "ttl": self.ttl, "body": body})
+            receipt = inner["k"] == "rcpt"
+            self._queue_send(Pending("rcpt" if receipt else "ctl",
+                                     {"ttl": self.ttl, "body": body},
+                                     inner=inner if receipt else None))
         else:
             out.body = body
             self._submit(out)
 
     def _submit(self, out: Outgoing) -> None:
         out.state = OutState.SENT
-        out.ref = self._ref("msg", out)
-        self._frames.append({"type": "send", "ref": out.ref, "to": self.peer, "ttl": out.ttl,
-                             "body": out.body})
+        out.ref = self._queue_send(Pending("msg", {"ttl": out.ttl, "body": out.body}, out))
 
-    def _ref(self, purpose: str, out: Outgoing | None) -> int:
+    def _queue_send(self, entry: Pending) -> int:
+        """Queue ``entry``'s send frame (given its fields), numbered by a fresh ref."""
         self._next_ref += 1
-        self._refs[self._next_ref] = (purpose, out)
+        ref = self._next_ref
+        entry.frame = {"type": "send", "ref": ref, "to": self.peer, **entry.frame}
+        self._refs[ref] = entry
         if len(self._refs) > DEDUP_MEMORY:  # answers that never came: forget the oldest
             del self._refs[next(iter(self._refs))]
-        return self._next_ref
+        self._frames.append(entry.frame)
+        return ref
 
     def _fail(self, out: Outgoing, reason: str) -> None:
         out.state = OutState.FAILED

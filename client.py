@@ -271,6 +271,7 @@ class ChatClient:
             self._ready.set()
             self._status("connected", f"connected to {self.address}"
                          + (" (TLS)" if self.tls else " (no TLS)"), self.fingerprint)
+            self.core.set_limits(self.limits)
             self.core.connected_to_relay()
             await self._pump(reader, writer)
         finally:

@@ -116,6 +116,7 @@ class RelayConfig:
             "ttl_min": self.ttl_min, "ttl_max": self.ttl_max, "ttl_default": self.ttl_default,
             "heartbeat": self.heartbeat, "mailbox_messages": self.mailbox_messages,
             "rate_messages": self.rate_messages, "burst_messages": self.burst_messages,
+            "rate_bytes": self.rate_bytes, "burst_bytes": self.burst_bytes,
         }
 
 
@@ -170,6 +171,11 @@ class TokenBucket:
         self.burst = burst
         self.tokens = burst
         self.stamp = now
+
+    def level(self, now: float) -> float:
+        """The tokens there are at ``now``, without taking any."""
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        return tokens if tokens < self.burst else self.burst
 
     def take(self, amount: float, now: float) -> bool:
         tokens = self.tokens + (now - self.stamp) * self.rate

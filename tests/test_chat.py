@@ -73,9 +73,11 @@ class Net:
         nonce = base64.b64decode(link.inbox.pop()["nonce"])
         sig = key.sign(relay.AUTH_LABEL + nonce + core.me.encode()).signature
         self.relay.receive(client, {"type": "auth", "sig": base64.b64encode(sig).decode()})
-        assert link.inbox.pop(0)["type"] == "welcome"
+        welcome = link.inbox.pop(0)
+        assert welcome["type"] == "welcome"
         self.peers[core.me] = (core, client, link)
         self.events.setdefault(core.me, [])
+        core.set_limits(welcome["limits"])  # as client.ChatClient does
         core.connected_to_relay()
 
     def detach(self, name: str) -> None:
@@ -522,3 +524,78 @@ def test_a_lost_hi_is_sent_again_when_the_peer_comes_back():
     net.pump()
     assert net.received("alice") == ["can you hear me"]
     assert [d.n for d in net.of("bob", chat.Delivered)] == [1]
+
+
+# -- the relay's rates, acks and receipts across reconnects -----------------------------
+
+
+def _refused_too_fast(net: Net, name: str) -> list[Any]:
+    return [e for e in net.events[name] if getattr(e, "code", "") == "rate_limited"
+            or "too fast" in getattr(e, "reason", "")]
+
+
+def test_sends_are_paced_under_the_relays_rates_and_none_is_refused():
+    """Found by review: 450 lines piped in were sent at once; past the relay's
+    burst each was refused and reported undelivered, and so were receipts
+    (the peer had shown the message)."""
+    net = Net(relay.RelayConfig(rate_messages=10, burst_messages=5))
+    alice, bob = pair(net)
+    sent = [alice.send(f"m{i}") for i in range(30)]
+    for _ in range(60):
+        net.advance(0.1)
+    assert net.received("bob") == [f"m{i}" for i in range(30)]
+    assert sorted(d.n for d in net.of("alice", chat.Delivered)) == sent
+    assert not net.of("alice", chat.Undelivered)
+    assert not _refused_too_fast(net, "alice") and not _refused_too_fast(net, "bob")
+
+
+def test_a_send_refused_as_too_fast_is_sent_again():
+    """If the relay is stricter than it said, a refused send waits and goes again."""
+    net = Net(relay.RelayConfig(rate_messages=10, burst_messages=1))
+    alice, bob = pair(net)
+    for _ in range(20):
+        net.advance(0.1)  # the handshake spent the burst; let it refill
+    alice.set_limits({"rate_messages": 10, "burst_messages": 4})  # optimistic
+    sent = [alice.send(f"m{i}") for i in range(3)]
+    net.pump()
+    for _ in range(30):
+        net.advance(0.1)
+    assert net.received("bob") == ["m0", "m1", "m2"]
+    assert sorted(d.n for d in net.of("alice", chat.Delivered)) == sent
+    assert not net.of("alice", chat.Undelivered)
+
+
+def test_acks_go_out_in_frames_the_relay_accepts():
+    core = Net().core("bob", "alice")
+    core.connected_to_relay()
+    core.take_frames()
+    for i in range(1500):
+        core.handle({"type": "deliver", "id": i, "from": "mallory", "kind": "msg",
+                     "ttl": 30, "expires_at": 0, "body": "x"})
+    acks = [f for f in core.take_frames() if f["type"] == "ack"]
+    assert [len(f["ids"]) for f in acks] == [1024, 476]
+    assert sum((f["ids"] for f in acks), []) == list(range(1500))
+
+
+def test_a_receipt_lost_with_the_connection_is_sent_again():
+    """Bob showed the message, but his receipt was lost as his connection
+    dropped: alice would report it undelivered at its TTL."""
+    net = Net()
+    alice, bob = pair(net)
+    n = alice.send("did you get this")
+    _, alice_client, _ = net.peers["alice"]
+    for frame in alice.take_frames():
+        net.relay.receive(alice_client, frame)
+    _, _, bob_link = net.peers["bob"]
+    for frame in bob_link.inbox:
+        bob.handle(frame)
+    bob_link.inbox.clear()
+    lost = bob.take_frames()  # the ack and the receipt, never reaching the relay
+    assert [f["type"] for f in lost] == ["ack", "send"]
+    assert [e.text for e in bob.take_events() if isinstance(e, chat.Received)] == [
+        "did you get this"]
+    net.detach("bob")
+    net.attach(bob)
+    net.pump()
+    assert [d.n for d in net.of("alice", chat.Delivered)] == [n]
+    assert net.received("bob") == []  # handed out again by the relay, not shown again

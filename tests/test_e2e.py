@@ -227,6 +227,30 @@ def test_line_mode_exit_code_names_undelivered_messages():
     run(main(), timeout=60)
 
 
+def test_a_file_piped_in_at_once_is_delivered_whole():
+    """More lines than the relay's burst (400 messages): the client paces
+    them under the relay's rates instead of having them refused."""
+    lines = [f"line {i}" for i in range(600)]
+
+    async def main():
+        async with relay_subprocess() as (_, port, _):
+            bob = await Chat.start(port, "bob", "alice")
+            alice = await Chat.start(port, "alice", "bob")
+            await alice.wait_for("secure session", stream="stderr")
+            for line in lines:
+                await alice.say(line)
+            await alice.end_input()
+            assert await alice.exit_code(timeout=60) == 0, alice.stderr
+            await bob.wait_for("line 599")
+            await bob.end_input()
+            await bob.exit_code()
+            return alice, bob
+
+    alice, bob = run(main(), timeout=120)
+    assert bob.stdout == [f"alice: {line}" for line in lines]
+    assert not [x for x in alice.stderr + bob.stderr if "too fast" in x]
+
+
 def test_passcode_sources(tmp_path):
     async def main():
         async with relay_subprocess() as (_, port, _):
