@@ -553,6 +553,11 @@ class ChatCore:
         msg = _parse_hs(body)
         kind = msg.get("hs") if msg.get("hs") in ("abort", "req") else handshake.kind_of(msg)
         hs = self._hs
+        if kind in ("resp", "share", "confirm") and hs is not None and not hs.belongs(msg):
+            # From another attempt: a late answer to an earlier one (ours, or
+            # a previous run's), or a replay. Dropping it keeps this attempt
+            # alive; failing it would let anyone stall the handshake.
+            return
         try:
             if kind == "req":
                 # The peer has no session (it started or restarted): start one,

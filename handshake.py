@@ -265,6 +265,22 @@ class _Party:
             f"{type(self).__name__}(me={self._me!r}, peer={self._peer!r}, state={self._state.name})"
         )
 
+    def belongs(self, msg: dict[str, Any]) -> bool:
+        """Whether ``msg`` echoes this attempt's nonces (``na``, and ``nb``
+        once known). One that does not is from another attempt (an earlier
+        run's, a retry's, a replay): the session layer drops it rather than
+        let it fail this one. Changes no state."""
+        for name, mine in (("na", self._na), ("nb", self._nb)):
+            if not mine:
+                continue
+            try:
+                theirs = _field(msg, name, NONCE_BYTES)
+            except (KeyError, MalformedHandshake):
+                return False
+            if not hmac.compare_digest(theirs, mine):
+                return False
+        return True
+
     def _step(self, event: Event, step: Callable[[], _T]) -> _T:
         """Run ``step`` if ``event`` is allowed now; on any error, FAILED for good."""
         nxt = _TRANSITIONS.get((self._state, event))

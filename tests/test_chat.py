@@ -8,6 +8,7 @@ restarts, loss and replays can be driven step by step and deterministically.
 from __future__ import annotations
 
 import base64
+import json
 import os
 from typing import Any
 
@@ -599,3 +600,31 @@ def test_a_receipt_lost_with_the_connection_is_sent_again():
     net.pump()
     assert [d.n for d in net.of("alice", chat.Delivered)] == [n]
     assert net.received("bob") == []  # handed out again by the relay, not shown again
+
+
+def test_a_handshake_message_from_another_attempt_does_not_break_this_one():
+    """Found by review: a resp that echoes another attempt's nonce (a late
+    answer to an earlier run's init, or a forgery) failed the attempt in
+    progress, so the genuine resp was refused and no session came up until
+    the handshake timed out."""
+    net = Net()
+    alice, bob = net.core("alice", "bob"), net.core("bob", "alice")
+    net.attach(alice)
+    net.attach(bob)
+    injected = []
+
+    def stale_resp_first(frame: dict) -> bool:
+        if frame.get("kind") == "hs" and frame["from"] == "bob" and not injected:
+            msg = chat._parse_hs(frame["body"])
+            if msg.get("hs") == "resp":
+                stale = dict(msg, na=base64.b64encode(os.urandom(16)).decode())
+                body = "h1." + base64.b64encode(json.dumps(stale).encode()).decode()
+                alice.handle({**frame, "id": frame["id"] + 10**6, "body": body})
+                injected.append(stale)
+        return False
+
+    net.pump(drop=stale_resp_first)
+    assert injected
+    assert alice.session is not None and alice.safety_number == bob.safety_number
+    assert not [e for e in alice.take_events() + net.events["alice"]
+                if isinstance(e, chat.Notice) and e.level != "info"]

@@ -580,3 +580,20 @@ def test_mitm_who_knows_the_passcode_shows_different_safety_numbers() -> None:
     _, keys_b = run(mitm_a, b)
     assert keys_a.isk != keys_b.isk
     assert keys_a.safety_number != keys_b.safety_number
+
+
+def test_belongs_tells_this_attempts_messages_from_others_without_changing_state():
+    a, b = pair()
+    assert a.belongs({"hs": "resp"})  # nothing to check before start()
+    m1 = wire(a.start())
+    m2 = wire(b.on_init(m1))
+    other_a, other_b = pair()
+    stale = wire(other_b.on_init(wire(other_a.start())))  # another attempt's resp
+    assert a.belongs(m2)
+    assert not a.belongs(stale)
+    assert not a.belongs({**m2, "na": "not base64!"}) and not a.belongs({"hs": "resp"})
+    assert a.state is State.AWAIT_RESP
+    m3 = wire(a.on_resp(m2))
+    assert b.belongs(m3) and not b.belongs({**m3, "nb": b64(bytes(16))})
+    m4, keys_b = b.on_share(m3)
+    assert a.on_confirm(wire(m4)).root_key == keys_b.root_key
