@@ -156,6 +156,7 @@ class Outgoing:
     body: str | None = None         # the last ciphertext sent
     ref: int | None = None
     relay_id: int | None = None
+    blind: bool = False             # static: disconnected since accepted (see tick)
 
 
 @dataclass
@@ -235,6 +236,7 @@ class ChatCore:
         self._refs: dict[int, Pending] = {}
         self._pacer: Pacer | None = None
         self._redo_receipts: list[dict[str, Any]] = []
+        self._relay: str | None = None  # the relay instance of the last welcome
         self._next_ref = 0
         self._next_n = 0
         # Messages whose fate is open. Settled ones leave it at once, so their
@@ -331,10 +333,13 @@ class ChatCore:
 
     # -- inputs from the I/O layer ----------------------------------------------
 
-    def connected_to_relay(self) -> None:
-        """The relay accepted us (first time or after a reconnect)."""
+    def connected_to_relay(self, relay: str | None = None) -> None:
+        """The relay accepted us (first time or after a reconnect); ``relay``
+        is the instance its welcome named, if any."""
         # What expired while we were away is reported, not sent again.
         self.tick()
+        restarted = relay is not None and self._relay is not None and relay != self._relay
+        self._relay = relay
         self.connected = True
         self._frames.append({"type": "watch", "user": self.peer})
         for out in self.outbox.values():
@@ -343,9 +348,15 @@ class ChatCore:
                 # restart). Seal it again under a fresh ratchet key: the peer
                 # shows each (epoch, n) once and simply confirms a copy.
                 out.state = OutState.QUEUED
-            elif out.state is OutState.SENT and out.body is not None:
-                # Static mode: resend what the relay never acknowledged.
+            elif out.state is OutState.SENT and out.body is not None or (
+                    restarted and out.state is OutState.ACCEPTED):
+                # Static mode: resend what the relay never acknowledged, and
+                # what a relay that restarted since lost. The same body: the
+                # peer shows each once.
+                out.blind = False
                 self._submit(out)
+            elif out.state is OutState.ACCEPTED:
+                out.blind = False  # connected again before its TTL ends
         # Receipts the relay may not have stored: the peer would otherwise
         # report as undelivered a message we showed. A copy is harmless.
         redo, self._redo_receipts = self._redo_receipts, []
@@ -358,6 +369,9 @@ class ChatCore:
     def disconnected(self) -> None:
         self.connected = False
         self.peer_online = None
+        for out in self.outbox.values():
+            if out.state is OutState.ACCEPTED:
+                out.blind = True  # an "expired" report would not reach us now
         # Sends handed out on that connection get no answer on another one.
         # Messages are resent from the outbox; receipts are sealed anew.
         for ref, entry in list(self._refs.items()):
@@ -413,6 +427,11 @@ class ChatCore:
                     # the TTL ends; after a grace period the fate is settled.
                     if now >= out.deadline + STATIC_GRACE:
                         del self.outbox[out.n]
+                        if out.blind:
+                            self._notice(
+                                f"message #{out.n}: its TTL ended while the connection to "
+                                f"the relay was down, so msgr cannot tell whether "
+                                f"{self.peer} read it", "fate_unknown", "warn")
                     continue
                 self._fail(out, f"{self.peer} did not confirm it within its {out.ttl} s TTL")
         req_due = self._req_at is not None and now - self._req_at >= self.handshake_timeout

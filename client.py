@@ -158,6 +158,7 @@ class ChatClient:
         self.fingerprint: str | None = None
         self.heartbeat = 20.0
         self.limits: dict[str, Any] = {}
+        self.relay_instance: str | None = None  # from welcome: tells a restarted relay
         self._on_event = on_event
         self._queue: asyncio.Queue[Event | Status | None] = asyncio.Queue()
         self._iterating = False
@@ -272,7 +273,7 @@ class ChatClient:
             self._status("connected", f"connected to {self.address}"
                          + (" (TLS)" if self.tls else " (no TLS)"), self.fingerprint)
             self.core.set_limits(self.limits)
-            self.core.connected_to_relay()
+            self.core.connected_to_relay(self.relay_instance)
             await self._pump(reader, writer)
         finally:
             self._writer = None
@@ -350,6 +351,8 @@ class ChatClient:
         await framing.write_frame(writer, {"type": "auth",
                                            "sig": base64.b64encode(signature).decode()})
         welcome = await self._expect(reader, "welcome")
+        instance = welcome.get("relay")
+        self.relay_instance = instance if isinstance(instance, str) else None
         limits = welcome.get("limits")
         if isinstance(limits, dict):
             self.limits = limits

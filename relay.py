@@ -307,6 +307,9 @@ class Relay:
         }
         self._encode = framing.encode_frame
         self._max_out = config.max_frame + 1024  # our frames: a full body plus fields
+        #: Told to clients in welcome: a client that reconnects to a
+        #: different one knows the messages it left here are gone.
+        self.instance = rng(8).hex()
         self._expiry_ms = -1  # see _expiry_json
         self._expiry_text = ""
 
@@ -516,6 +519,7 @@ class Relay:
         self._event(logging.INFO, "ready", addr=client.link.address)
         self._event(logging.DEBUG, "ready-user", user=user)
         self._write(client, {"type": "welcome", "user": user, "v": PROTOCOL_VERSION,
+                             "relay": self.instance,
                              "limits": self.config.limits_table()})
         self._hand_out(client)
         self._presence(user, True)

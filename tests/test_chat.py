@@ -79,7 +79,7 @@ class Net:
         self.peers[core.me] = (core, client, link)
         self.events.setdefault(core.me, [])
         core.set_limits(welcome["limits"])  # as client.ChatClient does
-        core.connected_to_relay()
+        core.connected_to_relay(welcome["relay"])
 
     def detach(self, name: str) -> None:
         core, client, link = self.peers.pop(name)
@@ -326,6 +326,53 @@ def test_static_mode_waits_for_an_offline_peer_and_reports_expiry():
     net.pump()
     net.advance(11)
     assert [u.n for u in net.of("alice", chat.Undelivered)] == [2]
+
+
+def test_static_mode_resends_what_a_restarted_relay_lost():
+    """Found by review: static mode counted a message as sent once accepted,
+    and said nothing when the relay restarted and lost it."""
+    net = Net()
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC)
+    net.attach(alice)
+    alice.send("held at the relay")
+    net.pump()
+    assert len(net.of("alice", chat.Accepted)) == 1
+    net.detach("alice")
+    net.relay = relay.Relay(relay.RelayConfig(), clock=net.clock,
+                            wallclock=lambda: net.clock.now + 1.7e9, rng=os.urandom)
+    net.attach(alice)
+    net.pump()
+    assert len(net.of("alice", chat.Accepted)) == 2  # sent again, held again
+    bob = net.core("bob", "alice", mode=chat.Mode.STATIC)
+    net.attach(bob)
+    net.pump()
+    assert net.received("bob") == ["held at the relay"]
+
+
+def test_static_mode_says_when_a_message_expired_out_of_its_sight():
+    """Its TTL ended while alice was disconnected: the relay's 'expired'
+    report could not reach her, so she is told the fate is unknown."""
+    net = Net(relay.RelayConfig(ttl_min=1))
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC, ttl=10)
+    net.attach(alice)
+    alice.send("first")
+    alice.send("second")
+    net.pump()
+    net.detach("alice")
+    net.advance(5)
+    net.attach(alice)  # back before the TTL: the report would reach her
+    net.pump()
+    for _ in range(11):
+        net.advance(1)
+    assert [u.n for u in net.of("alice", chat.Undelivered)] == [1, 2]
+    alice.send("third")
+    net.pump()
+    net.detach("alice")
+    net.advance(20)
+    alice.tick()
+    unknown = [e for e in alice.take_events() if getattr(e, "code", "") == "fate_unknown"]
+    assert len(unknown) == 1 and "#3" in unknown[0].text
+    assert alice.outbox == {}
 
 
 def test_static_mode_rejects_wrong_passcode_replay_and_reflection():
