@@ -45,6 +45,7 @@ import ipaddress
 import os
 import re
 import ssl
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -916,9 +917,37 @@ class KnownHosts:
         """``(fingerprint, line number)`` of an already-checked address, or None."""
         return self._load()[1].get(address)
 
+    def _discards(self) -> bool:
+        """Whether the path is the null device (``--known-hosts /dev/null``:
+        remember nothing). Any other path that exists must be a regular
+        file: msgr never replaces a device, a pipe or a directory with one."""
+        path = os.fspath(self.path)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise KnownHostsError(
+                f"cannot read known hosts file {path}: {err.strerror or err}", path=path
+            ) from None
+        if stat.S_ISREG(info.st_mode):
+            return False
+        try:
+            if os.path.samefile(path, os.devnull):
+                return True
+        except OSError:
+            pass
+        raise KnownHostsError(
+            f"known hosts file {path} is not a regular file; choose a file path "
+            f"(or {os.devnull} to remember nothing)",
+            path=path,
+        )
+
     def _load(self) -> tuple[list[str], dict[str, tuple[str, int]]]:
         """The file's lines (with their newlines) and ``{address: (fp, line)}``."""
         path = os.fspath(self.path)
+        if self._discards():
+            return [], {}
         try:
             with open(path, "rb") as f:
                 data = f.read(MAX_FILE_SIZE + 1)
@@ -968,6 +997,8 @@ class KnownHosts:
         )
 
     def _write(self, lines: list[str]) -> None:
+        if self._discards():
+            return
         # Write through a symlink (dotfile managers) rather than replacing it.
         target = Path(os.path.realpath(self.path))
         try:

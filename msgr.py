@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="accept only the relay certificate with this SHA-256 fingerprint")
     chat.add_argument("--known-hosts", metavar="FILE",
                       help="where trust-on-first-use fingerprints are kept "
-                      "(default ~/.config/msgr/known_hosts)")
+                      "(default ~/.config/msgr/known_hosts; /dev/null: remember nothing)")
     chat.add_argument("--ttl", type=int, default=30, metavar="SECONDS",
                       help="how long the relay keeps your messages (5-60, default 30)")
     chat.add_argument("--static", action="store_true",

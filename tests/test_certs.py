@@ -673,6 +673,24 @@ def test_known_hosts_undecodable_and_bad_addresses(tmp_path: Path) -> None:
             KnownHosts(tmp_path / "k2").remember(address, FP_A)
 
 
+def test_known_hosts_never_replaces_what_is_not_a_regular_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: --known-hosts /dev/null (run as root) replaced the
+    null device with a 0600 file. A pipe stands in for a device here."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(KnownHostsError, match="not a regular file"):
+        KnownHosts(pipe).remember("relay:1", FP_A)
+    with pytest.raises(KnownHostsError, match="not a regular file"):
+        KnownHosts(pipe).lookup("relay:1")  # and never opened (it would block)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    # The null device means "remember nothing" (the pipe plays it here).
+    monkeypatch.setattr(os, "devnull", str(pipe))
+    KnownHosts(pipe).remember("relay:1", FP_A)
+    assert KnownHosts(pipe).lookup("relay:1") is None
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+
+
 def test_relay_address_and_default_path() -> None:
     assert certs.relay_address("LocalHost", 7000) == "localhost:7000"
     assert certs.relay_address("::1", 7000) == "[::1]:7000"
