@@ -66,6 +66,9 @@ RATE_MARGIN = 0.9
 RATE_RETRIES = 3
 #: Most ids in one ``ack`` frame (the relay's limit, PROTOCOL.md).
 MAX_ACK_IDS = 1024
+#: Bytes kept free in a frame for everything around a message's text
+#: (see ChatCore.max_text_bytes).
+FRAME_OVERHEAD = 512
 
 
 class Mode(enum.Enum):
@@ -237,6 +240,7 @@ class ChatCore:
         self._pacer: Pacer | None = None
         self._redo_receipts: list[dict[str, Any]] = []
         self._relay: str | None = None  # the relay instance of the last welcome
+        self._max_frame = framing.DEFAULT_MAX_FRAME  # the relay's, once welcomed
         self._next_ref = 0
         self._next_n = 0
         # Messages whose fate is open. Settled ones leave it at once, so their
@@ -287,8 +291,20 @@ class ChatCore:
 
     def set_limits(self, limits: dict[str, Any]) -> None:
         """The relay's limits from ``welcome`` (each connection starts with
-        its full burst): pace sends to stay under its rates."""
+        its full burst): pace sends to stay under its rates, and keep every
+        frame under its ``max_frame``."""
         self._pacer = Pacer(limits, self._clock())
+        max_frame = limits.get("max_frame")
+        if type(max_frame) is int and max_frame > 0:
+            self._max_frame = max_frame
+
+    @property
+    def max_text_bytes(self) -> int:
+        """The largest text (UTF-8, JSON-escaped) whose sealed frame fits the
+        relay's ``max_frame``: base64 grows the sealed body by 4/3, and the
+        sealed fields, the nonce, the MAC and the frame's own fields take
+        less than 1 KiB."""
+        return max(0, (self._max_frame - FRAME_OVERHEAD) * 3 // 4 - FRAME_OVERHEAD)
 
     def take_events(self) -> list[Event]:
         events, self._events = self._events, []
@@ -311,12 +327,22 @@ class ChatCore:
     # -- inputs from the user ---------------------------------------------------
 
     def send(self, text: str) -> int:
-        """Queue ``text`` for the peer; return its number (for Delivered etc.)."""
+        """Queue ``text`` for the peer; return its number (for Delivered etc.).
+
+        Raises :class:`MsgrError` (nothing is queued) for an empty text, one
+        that is not valid Unicode, or one too large for the relay's frames.
+        """
+        if not text:
+            raise MsgrError("the message is empty")
         try:
-            text.encode("utf-8")
+            size = len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
         except UnicodeEncodeError:
-            raise MsgrError("the message is not valid Unicode text (it holds a lone "
-                            "surrogate); not sent") from None
+            raise MsgrError("the message is not valid Unicode text (input that is not "
+                            "UTF-8?)") from None
+        limit = self.max_text_bytes
+        if size > limit:
+            raise MsgrError(f"the message is {size:,} bytes once encoded; the relay's limit "
+                            f"allows {limit:,}")
         self._next_n += 1
         out = Outgoing(self._next_n, text, self.ttl, self._wall())
         self.outbox[out.n] = out
@@ -342,7 +368,7 @@ class ChatCore:
         self._relay = relay
         self.connected = True
         self._frames.append({"type": "watch", "user": self.peer})
-        for out in self.outbox.values():
+        for out in list(self.outbox.values()):  # _submit may fail one
             if self.mode is Mode.RATCHET and out.state in (OutState.SENT, OutState.ACCEPTED):
                 # The relay may have lost it (a frame in flight, or a relay
                 # restart). Seal it again under a fresh ratchet key: the peer
@@ -716,7 +742,7 @@ class ChatCore:
         """Send every queued message that can go out now."""
         if not self.connected:
             return
-        for out in self.outbox.values():
+        for out in list(self.outbox.values()):  # _submit may fail one
             if out.state is not OutState.QUEUED:
                 continue
             if self.mode is Mode.STATIC:
@@ -750,6 +776,11 @@ class ChatCore:
             self._submit(out)
 
     def _submit(self, out: Outgoing) -> None:
+        if out.body is not None and len(out.body) > self._max_frame - FRAME_OVERHEAD:
+            # Queued before we knew this relay's frame limit, which is lower.
+            self._fail(out, f"it is too large for this relay (frames of at most "
+                       f"{self._max_frame:,} bytes)")
+            return
         out.state = OutState.SENT
         out.ref = self._queue_send(Pending("msg", {"ttl": out.ttl, "body": out.body}, out))
 

@@ -398,7 +398,9 @@ def handle_key(view: ChatView, key: str | int) -> tuple[str, str] | None:
     elif key == curses.KEY_RESIZE:
         return ("resize", "")
     elif isinstance(key, str):
-        line.insert(key)                           # ignores other control characters
+        # Ignores other control characters; says when the line is full.
+        if not line.insert(key) and len(line.text) >= line.limit:
+            return ("full", "")
     return None
 
 
@@ -883,6 +885,7 @@ class App:
         self.painter = Painter(terminal.stdscr, colours=colours)
         self.client: ChatClient | None = None
         self.pending: list[str] = []      # typed before the client existed
+        self._told_full = False           # the input line is full: said once
         self.exit_code = ui.EXIT_OK
         self.quit_warned = False
         self._quit: asyncio.Event | None = None
@@ -1018,9 +1021,14 @@ class App:
                 if what == "resize":
                     self.terminal.resize()
                 self._full_redraw = True
+            elif what == "full" and not self._told_full:
+                self._told_full = True  # once per message (a paste is many keys)
+                self.view.info(f"a message holds at most {self.view.input.limit:,} "
+                               "characters: the rest was not added", WARN, now=self.now())
         self.draw()
 
     def _submit(self, line: str) -> None:
+        self._told_full = False
         command = parse_command(line)
         if command is None:
             return
@@ -1066,7 +1074,11 @@ class App:
 
     def _send(self, text: str) -> None:
         assert self.client is not None
-        n = self.client.send(text)
+        try:
+            n = self.client.send(text)
+        except MsgrError as err:
+            self.view.info(f"{err}: nothing was sent", ERROR, now=self.now())
+            return
         self.view.add_own(n, text, now=self.now(), ttl=self.client.core.ttl)
 
     def _verify(self, arg: str, now: float) -> None:

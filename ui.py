@@ -137,16 +137,22 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
     client = make_client(options, key, on_event)
     eof = asyncio.Event()
     numbers: list[int] = []
+    refused: list[int] = []  # input line numbers not sent (they count as not delivered)
+    count = 0
 
     def on_line(line: str) -> None:
+        nonlocal count
+        count += 1
         line = line.rstrip("\r\n")
         if not line:
             return
-        if len(line) > MAX_TEXT:
-            print(f"msgr: a line of {len(line)} characters is longer than {MAX_TEXT}; "
-                  "not sent", file=sys.stderr, flush=True)
-            return
-        numbers.append(client.send(line))
+        try:
+            if len(line) > MAX_TEXT:
+                raise MsgrError(f"it is {len(line):,} characters, more than {MAX_TEXT:,}")
+            numbers.append(client.send(line))
+        except MsgrError as err:
+            refused.append(count)
+            print(f"msgr: input line {count} not sent: {err}", file=sys.stderr, flush=True)
 
     def reader() -> None:
         try:
@@ -190,8 +196,10 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
         listed = ", ".join(f"#{n}" for n in failed)
         print(f"msgr: {len(failed)} message(s) not delivered (numbered in the order you "
               f"typed them): {listed}", file=sys.stderr)
-        return EXIT_UNDELIVERED
-    return EXIT_OK
+    if refused:
+        listed = ", ".join(str(n) for n in refused)
+        print(f"msgr: {len(refused)} input line(s) not sent: line {listed}", file=sys.stderr)
+    return EXIT_UNDELIVERED if failed or refused else EXIT_OK
 
 
 def run_screen(options: ChatOptions) -> int:

@@ -89,3 +89,31 @@ def test_text_that_is_not_unicode_is_refused_with_a_reason():
     with pytest.raises(client.MsgrError, match="not valid Unicode"):
         core.send("lone \ud800 surrogate")
     assert core.outbox == {}
+
+
+def test_a_message_too_large_for_the_relays_frames_is_refused_before_sending():
+    """Found in review: 16,000 emoji (under the 16,384-character limit) made a
+    frame larger than the relay's; the client lost the connection on it,
+    again at every reconnect, and the messages after it never went out."""
+    async def main():
+        async with relay_running() as srv:
+            port = srv.address[1]
+            alice = await _open(port, "alice", "bob")
+            bob = await _open(port, "bob", "alice")
+            events = alice.events()
+            await _until(events, lambda e: isinstance(e, chat.SessionStarted))
+            limit = alice.core.max_text_bytes
+            largest = "🎉" * ((limit - 2) // 4)  # 4 bytes each, plus the JSON quotes
+            with pytest.raises(client.MsgrError, match="bytes once encoded"):
+                alice.send(largest + "🎉")
+            alice.send(largest)
+            alice.send("and after it")
+            got = []
+            async for message in bob.messages():
+                got.append(message.text)
+                if len(got) == 2:
+                    break
+            assert got == [largest, "and after it"]
+            await alice.aclose()
+            await bob.aclose()
+    run(main())

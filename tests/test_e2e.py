@@ -227,6 +227,34 @@ def test_line_mode_exit_code_names_undelivered_messages():
     run(main(), timeout=60)
 
 
+def test_lines_that_cannot_be_sent_are_named_and_the_rest_go_through():
+    """Found in review: a line that is not UTF-8 ended line mode with an
+    internal error (the lines after it were never sent); a line over the
+    length limit was dropped with exit code 0."""
+    async def main():
+        async with relay_subprocess() as (_, port, _):
+            bob = await Chat.start(port, "bob", "alice")
+            alice = await Chat.start(port, "alice", "bob")
+            await alice.wait_for("secure session", stream="stderr")
+            alice.proc.stdin.write(b"before\n\xff\xfe not utf-8\n" + b"x" * 20000
+                                   + b"\nafter\n")
+            await alice.end_input()
+            code = await alice.exit_code(timeout=60)
+            await bob.wait_for("after")
+            await bob.end_input()
+            await bob.exit_code()
+            return code, alice, bob
+
+    code, alice, bob = run(main(), timeout=120)
+    assert code == 3
+    assert bob.stdout == ["alice: before", "alice: after"]
+    errors = "\n".join(alice.stderr)
+    assert "input line 2 not sent: the message is not valid Unicode" in errors
+    assert "input line 3 not sent: it is 20,000 characters" in errors
+    assert "2 input line(s) not sent: line 2, 3" in errors
+    assert "internal error" not in errors
+
+
 def test_a_file_piped_in_at_once_is_delivered_whole():
     """More lines than the relay's burst (400 messages): the client paces
     them under the relay's rates instead of having them refused."""

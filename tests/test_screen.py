@@ -94,6 +94,14 @@ def test_input_line_refuses_control_characters_and_respects_the_limit() -> None:
     assert not line.insert("x")
 
 
+def test_a_full_input_line_says_so() -> None:
+    """Found in review: a paste past the limit was cut without a word."""
+    view = make_view()
+    view.input.limit = 3
+    assert [handle_key(view, key) for key in "abcd"] == [None, None, None, ("full", "")]
+    assert view.input.text == "abc"
+
+
 def test_input_window_keeps_the_cursor_visible() -> None:
     line = InputLine()
     line.insert("0123456789abcdefghij")
