@@ -34,6 +34,7 @@ import base64
 import binascii
 import enum
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -155,7 +156,7 @@ class Outgoing:
     ttl: int
     ts: float
     state: OutState = OutState.QUEUED
-    deadline: float | None = None   # monotonic; set when sent under a session
+    deadline: float | None = None   # monotonic: when typed, plus its TTL
     body: str | None = None         # the last ciphertext sent
     ref: int | None = None
     relay_id: int | None = None
@@ -345,6 +346,10 @@ class ChatCore:
                             f"allows {limit:,}")
         self._next_n += 1
         out = Outgoing(self._next_n, text, self.ttl, self._wall())
+        # The TTL runs from now, whether or not it can be sent now: one that
+        # waits for the relay or a session is reported at its end, not
+        # delivered after it left the sender's screen.
+        out.deadline = self._clock() + out.ttl
         self.outbox[out.n] = out
         self._pump()
         return out.n
@@ -459,7 +464,15 @@ class ChatCore:
                                 f"the relay was down, so msgr cannot tell whether "
                                 f"{self.peer} read it", "fate_unknown", "warn")
                     continue
-                self._fail(out, f"{self.peer} did not confirm it within its {out.ttl} s TTL")
+                if out.state is not OutState.QUEUED:
+                    why = f"{self.peer} did not confirm it"
+                elif not self.connected:
+                    why = "the relay could not be reached to send it"
+                elif self.mode is Mode.RATCHET:
+                    why = f"no secure session with {self.peer} came up to send it"
+                else:
+                    why = "it could not be sent"
+                self._fail(out, f"{why} within its {out.ttl} s TTL")
         req_due = self._req_at is not None and now - self._req_at >= self.handshake_timeout
         if req_due or (self._hs is not None and now - self._hs_started >= self.handshake_timeout):
             self._hs = None
@@ -748,7 +761,6 @@ class ChatCore:
             if self.mode is Mode.STATIC:
                 assert self._box is not None
                 out.body = self._box.seal(out.text, out.ttl)
-                out.deadline = self._clock() + out.ttl
                 self._submit(out)
                 continue
             session = self.session
@@ -756,8 +768,6 @@ class ChatCore:
                 return
             inner = {"k": "msg", "from": self.me, "to": self.peer, "e": self.epoch, "n": out.n,
                      "ts": out.ts, "ttl": out.ttl, "text": out.text}
-            if out.deadline is None:  # the TTL runs from the first send, not from resends
-                out.deadline = self._clock() + out.ttl
             self._seal_and_submit(inner, out)
 
     def _seal_and_submit(self, inner: dict[str, Any], out: Outgoing | None) -> None:
@@ -782,7 +792,12 @@ class ChatCore:
                        f"{self._max_frame:,} bytes)")
             return
         out.state = OutState.SENT
-        out.ref = self._queue_send(Pending("msg", {"ttl": out.ttl, "body": out.body}, out))
+        # What is left of its TTL (the relay rounds up to its minimum), so
+        # the relay does not keep it past the time the sender gives up on it.
+        ttl = out.ttl
+        if out.deadline is not None:
+            ttl = min(ttl, max(1, math.ceil(out.deadline - self._clock())))
+        out.ref = self._queue_send(Pending("msg", {"ttl": ttl, "body": out.body}, out))
 
     def _queue_send(self, entry: Pending) -> int:
         """Queue ``entry``'s send frame (given its fields), numbered by a fresh ref."""

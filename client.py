@@ -232,7 +232,6 @@ class ChatClient:
             while not self._closed:
                 try:
                     await self._session(first)
-                    delay = BACKOFF_FIRST  # we were connected: start backoff afresh
                 except RelayRefused as err:
                     if err.code in FATAL_CODES or (first and not self._ready.is_set()):
                         raise
@@ -247,6 +246,8 @@ class ChatClient:
                     self._status("disconnected", f"lost the relay at {self.address}: "
                                  f"{_reason(err)}")
                 first = False
+                if self._ready.is_set():
+                    delay = BACKOFF_FIRST  # we were connected: start backoff afresh
                 self._ready.clear()
                 self.core.disconnected()
                 self._flush_events()

@@ -154,13 +154,32 @@ def test_messages_typed_before_the_peer_arrives_wait_for_the_session():
     alice.send("early one")
     alice.send("early two")
     net.pump()
-    net.advance(120)   # long before bob arrives: still waiting, not failed
+    net.advance(20)   # before bob arrives, within the TTL: still waiting
     assert not net.of("alice", chat.Undelivered)
     bob = net.core("bob", "alice")
     net.attach(bob)
     net.pump()
     assert net.received("bob") == ["early one", "early two"]
     assert len(net.of("alice", chat.Delivered)) == 2
+
+
+def test_a_message_waiting_for_a_session_ends_with_its_ttl():
+    """Found in review: it waited for ever, was hidden from its sender's screen
+    at its TTL, and shown to the peer minutes later."""
+    net = Net()
+    alice = net.core("alice", "bob", ttl=10)
+    net.attach(alice)
+    alice.send("anyone?")
+    net.pump()
+    for _ in range(11):
+        net.advance(1)
+    assert [(u.n, u.reason) for u in net.of("alice", chat.Undelivered)] == [
+        (1, "no secure session with bob came up to send it within its 10 s TTL")]
+    assert alice.outbox == {}
+    bob = net.core("bob", "alice")
+    net.attach(bob)
+    net.pump()
+    assert bob.session is not None and net.received("bob") == []
 
 
 def test_wrong_passcode_is_detected_not_retried_and_locks_after_three():

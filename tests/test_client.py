@@ -117,3 +117,29 @@ def test_a_message_too_large_for_the_relays_frames_is_refused_before_sending():
             await alice.aclose()
             await bob.aclose()
     run(main())
+
+
+def test_backoff_starts_afresh_after_each_successful_reconnect():
+    """Found in review: after one relay restart the backoff kept growing, so
+    the next loss waited 36 s (longer than a TTL) before the first retry."""
+    def waits(event) -> float | None:
+        if isinstance(event, client.Status) and event.state == "reconnecting":
+            return float(event.detail.split(" in ")[1].split()[0])
+        return None
+
+    async def main():
+        async with relay_running() as srv:
+            port = srv.address[1]
+            alice = await _open(port, "alice", "bob")
+        events = alice.events()
+        seen = []
+        while sum(seen) < 3:  # let the backoff grow while the relay is away
+            seen.append(waits(await _until(events, lambda e: waits(e) is not None)))
+        assert seen[-1] >= 2 * 0.7
+        async with relay_running(port=port):
+            await _until(events, lambda e: isinstance(e, client.Status)
+                         and e.state == "connected", timeout=20)
+        first_after = waits(await _until(events, lambda e: waits(e) is not None))
+        assert first_after <= 0.5 * 1.3
+        await alice.aclose()
+    run(main(), timeout=60)
