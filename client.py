@@ -96,6 +96,12 @@ def parse_server(text: str, default_port: int = 8765) -> tuple[str, int]:
         host, port_text = text.split(":")
     else:
         host, port_text = text, ""
+        head, _, last = text.rpartition(":")
+        if head and last.isdigit() and len(last) <= 5 and not text.endswith("::" + last):
+            # "::1:8765": an IPv6 address, or one with a port? Ask.
+            raise ClientError(f"bad --server {text!r}: write an IPv6 address in brackets, "
+                              f"the port after them: [{head}]:{last} (or [{text}] if all of "
+                              "it is the address)")
     if not host:
         raise ClientError(f"bad --server {text!r}: expected HOST:PORT")
     try:

@@ -33,6 +33,12 @@ class MsgrError(Exception):
     code: str = "error"
 
 
+class UsageError(MsgrError):
+    """The command line asks for something that cannot be (exit code 2)."""
+
+    code = "usage"
+
+
 class CryptoError(MsgrError):
     """Base of every end-to-end crypto failure (static box, CPace, ratchet).
 

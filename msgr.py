@@ -157,13 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return EXIT_USAGE
-    from errors import MsgrError
+    from errors import MsgrError, UsageError
     try:
         if args.command == "serve":
             return _serve(args)
         return _chat(args)
+    except UsageError as err:
+        print(f"msgr {args.command}: {err} (see msgr {args.command} --help)", file=sys.stderr)
+        return EXIT_USAGE
     except MsgrError as err:
         print(f"msgr: {err}", file=sys.stderr)
         return EXIT_ERROR
@@ -180,17 +183,22 @@ def main(argv: list[str] | None = None) -> int:
 # -- serve ------------------------------------------------------------------------
 
 def _relay_config(args: argparse.Namespace) -> Any:
-    from errors import MsgrError
+    import dataclasses
+
+    from errors import UsageError
     from relay import RelayConfig
 
     overrides = {field: getattr(args, field) for _, field, _, _ in _LIMIT_OPTIONS
                  if getattr(args, field) is not None}
     config = RelayConfig(**overrides)
-    if not 5 <= config.ttl_min <= config.ttl_default <= config.ttl_max <= 60:
-        raise MsgrError("TTL bounds must satisfy 5 <= --ttl-min <= 30 <= --ttl-max <= 60")
+    if not 5 <= config.ttl_min <= config.ttl_max <= 60:
+        raise UsageError("TTL bounds must satisfy 5 <= --ttl-min <= --ttl-max <= 60")
+    # A client that names no TTL gets 30 s, or the nearest bound.
+    config = dataclasses.replace(
+        config, ttl_default=min(max(config.ttl_default, config.ttl_min), config.ttl_max))
     for _, field, _, _ in _LIMIT_OPTIONS:
-        if getattr(config, field) <= 0:
-            raise MsgrError(f"--{field.replace('_', '-')} must be positive")
+        if not getattr(config, field) > 0:  # also refuses nan
+            raise UsageError(f"--{field.replace('_', '-')} must be positive")
     return config
 
 
@@ -216,12 +224,12 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
 
     import logfmt
-    from errors import MsgrError
+    from errors import MsgrError, UsageError
 
     logfmt.setup(args.log_level)
     config = _relay_config(args)
     if not 0 <= args.port < 65536:
-        raise MsgrError(f"bad --port {args.port}: expected 0-65535")
+        raise UsageError(f"bad --port {args.port}: expected 0-65535")
     context = None
     fingerprint = None
     if args.tls:
@@ -291,25 +299,32 @@ def _read_passcode(args: argparse.Namespace, interactive: bool) -> str:
 def _chat(args: argparse.Namespace) -> int:
     import ui
     from client import TlsOptions, parse_server
-    from errors import MsgrError
+    from errors import MsgrError, UsageError
     from names import check_name
 
-    check_name(args.user, what="--user")
-    check_name(args.peer, what="--peer")
-    if args.user == args.peer:
-        raise MsgrError("--user and --peer are the same name")
-    if not 5 <= args.ttl <= 60:
-        raise MsgrError(f"--ttl {args.ttl} is out of range: use 5 to 60 seconds")
-    if (args.cafile or args.pin) and not args.tls:
-        raise MsgrError("--cafile and --pin only make sense with --tls")
-    if args.cafile and args.pin:
-        raise MsgrError("use either --cafile or --pin, not both")
-    if args.pin:
-        import certs
-        args.pin = certs.normalize_fingerprint(args.pin)
-    host, port = parse_server(args.server)
+    try:
+        check_name(args.user, what="--user")
+        check_name(args.peer, what="--peer")
+        if args.user == args.peer:
+            raise UsageError("--user and --peer are the same name")
+        if not 5 <= args.ttl <= 60:
+            raise UsageError(f"--ttl {args.ttl} is out of range: use 5 to 60 seconds")
+        if args.wait is not None and not 0 <= args.wait < 86400:
+            raise UsageError(f"--wait {args.wait:g} is out of range: use 0 to 86399 seconds")
+        if (args.cafile or args.pin) and not args.tls:
+            raise UsageError("--cafile and --pin only make sense with --tls")
+        if args.cafile and args.pin:
+            raise UsageError("use either --cafile or --pin, not both")
+        if args.pin:
+            import certs
+            args.pin = certs.normalize_fingerprint(args.pin)
+        host, port = parse_server(args.server)
+    except UsageError:
+        raise
+    except MsgrError as err:
+        raise UsageError(str(err)) from None
     interactive = sys.stdin.isatty() and not args.json
-    passcode = _read_passcode(args, interactive)
+    passcode = _read_passcode(args, sys.stdin.isatty())
     tls = TlsOptions(cafile=args.cafile, pin=args.pin, known_hosts=args.known_hosts) \
         if args.tls else None
     options = ui.ChatOptions(host=host, port=port, user=args.user, peer=args.peer,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -146,6 +147,11 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
         line = line.rstrip("\r\n")
         if not line:
             return
+        if interactive and line.startswith("/"):
+            if not line.startswith("//"):
+                _line_command(line, eof)  # as in the full screen: never sent
+                return
+            line = line[1:]
         try:
             if len(line) > MAX_TEXT:
                 raise MsgrError(f"it is {len(line):,} characters, more than {MAX_TEXT:,}")
@@ -163,28 +169,46 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
                 print, f"msgr: cannot read input: {err}", file=sys.stderr)
         loop.call_soon_threadsafe(eof.set)
 
+    # Ctrl-C or SIGTERM: say bye (so the name is free at once) and name the
+    # messages whose fate is open, instead of a bare exit.
+    interrupted = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, interrupted.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or not supported here: default handling
+    stop = loop.create_task(interrupted.wait())
     running = loop.create_task(client.run())
     ready = loop.create_task(client.wait_connected())
-    await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({running, ready, stop}, return_when=asyncio.FIRST_COMPLETED)
     if running.done():
         ready.cancel()
+        stop.cancel()
         running.result()  # raises the reason we could not connect
-    threading.Thread(target=reader, name="msgr-stdin", daemon=True).start()
-    ending = loop.create_task(eof.wait())
-    await asyncio.wait({running, ending}, return_when=asyncio.FIRST_COMPLETED)
-    if running.done():
+    if not interrupted.is_set():
+        threading.Thread(target=reader, name="msgr-stdin", daemon=True).start()
+        ending = loop.create_task(eof.wait())
+        await asyncio.wait({running, ending, stop}, return_when=asyncio.FIRST_COMPLETED)
         ending.cancel()
+    if running.done():
+        stop.cancel()
         running.result()
         return EXIT_ERROR
-    # End of input: wait, bounded, for every message to be settled.
-    wait = options.wait if options.wait is not None else options.ttl + 5.0
-    deadline = loop.time() + wait
     core = client.core
-    while core.unsettled() and loop.time() < deadline and not running.done():
-        await asyncio.sleep(0.05)
-    if core.unsettled():
-        core.give_up(f"not confirmed within {wait:g} s of the end of input")
-        client._flush_events()
+    if interrupted.is_set():
+        core.give_up("interrupted before it was confirmed")
+    else:
+        # End of input: wait, bounded, for every message to be settled.
+        wait = options.wait if options.wait is not None else options.ttl + 5.0
+        deadline = loop.time() + wait
+        while (core.unsettled() and loop.time() < deadline and not running.done()
+               and not interrupted.is_set()):
+            await asyncio.sleep(0.05)
+        if core.unsettled():
+            core.give_up("interrupted before it was confirmed" if interrupted.is_set() else
+                         f"not confirmed within {wait:g} s of the end of input")
+    stop.cancel()
+    client._flush_events()
     client.close()
     try:
         await asyncio.wait_for(running, 5)
@@ -199,7 +223,25 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
     if refused:
         listed = ", ".join(str(n) for n in refused)
         print(f"msgr: {len(refused)} input line(s) not sent: line {listed}", file=sys.stderr)
+    if interrupted.is_set():
+        return EXIT_INTERRUPTED
     return EXIT_UNDELIVERED if failed or refused else EXIT_OK
+
+
+#: Line mode on a terminal (--plain): the commands it knows.
+LINE_HELP = ("commands: /quit ends the chat (like Ctrl-D), /help shows this; "
+             "//text sends /text")
+
+
+def _line_command(line: str, eof: asyncio.Event) -> None:
+    name = line[1:].split(maxsplit=1)[0].lower() if line[1:].strip() else ""
+    if name in ("quit", "q", "exit"):
+        eof.set()
+    elif name in ("help", "h", "?"):
+        print(f"msgr: {LINE_HELP}", file=sys.stderr, flush=True)
+    else:
+        print(f"msgr: unknown command {escape(line[:40])!s}: nothing was sent "
+              f"({LINE_HELP})", file=sys.stderr, flush=True)
 
 
 def run_screen(options: ChatOptions) -> int:

@@ -255,6 +255,27 @@ def test_lines_that_cannot_be_sent_are_named_and_the_rest_go_through():
     assert "internal error" not in errors
 
 
+def test_ctrl_c_in_line_mode_says_bye_and_names_what_was_not_confirmed():
+    """Found in review: the name stayed locked for a minute after Ctrl-C
+    (no bye), and the messages in flight were not mentioned."""
+    async def main():
+        async with relay_subprocess() as (_, port, _):
+            alice = await Chat.start(port, "alice", "bob")
+            await alice.wait_for("connected", stream="stderr")
+            await alice.say("nobody is there yet")
+            await asyncio.sleep(0.5)
+            alice.proc.send_signal(signal.SIGINT)
+            code = await alice.exit_code(timeout=20)
+            again = await Chat.start(port, "alice", "bob")  # a new key: the name is free
+            await again.wait_for("connected", stream="stderr")
+            await again.kill()
+            return code, alice
+
+    code, alice = run(main(), timeout=60)
+    assert code == 130
+    assert "1 message(s) not delivered" in "\n".join(alice.stderr) and "#1" in alice.stderr[-1]
+
+
 def test_a_file_piped_in_at_once_is_delivered_whole():
     """More lines than the relay's burst (400 messages): the client paces
     them under the relay's rates instead of having them refused."""
@@ -296,7 +317,7 @@ def test_passcode_sources(tmp_path):
             await c.end_input()
             assert await c.exit_code() == 0
             c = await Chat.start(port, "Alice!", "bob")
-            assert await c.exit_code() == 1 and "invalid --user" in c.stderr[-1]
+            assert await c.exit_code() == 2 and "invalid --user" in c.stderr[-1]
     run(main(), timeout=60)
 
 
@@ -337,12 +358,29 @@ def test_help_and_version():
         out = subprocess.run([sys.executable, os.path.join(ROOT, "msgr.py"), sub, "--help"],
                              capture_output=True, text=True, check=True)
         assert "--tls" in out.stdout
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "msgr.py"), "chat", "--server",
-                          "x:1", "--user", "a", "--peer", "b", "--ttl", "99"],
-                         capture_output=True, text=True, env={**os.environ,
-                                                              "MSGR_PASSCODE": "x"})
-    assert bad.returncode == 1 and bad.stderr.strip() == (
-        "msgr: --ttl 99 is out of range: use 5 to 60 seconds")
+
+    def usage(*args: str) -> str:
+        """Bad usage: exit code 2 (as README says) and one line saying why."""
+        bad = subprocess.run([sys.executable, os.path.join(ROOT, "msgr.py"), *args],
+                             capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "MSGR_PASSCODE": "x"})
+        assert bad.returncode == 2, (args, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1 or not args, bad.stderr
+        return bad.stderr.strip()
+
+    chat = ("chat", "--server", "x:1", "--user", "a", "--peer", "b")
+    assert usage(*chat, "--ttl", "99") == (
+        "msgr chat: --ttl 99 is out of range: use 5 to 60 seconds (see msgr chat --help)")
+    assert "--user" in usage("chat", "--server", "x:1", "--user", "Alice", "--peer", "b")
+    assert "same name" in usage("chat", "--server", "x:1", "--user", "a", "--peer", "a")
+    assert "only make sense with --tls" in usage(*chat, "--pin", "SHA256:" + "0" * 64)
+    assert "1-65535" in usage("chat", "--server", "localhost:99999", "--user", "a",
+                              "--peer", "b")
+    assert "[::1]:8765" in usage("chat", "--server", "::1:8765", "--user", "a", "--peer", "b")
+    assert "--wait" in usage(*chat, "--wait", "nan")
+    assert "TTL bounds" in usage("serve", "--ttl-min", "3")
+    assert "--port" in usage("serve", "--port", "-1")
+    assert "usage:" in usage()  # no command: the help, on stderr
 
 
 @pytest.mark.parametrize("level", ["info", "debug"])

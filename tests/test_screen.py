@@ -590,6 +590,25 @@ def test_unknown_command_is_not_sent_and_no_color(chat_term: Chat) -> None:
 
 
 @needs_tmux
+def test_plain_line_mode_on_a_terminal_knows_the_commands_too(chat_term: Chat) -> None:
+    """Found in review: with --plain, /help and /quit went to the peer as messages."""
+    term = chat_term.term
+    peer = chat_term.start_peer()
+    chat_term.start("--plain")
+    term.wait(r"secure session")
+    term.run("/help")
+    term.wait(r"commands: /quit ends the chat")
+    term.run("/frobnicate")
+    term.wait(r"unknown command /frobnicate: nothing was sent")
+    term.run("//slash words")
+    peer.wait_line(f"{chat_term.me}: /slash words")
+    term.run("/quit")
+    chat_term.wait_exit(0)
+    assert [line for line in peer.lines if line.startswith(chat_term.me)] == [
+        f"{chat_term.me}: /slash words"]
+
+
+@needs_tmux
 def test_connect_error_is_one_line_after_the_screen_is_restored(chat_term: Chat) -> None:
     import socket
 
