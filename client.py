@@ -395,36 +395,50 @@ class ChatClient:
         loop = asyncio.get_running_loop()
         reading = loop.create_task(self._read_loop(reader))
         try:
-            last_beat = loop.time()
-            while not self._closed:
-                self._send_pending(writer)
-                await writer.drain()
-                self._flush_events()
-                now = loop.time()
-                if now - last_beat >= self.heartbeat:
-                    await framing.write_frame(writer, {"type": "ping"})
-                    last_beat = now
-                wake_at = last_beat + self.heartbeat
-                deadline = self.core.next_deadline()
-                if deadline is not None:
-                    wake_at = min(wake_at, deadline)
-                self._wake.clear()
-                if reading.done():
-                    reading.result()  # raises the reason the connection ended
-                    raise ConnectionResetError("the relay closed the connection")
-                waiter = loop.create_task(self._wake.wait())
-                try:
-                    await asyncio.wait({waiter, reading}, timeout=max(0.0, wake_at - now),
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                self.core.tick()
+            await self._pump_until_lost(loop, reading, writer)
+        except (OSError, asyncio.IncompleteReadError):
+            # Writing found the connection gone ("Connection lost"); what the
+            # relay said last (a shutdown notice, an error) may still sit in
+            # the reader's buffer: that is the better reason to give.
+            if not reading.done():
+                await asyncio.wait({reading}, timeout=0.5)
+            if reading.done() and not reading.cancelled() and reading.exception() is not None:
+                raise reading.exception() from None  # type: ignore[misc]
+            raise
         finally:
             reading.cancel()
             try:
                 await reading
             except BaseException:  # noqa: BLE001 - the connection is over either way
                 pass
+
+    async def _pump_until_lost(self, loop: asyncio.AbstractEventLoop, reading: asyncio.Task[None],
+                               writer: asyncio.StreamWriter) -> None:
+        """Send, heartbeat and tick until the connection ends (raises why)."""
+        last_beat = loop.time()
+        while not self._closed:
+            self._send_pending(writer)
+            await writer.drain()
+            self._flush_events()
+            now = loop.time()
+            if now - last_beat >= self.heartbeat:
+                await framing.write_frame(writer, {"type": "ping"})
+                last_beat = now
+            wake_at = last_beat + self.heartbeat
+            deadline = self.core.next_deadline()
+            if deadline is not None:
+                wake_at = min(wake_at, deadline)
+            self._wake.clear()
+            if reading.done():
+                reading.result()  # raises the reason the connection ended
+                raise ConnectionResetError("the relay closed the connection")
+            waiter = loop.create_task(self._wake.wait())
+            try:
+                await asyncio.wait({waiter, reading}, timeout=max(0.0, wake_at - now),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            self.core.tick()
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         silence = self.heartbeat * 3

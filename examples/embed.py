@@ -1,7 +1,8 @@
 """Embedding msgr in another asyncio program: a relay and two chat sessions.
 
-Run it: ``python examples/embed.py``. It imports only msgr (which needs
-PyNaCl and argon2-cffi) and the standard library.
+Run it after ``pip install .`` (``python examples/embed.py``), or from the
+repository without installing: ``PYTHONPATH=. .venv/bin/python examples/embed.py``.
+It imports only msgr (which needs PyNaCl and argon2-cffi) and the standard library.
 """
 
 import asyncio

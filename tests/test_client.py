@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import relay_running, run
+from helpers import relay_running, run, tls_contexts
 
 import chat
 import client
@@ -143,3 +143,21 @@ def test_backoff_starts_afresh_after_each_successful_reconnect():
         assert first_after <= 0.5 * 1.3
         await alice.aclose()
     run(main(), timeout=60)
+
+
+def test_a_tls_relay_shutting_down_is_reported_as_such(tmp_path):
+    """Found in review: over TLS the client said 'Connection lost' (a write
+    found the socket closed) before reading the relay's shutdown notice."""
+    server_ctx, _ = tls_contexts(tmp_path)
+
+    async def main():
+        async with relay_running(ssl_context=server_ctx) as srv:
+            alice = await _open(srv.address[1], "alice", "bob",
+                                tls=client.TlsOptions(cafile=str(tmp_path / "cert.pem")))
+            events = alice.events()
+            await _until(events, lambda e: isinstance(e, chat.Presence))
+        lost = await _until(events, lambda e: isinstance(e, client.Status)
+                            and e.state == "disconnected")
+        assert "shutting down" in lost.detail, lost
+        await alice.aclose()
+    run(main())
