@@ -618,9 +618,13 @@ class ChatCore:
             return
         try:
             if kind == "req":
-                # The peer has no session (it started or restarted): start one,
-                # even if we still have the old one. Not when locked.
+                # The peer has no session (it started or restarted): start one.
+                # Ours is of no use for sending any more (it stays readable as
+                # the previous one); new messages wait for the new session
+                # instead of going out under the old. Not when locked.
                 if self.initiator and hs is None and not self.locked:
+                    if self.session is not None:
+                        self._previous, self.session = self.session, None
                     self._initiate()
             elif kind == "init":
                 if self.locked:
@@ -684,8 +688,9 @@ class ChatCore:
             assert keys.own_ratchet_priv is not None
             rat = ratchet.Ratchet.responder(keys.root_key, keys.own_ratchet_priv, keys.ad,
                                             rng=self._rng)
-        replaced = self.session is not None
-        self._previous = self.session
+        replaced = self.session is not None or self._previous is not None
+        if self.session is not None:
+            self._previous = self.session
         self.session = Session(keys, rat, keys.sid.hex())
         self.verified = False
         self._events.append(SessionStarted(keys.safety_number, keys.sid.hex(), replaced))

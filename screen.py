@@ -464,6 +464,7 @@ class ChatView:
         self.connection = "starting"   # starting, connecting, connected, reconnecting, ...
         self.detail = ""               # the latest connection sentence
         self.progress = ""             # a slow step in progress (key derivation)
+        self.hs_failed = False         # the last handshake failed: no retry by itself
         self.fingerprint: str | None = None
         self.peer_online: bool | None = None
         self.session_id: str | None = None
@@ -560,6 +561,7 @@ class ChatView:
             self.peer_online = event.online
             self.info(f"{self.peer} is {'online' if event.online else 'offline'}", now=now)
         elif isinstance(event, chat.SessionStarted):
+            self.hs_failed = False
             self.session_id = event.session_id
             self.safety_number = event.safety_number
             self.verified = False
@@ -570,6 +572,8 @@ class ChatView:
                 self.info(f"secure session with {self.peer}; type /verify to compare the "
                           "safety number", now=now)
         elif isinstance(event, chat.Notice):
+            if event.code == "passcode_mismatch":
+                self.hs_failed = True
             self.info(event.text, event.level if event.level in (WARN, ERROR) else INFO,
                       now=now)
         elif isinstance(event, Status):
@@ -606,7 +610,8 @@ class ChatView:
         return bool(self.progress) or self.connection in ("starting", "connecting",
                                                            "reconnecting") \
             or (not self.static and self.connection == "connected"
-                and self.peer_online is True and self.session_id is None)
+                and self.peer_online is True and self.session_id is None
+                and not self.hs_failed)
 
     def render(self, width: int, height: int, now: float) -> Frame:
         """The whole screen: status bar, messages, activity line, input line."""
@@ -727,6 +732,9 @@ class ChatView:
         elif not self.static and self.peer_online is False:
             row = [(f"waiting for {self.peer} to come online; what you type is sent once "
                     "a secure session starts", HINT)]
+        elif not self.static and self.hs_failed:
+            row = [(f"no secure session: check the passcode with {self.peer}, then one of "
+                    "you restarts", ERROR)]
         elif not self.static and self.peer_online and self.session_id is None:
             row = [(spin + f"starting a secure session with {self.peer}", WARN)]
         else:

@@ -269,6 +269,25 @@ def test_events_update_the_status_bar() -> None:
     assert "static key" in screen_text(make_view(static=True)).splitlines()[0]
 
 
+def test_a_failed_handshake_stops_the_spinner_and_says_what_to_do() -> None:
+    """Found in review: after 'Not retrying by itself' the screen kept
+    spinning 'starting a secure session'."""
+    view = make_view()
+    view.apply(Status("connected", "connected to 127.0.0.1:8765 (TLS)"), now=NOW)
+    view.apply(chat.Presence(True), now=NOW)
+    assert view.busy and "starting a secure session" in view_text(view.activity_row(100))
+    view.apply(chat.Notice("the passcodes differ. Not retrying by itself", "passcode_mismatch",
+                           "error"), now=NOW)
+    assert not view.busy
+    assert "check the passcode with bob" in view_text(view.activity_row(100))
+    view.apply(chat.SessionStarted("1234 5678", "ab" * 16, False), now=NOW)
+    assert "check the passcode" not in view_text(view.activity_row(100))
+
+
+def view_text(row) -> str:
+    return "".join(text for text, _ in row)
+
+
 def test_render_fills_exactly_the_screen_and_scrolls() -> None:
     view = make_view()
     for i in range(40):
