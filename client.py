@@ -167,7 +167,7 @@ class ChatClient:
         self.relay_instance: str | None = None  # from welcome: tells a restarted relay
         self._on_event = on_event
         self._queue: asyncio.Queue[Event | Status | None] = asyncio.Queue()
-        self._iterating = False
+        self._iterating = 0  # events() loops running
         self._writer: asyncio.StreamWriter | None = None
         self._wake = asyncio.Event()
         self._closed = False
@@ -192,12 +192,18 @@ class ChatClient:
 
     async def events(self) -> AsyncIterator[Event | Status]:
         """Every event, in order, until the client is closed."""
-        self._iterating = True
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            yield item
+        self._iterating += 1
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is None:
+                    self._queue.put_nowait(None)  # for any other reader
+                    return
+                yield item
+        finally:
+            # A loop that broke out (as README's example does) no longer
+            # reads: with a callback, stop queueing for it.
+            self._iterating -= 1
 
     async def messages(self) -> AsyncIterator[Received]:
         """Only the messages from the peer, each once, until the client is closed."""
@@ -206,7 +212,12 @@ class ChatClient:
                 yield event
 
     async def aclose(self) -> None:
-        """Close, and wait for the connection to end (for :func:`open_chat` clients)."""
+        """Close, and wait for the connection to end (for :func:`open_chat` clients).
+
+        Messages not yet confirmed are reported (``Undelivered``) first."""
+        if not self._closed:
+            self.core.give_up("the chat was closed before it was confirmed")
+            self._flush_events()
         self.close()
         task = getattr(self, "_task", None)
         if task is not None:
@@ -418,7 +429,11 @@ class ChatClient:
         last_beat = loop.time()
         while not self._closed:
             self._send_pending(writer)
-            await writer.drain()
+            try:
+                await asyncio.wait_for(writer.drain(), self.heartbeat * 3)
+            except asyncio.TimeoutError:
+                raise ConnectionResetError(f"the relay took nothing we sent for "
+                                           f"{self.heartbeat * 3:g} s") from None
             self._flush_events()
             now = loop.time()
             if now - last_beat >= self.heartbeat:
@@ -535,6 +550,8 @@ async def open_chat(*, server: str, user: str, peer: str, passcode: str,
 
     check_name(user)
     check_name(peer, what="peer name")
+    if type(ttl) is not int or not 5 <= ttl <= 60:
+        raise ClientError(f"ttl {ttl!r} is out of range: use 5 to 60 seconds")
     host, port = parse_server(server)
     params = kdf_params or kdf.DEFAULT_PARAMS
     key = await asyncio.to_thread(kdf.derive_passcode_key, passcode, user, peer, params=params)

@@ -264,9 +264,24 @@ def _serve(args: argparse.Namespace) -> int:
 
 # -- chat -------------------------------------------------------------------------
 
+def _warn_if_others_can_read(path: str | None, what: str) -> None:
+    """A secret in a file other users can read is not secret (as ssh says of keys)."""
+    if not path or os.name != "posix":
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing (an identity is then created 0600) or unreadable: said later
+    if mode & 0o077:
+        print(f"msgr: warning: {what} {path} can be read by other users (mode "
+              f"{mode & 0o777:04o}); chmod 600 {path}", file=sys.stderr)
+
+
 def _read_passcode(args: argparse.Namespace, interactive: bool) -> str:
     from errors import MsgrError
 
+    _warn_if_others_can_read(args.passcode_file, "--passcode-file")
+    _warn_if_others_can_read(args.identity, "--identity")
     if args.passcode_file:
         try:
             with open(args.passcode_file, encoding="utf-8") as f:

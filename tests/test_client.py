@@ -62,7 +62,8 @@ def test_a_message_whose_ttl_ends_while_disconnected_is_reported_then_not_resent
     async def main():
         async with relay_running(config) as srv:
             port = srv.address[1]
-            alice = await _open(port, "alice", "bob", ttl=1)
+            alice = await _open(port, "alice", "bob")
+            alice.core.ttl = 1  # below the CLI's 5 s, which this relay allows
             bob = await _open(port, "bob", "alice")
             events = alice.events()
             await _until(events, lambda e: isinstance(e, chat.SessionStarted))
@@ -160,4 +161,21 @@ def test_a_tls_relay_shutting_down_is_reported_as_such(tmp_path):
                             and e.state == "disconnected")
         assert "shutting down" in lost.detail, lost
         await alice.aclose()
+    run(main())
+
+
+def test_the_library_refuses_a_ttl_out_of_range_and_reports_what_is_open_at_close():
+    async def main():
+        async with relay_running() as srv:
+            port = srv.address[1]
+            for ttl in (0, 500):
+                with pytest.raises(client.ClientError, match="out of range"):
+                    await _open(port, "alice", "bob", ttl=ttl)
+            alice = await _open(port, "alice", "bob")
+            events = alice.events()
+            n = alice.send("bob never came")
+            await alice.aclose()
+            left = [e async for e in events]
+            assert [(e.n, e.reason) for e in left if isinstance(e, chat.Undelivered)] == [
+                (n, "the chat was closed before it was confirmed")]
     run(main())

@@ -307,11 +307,19 @@ def test_passcode_sources(tmp_path):
             assert await c.exit_code() == 1 and "no passcode" in c.stderr[-1]
             secret_file = tmp_path / "pass"
             secret_file.write_text("from a file\n")
+            secret_file.chmod(0o644)
             c = await Chat.start(port, "alice", "bob", "--passcode-file", str(secret_file),
                                  passcode=None)
             await c.wait_for("connected", stream="stderr")
             await c.end_input()
             assert await c.exit_code() == 0
+            assert "can be read by other users (mode 0644); chmod 600" in c.stderr[0]
+            secret_file.chmod(0o600)
+            c = await Chat.start(port, "alice", "bob", "--passcode-file", str(secret_file),
+                                 passcode=None)
+            await c.wait_for("connected", stream="stderr")
+            await c.end_input()
+            assert await c.exit_code() == 0 and "other users" not in "\n".join(c.stderr)
             c = await Chat.start(port, "carol", "bob", "--passcode", "visible", passcode=None)
             await c.wait_for("other local users can see it", stream="stderr")
             await c.end_input()
