@@ -323,6 +323,11 @@ class ChatClient:
         except ConnectionRefusedError:
             raise ConnectFailed(f"connection refused by {self.address}: is `msgr serve` "
                                 "running there, on that port?") from None
+        except ConnectionResetError:
+            # Connected, then cut during the TLS handshake or before hello.
+            raise WrongTransport(f"{self.address} accepted the connection, then reset it"
+                                 + (" during the TLS handshake: is it a msgr relay, with "
+                                    "--tls?" if context else "")) from None
         except OSError as err:
             raise ConnectFailed(f"cannot reach {self.address}: {_reason(err)}") from None
         if context is not None and self.tls is not None:

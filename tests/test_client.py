@@ -179,3 +179,23 @@ def test_the_library_refuses_a_ttl_out_of_range_and_reports_what_is_open_at_clos
             assert [(e.n, e.reason) for e in left if isinstance(e, chat.Undelivered)] == [
                 (n, "the chat was closed before it was confirmed")]
     run(main())
+
+
+def test_a_server_that_resets_the_tls_handshake_gets_a_hint_not_an_exception_name():
+    """Found in review: 'cannot reach localhost:2024: ConnectionResetError'."""
+    import socket
+    import struct
+
+    async def main():
+        async def reset(reader, writer):
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await reader.read(10)
+            writer.close()
+
+        server = await asyncio.start_server(reset, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            with pytest.raises(client.WrongTransport, match="reset it during the TLS handshake"):
+                await _open(port, "alice", "bob", tls=client.TlsOptions(pin="SHA256:" + "00" * 32))
+    run(main())
