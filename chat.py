@@ -161,6 +161,7 @@ class Outgoing:
     ref: int | None = None
     relay_id: int | None = None
     blind: bool = False             # static: disconnected since accepted (see tick)
+    handed_live: bool = False       # accepted while the peer was online (handed over at once)
 
 
 @dataclass
@@ -242,6 +243,7 @@ class ChatCore:
         self._redo_receipts: list[dict[str, Any]] = []
         self._relay: str | None = None  # the relay instance of the last welcome
         self._max_frame = framing.DEFAULT_MAX_FRAME  # the relay's, once welcomed
+        self._ttl_min = 0.0  # the relay's shortest TTL, once welcomed
         self._next_ref = 0
         self._next_n = 0
         # Messages whose fate is open. Settled ones leave it at once, so their
@@ -272,22 +274,44 @@ class ChatCore:
 
     def take_frames(self) -> list[dict[str, Any]]:
         """Frames to send to the relay now. Sends beyond the relay's rates
-        (see :meth:`set_limits`) wait, in order, until :meth:`next_deadline`."""
+        (see :meth:`set_limits`) wait, in order, until :meth:`next_deadline`;
+        other frames (acks, watch) never wait behind them. A message's send
+        carries what is left of its TTL, and is dropped if the message was
+        settled meanwhile (reported undelivered: it must not arrive after)."""
         acks, self._acks = self._acks, []
         frames = [{"type": "ack", "ids": acks[i:i + MAX_ACK_IDS]}
                   for i in range(0, len(acks), MAX_ACK_IDS)]
         queue, self._frames = self._frames, []
         pacer = self._pacer
-        now = self._clock() if pacer is not None else 0.0
-        for i, frame in enumerate(queue):
-            if frame["type"] == "send":
-                if pacer is not None and not pacer.take(len(frame["body"]), now):
-                    self._frames = queue[i:]
-                    break
-                entry = self._refs.get(frame["ref"])
-                if entry is not None:
-                    entry.sent = True
+        now = self._clock()
+        held: list[dict[str, Any]] = []
+        for frame in queue:
+            if frame["type"] != "send":
+                frames.append(frame)
+                continue
+            entry = self._refs.get(frame["ref"])
+            out = entry.out if entry is not None else None
+            if out is not None:
+                if self.outbox.get(out.n) is not out or out.state is not OutState.SENT:
+                    del self._refs[frame["ref"]]  # settled while it waited
+                    continue
+                if out.deadline is not None:
+                    left = math.ceil(out.deadline - now)  # the relay counts whole seconds
+                    if left < max(self._ttl_min, 1):
+                        # The relay would keep it for its minimum TTL, past
+                        # the time we report it undelivered.
+                        del self._refs[frame["ref"]]
+                        self._fail(out, f"too little of its {out.ttl} s TTL was left to "
+                                   "send it")
+                        continue
+                    frame["ttl"] = min(out.ttl, left)
+            if held or (pacer is not None and not pacer.take(len(frame["body"]), now)):
+                held.append(frame)  # in order, behind the first that must wait
+                continue
+            if entry is not None:
+                entry.sent = True
             frames.append(frame)
+        self._frames = held + self._frames
         return frames
 
     def set_limits(self, limits: dict[str, Any]) -> None:
@@ -297,7 +321,11 @@ class ChatCore:
         self._pacer = Pacer(limits, self._clock())
         max_frame = limits.get("max_frame")
         if type(max_frame) is int and max_frame > 0:
-            self._max_frame = max_frame
+            # Never above our own limit: the I/O layer encodes with it.
+            self._max_frame = min(max_frame, framing.DEFAULT_MAX_FRAME)
+        ttl_min = limits.get("ttl_min")
+        if type(ttl_min) in (int, float) and 0 <= ttl_min <= 60:
+            self._ttl_min = float(ttl_min)
 
     @property
     def max_text_bytes(self) -> int:
@@ -380,14 +408,21 @@ class ChatCore:
                 # shows each (epoch, n) once and simply confirms a copy.
                 out.state = OutState.QUEUED
             elif out.state is OutState.SENT and out.body is not None or (
-                    restarted and out.state is OutState.ACCEPTED):
+                    restarted and out.state is OutState.ACCEPTED and not out.handed_live
+                    and self._clock() < out.deadline):  # type: ignore[operator]
                 # Static mode: resend what the relay never acknowledged, and
-                # what a relay that restarted since lost. The same body: the
-                # peer shows each once.
+                # what a relay that restarted since lost before the peer was
+                # there to take it. The same body: the peer shows each once.
+                # (One the peer was online for was handed over at once; sent
+                # again, a restarted peer would show it twice. Its fate is
+                # then unknown, and said so at its end: see tick.)
                 out.blind = False
                 self._submit(out)
-            elif out.state is OutState.ACCEPTED:
-                out.blind = False  # connected again before its TTL ends
+            elif (out.state is OutState.ACCEPTED and not restarted
+                  and self._clock() < out.deadline):  # type: ignore[operator]
+                out.blind = False  # back before its TTL ends: we will hear of an expiry
+            elif out.state is OutState.ACCEPTED and restarted:
+                out.blind = True  # the relay that held it is gone: no report will come
         # Receipts the relay may not have stored: the peer would otherwise
         # report as undelivered a message we showed. A copy is harmless.
         redo, self._redo_receipts = self._redo_receipts, []
@@ -404,12 +439,15 @@ class ChatCore:
             if out.state is OutState.ACCEPTED:
                 out.blind = True  # an "expired" report would not reach us now
         # Sends handed out on that connection get no answer on another one.
-        # Messages are resent from the outbox; receipts are sealed anew.
+        # Messages are resent from the outbox (so their sends still waiting
+        # here are dropped, not sent twice); receipts are sealed anew.
         for ref, entry in list(self._refs.items()):
-            if entry.sent:
+            if entry.sent or entry.purpose == "msg":
                 del self._refs[ref]
-                if entry.purpose == "rcpt" and entry.inner is not None:
+                if entry.sent and entry.purpose == "rcpt" and entry.inner is not None:
                     self._redo_receipts.append(entry.inner)
+        self._frames = [f for f in self._frames
+                        if f["type"] != "send" or f["ref"] in self._refs]
 
     def handle(self, frame: dict[str, Any]) -> None:
         """One frame from the relay (after welcome).
@@ -511,8 +549,11 @@ class ChatCore:
     def _take_ref(self, frame: dict[str, Any]) -> Pending | None:
         """The send this frame answers (``ref`` is ours: an int)."""
         ref = frame.get("ref")
-        entry = self._refs.pop(ref, None) if type(ref) is int else None
-        return entry if entry is not None and entry.sent else None
+        entry = self._refs.get(ref) if type(ref) is int else None
+        if entry is None or not entry.sent:
+            return None  # not ours, or not sent yet: a hostile relay's answer
+        del self._refs[ref]
+        return entry
 
     def _on_accepted(self, frame: dict[str, Any]) -> None:
         entry = self._take_ref(frame)
@@ -521,6 +562,7 @@ class ChatCore:
         out = entry.out
         if out.state is OutState.SENT:
             out.state = OutState.ACCEPTED
+            out.handed_live = self.peer_online is True
             out.relay_id = frame.get("id")  # type: ignore[assignment]
             self._events.append(Accepted(out.n, _unix_time(frame.get("expires_at"), 0.0)))
 
@@ -753,8 +795,11 @@ class ChatCore:
             self._pump()  # the responder may send from now on
 
     def _receipt(self, session: Session, inner: dict[str, Any]) -> None:
-        if session is self.session and session.ratchet.can_send:
-            self._seal_and_submit({"k": "rcpt", "e": inner["e"], "n": [inner["n"]]}, None)
+        # Under the session the message came in, even if a req has retired
+        # it since: the peer may still have it (a req can be stale or forged).
+        if session.ratchet.can_send:
+            self._seal_and_submit({"k": "rcpt", "e": inner["e"], "n": [inner["n"]]}, None,
+                                  session=session)
 
     def _pump(self) -> None:
         """Send every queued message that can go out now."""
@@ -775,8 +820,9 @@ class ChatCore:
                      "ts": out.ts, "ttl": out.ttl, "text": out.text}
             self._seal_and_submit(inner, out)
 
-    def _seal_and_submit(self, inner: dict[str, Any], out: Outgoing | None) -> None:
-        session = self.session
+    def _seal_and_submit(self, inner: dict[str, Any], out: Outgoing | None, *,
+                         session: Session | None = None) -> None:
+        session = session or self.session
         assert session is not None
         plaintext = json.dumps(inner, ensure_ascii=False, separators=(",", ":")).encode()
         body = ("r1." + session.sid + "."
@@ -797,12 +843,8 @@ class ChatCore:
                        f"{self._max_frame:,} bytes)")
             return
         out.state = OutState.SENT
-        # What is left of its TTL (the relay rounds up to its minimum), so
-        # the relay does not keep it past the time the sender gives up on it.
-        ttl = out.ttl
-        if out.deadline is not None:
-            ttl = min(ttl, max(1, math.ceil(out.deadline - self._clock())))
-        out.ref = self._queue_send(Pending("msg", {"ttl": ttl, "body": out.body}, out))
+        # take_frames sets the TTL left when it goes out.
+        out.ref = self._queue_send(Pending("msg", {"ttl": out.ttl, "body": out.body}, out))
 
     def _queue_send(self, entry: Pending) -> int:
         """Queue ``entry``'s send frame (given its fields), numbered by a fresh ref."""
@@ -811,7 +853,9 @@ class ChatCore:
         entry.frame = {"type": "send", "ref": ref, "to": self.peer, **entry.frame}
         self._refs[ref] = entry
         if len(self._refs) > DEDUP_MEMORY:  # answers that never came: forget the oldest
-            del self._refs[next(iter(self._refs))]
+            oldest = next((r for r, e in self._refs.items() if e.sent), None)
+            if oldest is not None:
+                del self._refs[oldest]
         self._frames.append(entry.frame)
         return ref
 

@@ -44,6 +44,10 @@ CONNECT_TIMEOUT = 10.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 BACKOFF_JITTER = 0.3
+BACKOFF_STABLE = 5.0
+#: Largest frame read from a relay that announces a larger max_frame than
+#: ours (its own limit is what a peer can send us through it).
+MAX_READ_FRAME = 16 * 1024 * 1024
 #: Relay codes after which reconnecting cannot help.
 FATAL_CODES = frozenset({"name_owned", "bad_name", "version", "bad_signature", "replaced",
                          "protocol", "bad_frame", "frame_too_large"})
@@ -172,6 +176,10 @@ class ChatClient:
         self._wake = asyncio.Event()
         self._closed = False
         self._ready = asyncio.Event()
+        self._ready_at = 0.0
+        #: Seconds a connection must last for the reconnect backoff to restart.
+        self.stable_after = BACKOFF_STABLE
+        self._read_limit = max_frame + 1024
         self._ssl_context: ssl.SSLContext | None = None
 
     @property
@@ -262,9 +270,14 @@ class ChatClient:
                                             f"connecting: {_reason(err)}") from None
                     self._status("disconnected", f"lost the relay at {self.address}: "
                                  f"{_reason(err)}")
+                _raise_if_cancelled()
                 first = False
-                if self._ready.is_set():
-                    delay = BACKOFF_FIRST  # we were connected: start backoff afresh
+                loop = asyncio.get_running_loop()
+                if self._ready.is_set() and loop.time() - self._ready_at >= self.stable_after:
+                    # We were connected for a while: start the backoff afresh.
+                    # (Not after a short one: a relay that drops us at once,
+                    # every time, would get a tight loop of reconnects.)
+                    delay = BACKOFF_FIRST
                 self._ready.clear()
                 self.core.disconnected()
                 self._flush_events()
@@ -288,6 +301,7 @@ class ChatClient:
         try:
             await self._authenticate(reader, writer)
             self._ready.set()
+            self._ready_at = asyncio.get_running_loop().time()
             self._status("connected", f"connected to {self.address}"
                          + (" (TLS)" if self.tls else " (no TLS)"), self.fingerprint)
             self.core.set_limits(self.limits)
@@ -379,6 +393,9 @@ class ChatClient:
         limits = welcome.get("limits")
         if isinstance(limits, dict):
             self.limits = limits
+            relay_max = limits.get("max_frame")
+            if type(relay_max) is int and relay_max > 0:
+                self._read_limit = max(self.max_frame, min(relay_max, MAX_READ_FRAME)) + 1024
             beat = limits.get("heartbeat")
             if type(beat) in (int, float) and 1 <= beat <= 600:
                 self.heartbeat = float(beat)
@@ -423,10 +440,12 @@ class ChatClient:
             raise
         finally:
             reading.cancel()
-            try:
-                await reading
-            except BaseException:  # noqa: BLE001 - the connection is over either way
-                pass
+            # Wait for it without taking its outcome as ours: a cancellation
+            # of this task (asyncio.run ending, aclose) must stay one, or the
+            # reconnect loop would go on and the program never end.
+            await asyncio.wait({reading})
+            if not reading.cancelled():
+                reading.exception()  # retrieved: the connection is over either way
 
     async def _pump_until_lost(self, loop: asyncio.AbstractEventLoop, reading: asyncio.Task[None],
                                writer: asyncio.StreamWriter) -> None:
@@ -465,7 +484,7 @@ class ChatClient:
         while True:
             try:
                 frame = await asyncio.wait_for(
-                    framing.read_frame(reader, max_size=self.max_frame + 1024), silence)
+                    framing.read_frame(reader, max_size=self._read_limit), silence)
             except asyncio.TimeoutError:
                 raise ConnectionResetError(
                     f"no answer from the relay for {silence:g} s") from None
@@ -522,8 +541,23 @@ class ChatClient:
                 await asyncio.wait_for(self._wake.wait(), wake_at - now)
             except asyncio.TimeoutError:
                 pass
+            _raise_if_cancelled()
             self.core.tick()
             self._flush_events()
+
+
+def _raise_if_cancelled() -> None:
+    """Raise CancelledError if this task is being cancelled (Python 3.11+).
+
+    asyncio.wait_for can lose a cancellation that arrives as the awaited
+    operation ends (it then returns, or raises the operation's own error,
+    e.g. a refused connection). The reconnect loop would take that for an
+    ordinary failure and go on for ever, and asyncio.run would never end.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
 
 
 def _relay_message(frame: dict[str, Any]) -> str:

@@ -143,6 +143,8 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
 
     def on_line(line: str) -> None:
         nonlocal count
+        if eof.is_set():
+            return  # after /quit: what is typed while we wait is not sent
         count += 1
         line = line.rstrip("\r\n")
         if not line:

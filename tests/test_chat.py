@@ -694,3 +694,139 @@ def test_a_handshake_message_from_another_attempt_does_not_break_this_one():
     assert alice.session is not None and alice.safety_number == bob.safety_number
     assert not [e for e in alice.take_events() + net.events["alice"]
                 if isinstance(e, chat.Notice) and e.level != "info"]
+
+
+# -- second review: pacing, deadlines and resends together ------------------------------
+
+
+def _static_core(ttl: int = 30) -> tuple[chat.ChatCore, Clock]:
+    clock = Clock()
+    core = chat.ChatCore(me="alice", peer="bob", key=KEY, mode=chat.Mode.STATIC, ttl=ttl,
+                         clock=clock, wallclock=lambda: clock.now + 1.7e9, rng=os.urandom)
+    return core, clock
+
+
+def _sends(frames: list[dict]) -> list[dict]:
+    return [f for f in frames if f["type"] == "send"]
+
+
+def test_a_send_held_by_pacing_is_dropped_once_its_message_is_reported_undelivered():
+    core, clock = _static_core(ttl=10)
+    core.set_limits({"rate_messages": 0.01, "burst_messages": 1})
+    core.connected_to_relay()
+    for i in range(3):
+        core.send(f"m{i}")
+    assert len(_sends(core.take_frames())) == 1  # two wait for the rate budget
+    clock.now += 11
+    core.tick()
+    assert [e.n for e in core.take_events() if isinstance(e, chat.Undelivered)] == [1, 2, 3]
+    clock.now += 1000  # budget for all of them again
+    assert _sends(core.take_frames()) == []  # reported undelivered: never sent after
+
+
+def test_a_message_with_less_than_the_relays_minimum_ttl_left_is_not_sent():
+    """The relay would keep it for its minimum, past the time it is reported."""
+    core, clock = _static_core(ttl=10)
+    core.send("typed while the relay was away")
+    clock.now += 6
+    core.set_limits({"ttl_min": 5})
+    core.connected_to_relay()
+    assert _sends(core.take_frames()) == []
+    failed = [e for e in core.take_events() if isinstance(e, chat.Undelivered)]
+    assert [(e.n, e.reason) for e in failed] == [
+        (1, "too little of its 10 s TTL was left to send it")]
+
+
+def test_a_send_carries_what_is_left_of_its_ttl():
+    core, clock = _static_core(ttl=30)
+    core.send("typed while the relay was away")
+    clock.now += 12.5
+    core.connected_to_relay()
+    assert [f["ttl"] for f in _sends(core.take_frames())] == [18]
+
+
+def test_other_frames_never_wait_behind_paced_sends():
+    core, _ = _static_core()
+    core.set_limits({"rate_messages": 0.01, "burst_messages": 1})
+    core.connected_to_relay()
+    core.take_frames()
+    core.send("one")
+    core.send("two")
+    assert len(_sends(core.take_frames())) == 1
+    core._frames.append({"type": "watch", "user": "bob"})  # e.g. after a reconnect
+    assert [f["type"] for f in core.take_frames()] == ["watch"]
+
+
+def test_static_sends_waiting_at_a_disconnect_go_out_once():
+    """Found in review: held sends stayed queued and the reconnect queued
+    them again; the peer got copies and warned of replays."""
+    net = Net(relay.RelayConfig(rate_messages=5, burst_messages=2))
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC)
+    bob = net.core("bob", "alice", mode=chat.Mode.STATIC)
+    net.attach(alice)
+    net.attach(bob)
+    net.pump()
+    for i in range(6):
+        alice.send(f"m{i}")
+    net.pump()
+    net.detach("alice")
+    net.attach(alice)
+    for _ in range(40):
+        net.advance(0.1)
+    assert net.received("bob") == [f"m{i}" for i in range(6)]
+    assert not [e for e in net.events["bob"] if isinstance(e, chat.Notice)]
+
+
+def test_static_after_a_relay_restart_only_what_the_peer_could_not_have_is_resent():
+    """Sent again, a message the peer already took would be shown twice by a
+    peer that restarted too; its fate is reported unknown instead."""
+    net = Net(relay.RelayConfig(ttl_min=1))
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC, ttl=10)
+    bob = net.core("bob", "alice", mode=chat.Mode.STATIC)
+    net.attach(alice)
+    net.attach(bob)
+    net.pump()
+    alice.send("bob was there")
+    net.pump()
+    assert net.received("bob") == ["bob was there"]
+    net.detach("alice")
+    net.detach("bob")
+    net.relay = relay.Relay(relay.RelayConfig(ttl_min=1), clock=net.clock,
+                            wallclock=lambda: net.clock.now + 1.7e9, rng=os.urandom)
+    bob2 = net.core("bob", "alice", mode=chat.Mode.STATIC)  # bob restarted too
+    net.attach(alice)
+    net.attach(bob2)
+    net.pump()
+    assert net.received("bob") == ["bob was there"]  # once
+    for _ in range(16):
+        net.advance(1)
+    assert [e.code for e in net.of("alice", chat.Notice)] == ["fate_unknown"]
+
+
+def test_static_an_expiry_during_a_disconnect_is_reported_even_if_back_within_the_grace():
+    net = Net(relay.RelayConfig(ttl_min=1))
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC, ttl=10)
+    net.attach(alice)
+    alice.send("nobody reads this")
+    net.pump()
+    net.detach("alice")
+    net.advance(11)  # it expired at the relay while alice was away...
+    net.attach(alice)  # ...and she is back within the 5 s grace
+    for _ in range(6):
+        net.advance(1)
+    assert [e.code for e in net.of("alice", chat.Notice)] == ["fate_unknown"]
+
+
+def test_a_stale_or_forged_req_does_not_stop_receipts():
+    """Found in review: after a req the initiator retired its session and sent
+    no receipts; a relay that also dropped the handshake got 'not delivered'."""
+    net = Net()
+    alice, bob = pair(net)
+    req = "h1." + base64.b64encode(b'{"hs":"req","v":1}').decode()
+    alice.handle({"type": "deliver", "id": 10**9, "from": "bob", "kind": "hs", "ttl": 30,
+                  "expires_at": 0, "body": req})
+    assert all(f.get("kind") == "hs" for f in _sends(alice.take_frames()))  # dropped
+    n = bob.send("still there?")
+    net.pump(drop=lambda f: f.get("kind") == "hs")
+    assert net.received("alice") == ["still there?"]
+    assert [d.n for d in net.of("bob", chat.Delivered)] == [n]

@@ -13,6 +13,7 @@ from helpers import relay_running, run, tls_contexts
 
 import chat
 import client
+import framing
 import kdf
 import relay
 
@@ -132,6 +133,8 @@ def test_backoff_starts_afresh_after_each_successful_reconnect():
         async with relay_running() as srv:
             port = srv.address[1]
             alice = await _open(port, "alice", "bob")
+            alice.stable_after = 0.3  # a connection this long counts as one that worked
+            await asyncio.sleep(0.4)
         events = alice.events()
         seen = []
         while sum(seen) < 3:  # let the backoff grow while the relay is away
@@ -140,6 +143,7 @@ def test_backoff_starts_afresh_after_each_successful_reconnect():
         async with relay_running(port=port):
             await _until(events, lambda e: isinstance(e, client.Status)
                          and e.state == "connected", timeout=20)
+            await asyncio.sleep(0.4)
         first_after = waits(await _until(events, lambda e: waits(e) is not None))
         assert first_after <= 0.5 * 1.3
         await alice.aclose()
@@ -198,4 +202,28 @@ def test_a_server_that_resets_the_tls_handshake_gets_a_hint_not_an_exception_nam
             port = server.sockets[0].getsockname()[1]
             with pytest.raises(client.WrongTransport, match="reset it during the TLS handshake"):
                 await _open(port, "alice", "bob", tls=client.TlsOptions(pin="SHA256:" + "00" * 32))
+    run(main())
+
+
+def test_a_relay_with_larger_frames_than_ours_causes_no_reconnect_loop():
+    """Found in review: with --max-frame 128 KiB, a stranger's 100 KB message
+    made the client drop the connection at every delivery, and a message
+    over 64 KiB was accepted by send() but could not be encoded."""
+    from helpers import RawClient
+
+    async def main():
+        async with relay_running(relay.RelayConfig(max_frame=128 * 1024)) as srv:
+            port = srv.address[1]
+            bob = await _open(port, "bob", "alice")
+            events = bob.events()
+            mallory = await RawClient.login(port, "mallory")
+            await mallory.send_raw(framing.encode_frame(
+                {"type": "send", "ref": 1, "to": "bob", "ttl": 30, "body": "r1." + "A" * 100_000},
+                max_size=1 << 20))
+            notice = await _until(events, lambda e: isinstance(e, chat.Notice)
+                                  or isinstance(e, client.Status) and e.state == "disconnected")
+            assert isinstance(notice, chat.Notice) and "mallory" in notice.text, notice
+            with pytest.raises(client.MsgrError, match="bytes once encoded"):
+                bob.send("x" * 60_000)
+            await bob.aclose()
     run(main())
