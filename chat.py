@@ -155,8 +155,8 @@ class Outgoing:
     text: str
     ttl: int
     ts: float
+    deadline: float                 # monotonic: when typed, plus its TTL
     state: OutState = OutState.QUEUED
-    deadline: float | None = None   # monotonic: when typed, plus its TTL
     body: str | None = None         # the last ciphertext sent
     ref: int | None = None
     relay_id: int | None = None
@@ -295,16 +295,14 @@ class ChatCore:
                 if self.outbox.get(out.n) is not out or out.state is not OutState.SENT:
                     del self._refs[frame["ref"]]  # settled while it waited
                     continue
-                if out.deadline is not None:
-                    left = math.ceil(out.deadline - now)  # the relay counts whole seconds
-                    if left < max(self._ttl_min, 1):
-                        # The relay would keep it for its minimum TTL, past
-                        # the time we report it undelivered.
-                        del self._refs[frame["ref"]]
-                        self._fail(out, f"too little of its {out.ttl} s TTL was left to "
-                                   "send it")
-                        continue
-                    frame["ttl"] = min(out.ttl, left)
+                left = math.ceil(out.deadline - now)  # the relay counts whole seconds
+                if left < max(self._ttl_min, 1):
+                    # The relay would keep it for its minimum TTL, past the
+                    # time we report it undelivered.
+                    del self._refs[frame["ref"]]
+                    self._fail(out, f"too little of its {out.ttl} s TTL was left to send it")
+                    continue
+                frame["ttl"] = min(out.ttl, left)
             if held or (pacer is not None and not pacer.take(len(frame["body"]), now)):
                 held.append(frame)  # in order, behind the first that must wait
                 continue
@@ -373,11 +371,10 @@ class ChatCore:
             raise MsgrError(f"the message is {size:,} bytes once encoded; the relay's limit "
                             f"allows {limit:,}")
         self._next_n += 1
-        out = Outgoing(self._next_n, text, self.ttl, self._wall())
         # The TTL runs from now, whether or not it can be sent now: one that
         # waits for the relay or a session is reported at its end, not
         # delivered after it left the sender's screen.
-        out.deadline = self._clock() + out.ttl
+        out = Outgoing(self._next_n, text, self.ttl, self._wall(), self._clock() + self.ttl)
         self.outbox[out.n] = out
         self._pump()
         return out.n
@@ -409,7 +406,7 @@ class ChatCore:
                 out.state = OutState.QUEUED
             elif out.state is OutState.SENT and out.body is not None or (
                     restarted and out.state is OutState.ACCEPTED and not out.handed_live
-                    and self._clock() < out.deadline):  # type: ignore[operator]
+                    and self._clock() < out.deadline):
                 # Static mode: resend what the relay never acknowledged, and
                 # what a relay that restarted since lost before the peer was
                 # there to take it. The same body: the peer shows each once.
@@ -419,7 +416,7 @@ class ChatCore:
                 out.blind = False
                 self._submit(out)
             elif (out.state is OutState.ACCEPTED and not restarted
-                  and self._clock() < out.deadline):  # type: ignore[operator]
+                  and self._clock() < out.deadline):
                 out.blind = False  # back before its TTL ends: we will hear of an expiry
             elif out.state is OutState.ACCEPTED and restarted:
                 out.blind = True  # the relay that held it is gone: no report will come
@@ -475,7 +472,7 @@ class ChatCore:
 
     def next_deadline(self) -> float | None:
         times = [o.deadline + (STATIC_GRACE if o.state is OutState.ACCEPTED else 0.0)
-                 for o in self.outbox.values() if o.deadline is not None]
+                 for o in self.outbox.values()]
         if self._hs is not None:
             times.append(self._hs_started + self.handshake_timeout)
         if self._req_at is not None:
@@ -490,7 +487,7 @@ class ChatCore:
         """Time passed: expire unconfirmed messages and stalled handshakes."""
         now = self._clock()
         for out in list(self.outbox.values()):
-            if out.deadline is not None and now >= out.deadline:
+            if now >= out.deadline:
                 if self.mode is Mode.STATIC and out.state is OutState.ACCEPTED:
                     # The relay reports an unread expiry (as "expired") when
                     # the TTL ends; after a grace period the fate is settled.
