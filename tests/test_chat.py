@@ -122,10 +122,17 @@ class Net:
         return [e for e in self.events[name] if isinstance(e, kind)]
 
 
-def pair(net: Net, **kw: Any) -> tuple[chat.ChatCore, chat.ChatCore]:
+def attached(net: Net, **kw: Any) -> tuple[chat.ChatCore, chat.ChatCore]:
+    """alice and bob, connected to the relay, before any frame has moved."""
     alice, bob = net.core("alice", "bob", **kw), net.core("bob", "alice", **kw)
     net.attach(alice)
     net.attach(bob)
+    return alice, bob
+
+
+def pair(net: Net, **kw: Any) -> tuple[chat.ChatCore, chat.ChatCore]:
+    """alice and bob with their session up."""
+    alice, bob = attached(net, **kw)
     net.pump()
     return alice, bob
 
@@ -569,9 +576,7 @@ def test_a_lost_hi_is_sent_again_when_the_peer_comes_back():
     responder was away left it unable to send for the rest of the session,
     its messages queued for ever with nothing said."""
     net = Net()
-    alice, bob = net.core("alice", "bob"), net.core("bob", "alice")
-    net.attach(alice)
-    net.attach(bob)
+    alice, bob = attached(net)
     held_back = []
 
     def hold_hi(frame: dict) -> bool:
@@ -674,9 +679,7 @@ def test_a_handshake_message_from_another_attempt_does_not_break_this_one():
     progress, so the genuine resp was refused and no session came up until
     the handshake timed out."""
     net = Net()
-    alice, bob = net.core("alice", "bob"), net.core("bob", "alice")
-    net.attach(alice)
-    net.attach(bob)
+    alice, bob = attached(net)
     injected = []
 
     def stale_resp_first(frame: dict) -> bool:
