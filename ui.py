@@ -137,7 +137,6 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
 
     client = make_client(options, key, on_event)
     eof = asyncio.Event()
-    numbers: list[int] = []
     refused: list[int] = []  # input line numbers not sent (they count as not delivered)
     count = 0
 
@@ -157,7 +156,7 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
         try:
             if len(line) > MAX_TEXT:
                 raise MsgrError(f"it is {len(line):,} characters, more than {MAX_TEXT:,}")
-            numbers.append(client.send(line))
+            client.send(line)
         except MsgrError as err:
             refused.append(count)
             print(f"msgr: input line {count} not sent: {err}", file=sys.stderr, flush=True)
