@@ -26,7 +26,7 @@ serve: $(STAMP)  ## run a relay with TLS on port 8765 (creates cert.pem/key.pem 
 	$(BIN)/python msgr.py serve --tls
 
 demo: $(STAMP)  ## a local TLS relay and two scripted clients exchanging messages
-	$(BIN)/python demo.py
+	$(BIN)/python -m tools.demo
 
 bench: $(STAMP)  ## the benchmark table (several minutes)
 	$(BIN)/python -m bench
@@ -39,7 +39,7 @@ fuzz: $(STAMP)  ## the property and fuzz tests with 100x the examples CI uses
 		tests/test_framing.py tests/test_relay_fuzz.py tests/test_ratchet.py tests/test_handshake.py
 
 soak: $(STAMP)  ## 100,000 messages through a relay with clients dropping at random
-	$(BIN)/python tools/soak.py
+	$(BIN)/python -m tools.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build *.egg-info

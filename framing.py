@@ -23,7 +23,7 @@ messages into bytes and bytes into messages. :func:`read_frame` and
 
 Exceptions (all remote, i.e. caused by the bytes received)::
 
-    errors.MsgrError
+    msgrlib.errors.MsgrError (or Exception, when this file is copied alone)
     └── FramingError            code "bad_frame"
         ├── FrameTooLarge       code "frame_too_large"   .size, .limit
         ├── MalformedFrame      code "bad_frame"
@@ -44,7 +44,14 @@ import struct
 from math import isinf
 from typing import Any, Protocol
 
-from errors import MsgrError
+try:  # inside msgr, join its error tree; copied alone, stand on Exception
+    from msgrlib.errors import MsgrError
+except ImportError:  # pragma: no cover - exercised by tests/test_selfcontained
+    class MsgrError(Exception):  # type: ignore[no-redef]
+        """Stand-in root when this file is used without the msgrlib package."""
+
+        remote: bool = False
+        code: str = "error"
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",

@@ -50,7 +50,7 @@ guess; CPace only ever gives an active attacker one online guess per run.
 
 Exceptions::
 
-    errors.MsgrError
+    msgrlib.errors.MsgrError (or Exception, when this file is copied alone)
     └── KdfError    code "kdf": bad parameters, an empty or unencodable
                     passcode, an Argon2 failure (e.g. out of memory)
 
@@ -65,7 +65,14 @@ from dataclasses import dataclass
 
 from argon2.low_level import Type, error_to_str, ffi, lib
 
-from errors import MsgrError
+try:  # inside msgr, join its error tree; copied alone, stand on Exception
+    from msgrlib.errors import MsgrError
+except ImportError:  # pragma: no cover - exercised by tests/test_selfcontained
+    class MsgrError(Exception):  # type: ignore[no-redef]
+        """Stand-in root when this file is used without the msgrlib package."""
+
+        remote: bool = False
+        code: str = "error"
 
 __all__ = [
     "DEFAULT_PARAMS",

@@ -27,14 +27,14 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNDELIVERED, EXIT_INTERRUPTED = 0, 1, 2, 3
 
 # The library API, imported on first use so that `msgr --help` stays fast.
 _LAZY = {
-    "start_relay": ("server", "start_relay"),
-    "RelayServer": ("server", "RelayServer"),
-    "RelayConfig": ("relay", "RelayConfig"),
-    "open_chat": ("client", "open_chat"),
-    "ChatClient": ("client", "ChatClient"),
-    "TlsOptions": ("client", "TlsOptions"),
-    "Received": ("chat", "Received"),
-    "MsgrError": ("errors", "MsgrError"),
+    "start_relay": ("msgrlib.relay.server", "start_relay"),
+    "RelayServer": ("msgrlib.relay.server", "RelayServer"),
+    "RelayConfig": ("msgrlib.relay.rules", "RelayConfig"),
+    "open_chat": ("msgrlib.client.connection", "open_chat"),
+    "ChatClient": ("msgrlib.client.connection", "ChatClient"),
+    "TlsOptions": ("msgrlib.client.connection", "TlsOptions"),
+    "Received": ("msgrlib.client.core", "Received"),
+    "MsgrError": ("msgrlib.errors", "MsgrError"),
 }
 __all__ = ["main", *_LAZY]
 
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["debug", "info", "warning", "error"],
                        help="log detail on stderr (default: info); who talks to whom is "
                        "logged only at debug")
-    from relay import RelayConfig  # light: no crypto imports
+    from msgrlib.relay.rules import RelayConfig  # light: no crypto imports
 
     defaults = RelayConfig()
     limits = serve.add_argument_group("limits (README.md explains each)")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    from errors import MsgrError, UsageError
+    from msgrlib.errors import MsgrError, UsageError
     try:
         if args.command == "serve":
             return _serve(args)
@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 def _relay_config(args: argparse.Namespace) -> Any:
     import dataclasses
 
-    from errors import UsageError
-    from relay import RelayConfig
+    from msgrlib.errors import UsageError
+    from msgrlib.relay.rules import RelayConfig
 
     overrides = {field: getattr(args, field) for _, field, _, _ in _LIMIT_OPTIONS
                  if getattr(args, field) is not None}
@@ -223,8 +223,8 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    import logfmt
-    from errors import MsgrError, UsageError
+    from msgrlib.errors import MsgrError, UsageError
+    from msgrlib.util import logfmt
 
     logfmt.setup(args.log_level)
     config = _relay_config(args)
@@ -233,7 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
     context = None
     fingerprint = None
     if args.tls:
-        import certs
+        from msgrlib.tls import certs
         created, fingerprint = certs.ensure_certificate(args.cert, args.key,
                                                         **_certificate_names(args.host))
         if created:
@@ -242,7 +242,7 @@ def _serve(args: argparse.Namespace) -> int:
         context = certs.server_context(args.cert, args.key)
 
     async def run() -> None:
-        import server
+        from msgrlib.relay import server
         try:
             relay_server = await server.start_relay(config, host=args.host, port=args.port,
                                                     ssl_context=context)
@@ -278,7 +278,7 @@ def _warn_if_others_can_read(path: str | None, what: str) -> None:
 
 
 def _read_passcode(args: argparse.Namespace, interactive: bool) -> str:
-    from errors import MsgrError
+    from msgrlib.errors import MsgrError
 
     _warn_if_others_can_read(args.passcode_file, "--passcode-file")
     _warn_if_others_can_read(args.identity, "--identity")
@@ -312,10 +312,10 @@ def _read_passcode(args: argparse.Namespace, interactive: bool) -> str:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    import ui
-    from client import TlsOptions, parse_server
-    from errors import MsgrError, UsageError
-    from names import check_name
+    from msgrlib.client.connection import TlsOptions, parse_server
+    from msgrlib.errors import MsgrError, UsageError
+    from msgrlib.ui import lines as ui
+    from msgrlib.util.names import check_name
 
     try:
         check_name(args.user, what="--user")
@@ -331,7 +331,7 @@ def _chat(args: argparse.Namespace) -> int:
         if args.cafile and args.pin:
             raise UsageError("use either --cafile or --pin, not both")
         if args.pin:
-            import certs
+            from msgrlib.tls import certs
             args.pin = certs.normalize_fingerprint(args.pin)
         host, port = parse_server(args.server)
     except UsageError:

@@ -27,8 +27,8 @@ def _filled_relay(n: int, seed: int = 1) -> tuple[Any, list[float], list[float]]
     expired yet when measuring starts. The store's memory budget is raised so
     that 10**6 fit; every other rule is the relay's own.
     """
-    import relay
-    import store
+    from msgrlib.relay import rules as relay
+    from msgrlib.relay import store
 
     clock = [0.0]
     mem = store.MemoryStore(mailbox_messages=10**6, mailbox_bytes=10**12,
@@ -102,7 +102,7 @@ def argon2_figures(runs: int) -> dict[str, list[float]]:
 
 def cpace_figures(runs: int, reps: int = 20) -> dict[str, list[float]]:
     """A full 4-message CPace exchange, both sides, CPU ms (no Argon2id)."""
-    import handshake
+    from msgrlib.crypto import handshake
 
     out = []
     prs = os.urandom(handshake.PRS_BYTES)
@@ -121,8 +121,7 @@ def cpace_figures(runs: int, reps: int = 20) -> dict[str, list[float]]:
 
 
 def _ratchet_pair() -> tuple[Any, Any]:
-    import handshake
-    import ratchet
+    from msgrlib.crypto import handshake, ratchet
 
     prs = os.urandom(handshake.PRS_BYTES)
     a = handshake.Initiator(prs=prs, me="alice", peer="bob")

@@ -58,7 +58,7 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-import tlsconn
+from msgrlib.relay import tlsconn
 
 AUTH_LABEL = b"msgr/v1/relay-auth\x00"  # relay.AUTH_LABEL; kept here to avoid the import
 #: Bytes on the wire of one send frame for msgr's framing (prefix included).

@@ -27,11 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-if __package__ in (None, ""):  # python bench/run.py
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench import inproc  # noqa: E402
-from bench.procs import RELAY_NAMES, RESULTS, ROOT, Gen, Relay, StallMeter, raise_nofile  # noqa: E402
+from bench import inproc
+from bench.procs import RELAY_NAMES, RESULTS, ROOT, Gen, Relay, StallMeter, raise_nofile
 
 KIND_ORDER = ["msgr", "ws", "proto"]
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -803,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     info = machine()
     with tempfile.TemporaryDirectory(prefix="msgr-bench-") as tmp:
-        import certs
+        from msgrlib.tls import certs
 
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         certs.ensure_certificate(cert, key, hostnames=("localhost",),

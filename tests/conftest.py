@@ -1,10 +1,2 @@
-"""Shared fixtures: real relays on loopback ports, raw protocol clients, subprocess helpers."""
-
-from __future__ import annotations
-
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+"""Shared fixtures live in tests/helpers.py; msgr is imported from the checkout
+(pyproject's ``pythonpath``) or from wherever it is installed."""

@@ -19,8 +19,8 @@ from typing import Any
 from nacl.signing import SigningKey
 
 import framing
-import relay
-import server
+from msgrlib.relay import rules as relay
+from msgrlib.relay import server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -109,7 +109,7 @@ class RawClient:
 
 def tls_contexts(directory: Any) -> tuple[Any, Any]:
     """(server, client) SSL contexts for a fresh self-signed certificate in ``directory``."""
-    import certs
+    from msgrlib.tls import certs
 
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     certs.ensure_certificate(cert, key)

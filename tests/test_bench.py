@@ -14,8 +14,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import certs
 from bench import loadgen, run
+from msgrlib.tls import certs
 
 payload_lists = st.lists(st.binary(max_size=300), max_size=8)
 

@@ -20,8 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nacl.signing import VerifyKey
 
-import certs
-from certs import (
+from msgrlib.tls import certs
+from msgrlib.tls.certs import (
     CertificateChanged,
     CertificateFileError,
     KnownHosts,

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-import chat
 import framing
-import relay
+from msgrlib.client import core as chat
+from msgrlib.relay import rules as relay
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -559,7 +559,7 @@ def test_any_frame_from_the_relay_is_handled_without_raising(frames):
 def test_static_box_refuses_a_deeply_nested_plaintext():
     import nacl.bindings
 
-    import e2e
+    from msgrlib.crypto import staticbox as e2e
     clock = Clock()
     alice = e2e.StaticBox(KEY, "alice", "bob", rng=os.urandom, wallclock=clock)
     bob = e2e.StaticBox(KEY, "bob", "alice", rng=os.urandom, wallclock=clock)

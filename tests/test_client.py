@@ -11,11 +11,11 @@ import asyncio
 import pytest
 from helpers import relay_running, run, tls_contexts
 
-import chat
-import client
 import framing
 import kdf
-import relay
+from msgrlib.client import connection as client
+from msgrlib.client import core as chat
+from msgrlib.relay import rules as relay
 
 TINY_KDF = kdf.KdfParams(time_cost=1, memory_kib=8, parallelism=1)
 

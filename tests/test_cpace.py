@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cpace
-from errors import CryptoError
+from msgrlib.crypto import cpace
+from msgrlib.errors import CryptoError
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "cpace-x25519-sha512.json").read_text())
 H = bytes.fromhex

@@ -5,14 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import sys
 
-import relay
+from msgrlib.relay import rules as relay
+from tools import protocol_examples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import protocol_examples  # noqa: E402
 
 
 def read(name: str) -> str:

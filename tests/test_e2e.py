@@ -15,7 +15,7 @@ import signal
 import pytest
 from helpers import ROOT, Chat, Proxy, RawClient, relay_subprocess, run
 
-import certs
+from msgrlib.tls import certs
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from errors import MsgrError
 from framing import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_FRAME,
@@ -32,6 +31,7 @@ from framing import (
     read_frame,
     write_frame,
 )
+from msgrlib.errors import MsgrError
 
 settings.register_profile(
     "msgr-fuzz",

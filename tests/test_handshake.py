@@ -16,10 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cpace
-import handshake
-from errors import MsgrError
-from handshake import (
+from msgrlib.crypto import cpace, handshake
+from msgrlib.crypto.handshake import (
     HandshakeStateError,
     Initiator,
     MalformedHandshake,
@@ -29,7 +27,8 @@ from handshake import (
     State,
     kind_of,
 )
-from names import BadName
+from msgrlib.errors import MsgrError
+from msgrlib.util.names import BadName
 
 PRS = hashlib.sha512(b"stand-in for the Argon2id output").digest()[:32]
 WRONG_PRS = hashlib.sha512(b"another passcode").digest()[:32]

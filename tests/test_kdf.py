@@ -17,7 +17,6 @@ from argon2.low_level import Type, hash_secret_raw
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from errors import MsgrError
 from kdf import (
     DEFAULT_PARAMS,
     KdfError,
@@ -28,6 +27,7 @@ from kdf import (
     pair_salt,
     subkey,
 )
+from msgrlib.errors import MsgrError
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 

@@ -27,9 +27,8 @@ from hypothesis.stateful import (
 )
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base, crypto_secretbox
 
-import ratchet
-from errors import CryptoError, MsgrError
-from ratchet import (
+from msgrlib.crypto import ratchet
+from msgrlib.crypto.ratchet import (
     DEFAULT_MAX_SKIP,
     DEFAULT_MAX_STORED,
     HEADER_LEN,
@@ -43,6 +42,7 @@ from ratchet import (
     ReflectedMessage,
     TooManySkipped,
 )
+from msgrlib.errors import CryptoError, MsgrError
 
 FUZZ_EXAMPLES = int(os.environ.get("MSGR_FUZZ_EXAMPLES", "100"))
 AD = b"msgr-test|alice-identity|bob-identity"

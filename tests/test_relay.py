@@ -10,7 +10,7 @@ import pytest
 from helpers import RawClient, relay_running, run, tls_contexts
 from nacl.signing import SigningKey
 
-import relay
+from msgrlib.relay import rules as relay
 
 FAST = relay.RelayConfig(ttl_min=1, hello_timeout=1.0, claim_ttl=1.0)
 
@@ -398,7 +398,7 @@ def test_idle_connection_is_dropped_after_heartbeat_timeout():
 
 def test_shutdown_tells_clients():
     async def main():
-        import server
+        from msgrlib.relay import server
 
         srv = await server.start_relay(relay.RelayConfig(), port=0)
         c = await RawClient.login(srv.address[1], "alice")

@@ -24,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from nacl.signing import SigningKey
 
 import framing
-import relay
+from msgrlib.relay import rules as relay
 
 EXAMPLES = int(os.environ.get("MSGR_FUZZ_EXAMPLES", "100"))
 NAMES = ["alice", "bob", "carol"]

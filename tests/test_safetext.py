@@ -7,7 +7,7 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from safetext import BIDI_CONTROLS, escape
+from msgrlib.util.safetext import BIDI_CONTROLS, escape
 
 
 def test_controls_and_bidi_overrides_become_visible_escapes() -> None:

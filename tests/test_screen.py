@@ -28,10 +28,10 @@ curses = pytest.importorskip("curses")
 
 from helpers import PYTHON, ROOT, chat_process, relay_process  # noqa: E402
 
-import chat  # noqa: E402
-import screen  # noqa: E402
-from client import Status  # noqa: E402
-from screen import ChatView, Command, InputLine, handle_key, parse_command, wrap  # noqa: E402
+from msgrlib.client import core as chat  # noqa: E402
+from msgrlib.client.connection import Status  # noqa: E402
+from msgrlib.ui import screen  # noqa: E402
+from msgrlib.ui.screen import ChatView, Command, InputLine, handle_key, parse_command, wrap  # noqa: E402
 
 NOW = 1_700_000_000.0
 
@@ -445,7 +445,7 @@ def tls_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, s
     """A TLS relay for the module: (port, certificate fingerprint, scratch dir)."""
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed")
-    import certs
+    from msgrlib.tls import certs
 
     tmp = tmp_path_factory.mktemp("screen")
     cert, key = str(tmp / "cert.pem"), str(tmp / "key.pem")

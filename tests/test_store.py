@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import store
-from store import MailboxFull, MemoryStore, StoreFull
+from msgrlib.relay import store
+from msgrlib.relay.store import MailboxFull, MemoryStore, StoreFull
 
 
 def add(s: MemoryStore, to: str, ttl: int, now: float, body: str = "x") -> store.Held:

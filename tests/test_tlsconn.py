@@ -25,8 +25,8 @@ from nacl.signing import SigningKey
 from test_relay import send_frame
 
 import framing
-import relay
-import tlsconn
+from msgrlib.relay import rules as relay
+from msgrlib.relay import tlsconn
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ Every value comes from msgr's own modules with pinned randomness and time, so
 the examples can be checked: ``tests/test_docs.py`` runs this and requires
 each printed block to appear verbatim in PROTOCOL.md.
 
-Usage: ``python tools/protocol_examples.py``
+Usage: ``python -m tools.protocol_examples``
 """
 
 from __future__ import annotations
@@ -12,19 +12,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import nacl.bindings
 
-import nacl.bindings  # noqa: E402
-
-import e2e  # noqa: E402
-import framing  # noqa: E402
-import handshake  # noqa: E402
-import kdf  # noqa: E402
-import ratchet  # noqa: E402
+import framing
+import kdf
+from msgrlib.crypto import handshake, ratchet
+from msgrlib.crypto import staticbox as e2e
 
 
 def pinned_rng(label: str):

@@ -13,7 +13,7 @@ Reports, and exits non-zero unless the first two are zero:
 * messages left in the relay's memory after the last TTL;
 * the relay's memory (RSS) before and after.
 
-Usage: ``python tools/soak.py [--messages 100000] [--pairs 50] [--seconds 300]
+Usage: ``python -m tools.soak [--messages 100000] [--pairs 50] [--seconds 300]
 [--tls]`` (``make soak``). Bounded: it gives up after ``--seconds``. With
 ``--tls`` every connection is TLS (a fresh self-signed certificate), so the
 random drops also cut TLS records in the middle.
@@ -33,19 +33,18 @@ import tempfile
 import time
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import framing
+from msgrlib.relay import rules as relay
 
-import framing  # noqa: E402
-import relay  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TTL = 10
 
 
 def relay_child(tls_dir: str | None) -> None:
     """Run in the child: a relay, plus a stats line for each 'stats' on stdin."""
-    import certs
-    import server
+    from msgrlib.relay import server
+    from msgrlib.tls import certs
 
     context = None
     if tls_dir is not None:
@@ -178,7 +177,7 @@ async def soak(args: argparse.Namespace) -> int:
     port = int(child.stdout.readline())
     context = None
     if tls_dir is not None:
-        import certs
+        from msgrlib.tls import certs
 
         context = certs.client_context(cafile=os.path.join(tls_dir, "cert.pem"))
 

@@ -97,7 +97,7 @@ from nacl.bindings import (
     crypto_secretbox_open,
 )
 
-from errors import CryptoError, MsgrError
+from msgrlib.errors import CryptoError, MsgrError
 
 #: Keys one message may skip in one chain (the spec's MAX_SKIP). Large enough
 #: for any real burst of lost or delayed messages (a thousand messages in one

@@ -1,6 +1,6 @@
 """A one-command demo: a local TLS relay and two scripted clients, alice and bob.
 
-    python demo.py
+    python -m tools.demo
 
 It starts ``msgr.py serve --tls`` on a free port with a fresh self-signed
 certificate in a temporary directory, then two line-mode ``msgr.py chat``
@@ -28,7 +28,7 @@ import threading
 import time
 from typing import IO
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MSGR = os.path.join(ROOT, "msgr.py")
 
 #: Seconds the whole demo may take before it gives up (a healthy run takes ~3 s).

@@ -40,12 +40,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import e2e
 import framing
-import handshake
-import ratchet
-from errors import CryptoError, MsgrError
-from relay import TokenBucket
+from msgrlib.crypto import handshake, ratchet
+from msgrlib.crypto import staticbox as e2e
+from msgrlib.errors import CryptoError, MsgrError
+from msgrlib.relay.rules import TokenBucket
 
 #: Consecutive failed handshakes after which a client stops answering new
 #: ones. Each attempt lets an active attacker test one passcode guess; three

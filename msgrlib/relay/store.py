@@ -44,7 +44,7 @@ import itertools
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
-from errors import MsgrError
+from msgrlib.errors import MsgrError
 
 #: Messages one recipient may have waiting. A person reading a chat does not
 #: fall 1,000 messages behind; a flood does.

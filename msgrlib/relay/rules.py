@@ -35,9 +35,9 @@ from json.encoder import encode_basestring as _json_string
 from typing import Any, Protocol
 
 import framing
-from errors import MsgrError
-from names import is_valid_name
-from store import MemoryStore, MessageStore, StoreError
+from msgrlib.errors import MsgrError
+from msgrlib.relay.store import MemoryStore, MessageStore, StoreError
+from msgrlib.util.names import is_valid_name
 
 log = logging.getLogger("msgr.relay")
 

@@ -34,8 +34,8 @@ from collections.abc import Callable
 from typing import Any
 
 import framing
-import tlsconn
-from relay import Client, Refused, Relay, RelayConfig
+from msgrlib.relay import tlsconn
+from msgrlib.relay.rules import Client, Refused, Relay, RelayConfig
 
 log = logging.getLogger("msgr.relay")
 

@@ -32,10 +32,10 @@ from typing import Any
 from nacl.signing import SigningKey
 
 import framing
-from chat import ChatCore, Event, Mode, Received
-from errors import MsgrError
-from relay import AUTH_LABEL  # the one definition; relay.py imports no crypto
-from safetext import escape
+from msgrlib.client.core import ChatCore, Event, Mode, Received
+from msgrlib.errors import MsgrError
+from msgrlib.relay.rules import AUTH_LABEL  # the one definition; relay.py imports no crypto
+from msgrlib.util.safetext import escape
 
 #: Seconds to open the TCP connection and finish TLS.
 CONNECT_TIMEOUT = 10.0
@@ -315,7 +315,7 @@ class ChatClient:
         context = None
         if self.tls is not None:
             if self._ssl_context is None:
-                import certs
+                from msgrlib.tls import certs
                 self._ssl_context = certs.client_context(cafile=self.tls.cafile)
             context = self._ssl_context
         try:
@@ -328,7 +328,7 @@ class ChatClient:
             raise ConnectFailed(f"timed out connecting to {self.address} after "
                                 f"{self.connect_timeout:g} s") from None
         except ssl.SSLCertVerificationError as err:
-            import certs
+            from msgrlib.tls import certs
             raise certs.unknown_certificate(err, address=self.address,
                                            cafile=self.tls.cafile if self.tls else None) from None
         except ssl.SSLError as err:
@@ -349,7 +349,7 @@ class ChatClient:
         return reader, writer
 
     def _check_certificate(self, writer: asyncio.StreamWriter) -> None:
-        import certs
+        from msgrlib.tls import certs
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         if not der:
@@ -585,7 +585,7 @@ async def open_chat(*, server: str, user: str, peer: str, passcode: str,
     refuses us.
     """
     import kdf
-    from names import check_name
+    from msgrlib.util.names import check_name
 
     check_name(user)
     check_name(peer, what="peer name")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from errors import MsgrError
+from msgrlib.errors import MsgrError
 
 #: Longest name accepted; long enough for "firstname.lastname", short enough
 #: to keep every frame that carries names small.

@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import chat
-from client import ChatClient, Status, TlsOptions, load_identity
-from errors import MsgrError
-from safetext import escape
+from msgrlib.client import core as chat
+from msgrlib.client.connection import ChatClient, Status, TlsOptions, load_identity
+from msgrlib.errors import MsgrError
+from msgrlib.util.safetext import escape
 
 EXIT_OK, EXIT_ERROR, EXIT_UNDELIVERED, EXIT_INTERRUPTED = 0, 1, 3, 130
 
@@ -248,7 +248,7 @@ def _line_command(line: str, eof: asyncio.Event) -> None:
 def run_screen(options: ChatOptions) -> int:
     """The full-screen interface; falls back to lines where curses is missing."""
     try:
-        import screen
+        from msgrlib.ui import screen
     except ImportError:
         return run_lines(options, interactive=True)
     return screen.run(options)

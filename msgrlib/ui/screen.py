@@ -44,11 +44,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import chat
-import ui
-from client import ChatClient, Status
-from errors import MsgrError
-from safetext import escape
+from msgrlib.client import core as chat
+from msgrlib.client.connection import ChatClient, Status
+from msgrlib.errors import MsgrError
+from msgrlib.ui import lines as ui
+from msgrlib.util.safetext import escape
 
 #: The TTL range users may choose (the relay enforces the same bounds).
 TTL_MIN, TTL_MAX = 5, 60

@@ -32,7 +32,7 @@ import nacl.exceptions
 
 import framing
 import kdf
-from errors import CryptoError
+from msgrlib.errors import CryptoError
 
 PREFIX = "s1."
 #: A message older than this (sender's clock), or from further in the future

@@ -52,7 +52,7 @@ from collections.abc import Callable
 import nacl.bindings
 import nacl.exceptions
 
-from errors import CryptoError
+from msgrlib.errors import CryptoError
 
 #: ``G_X25519.DSI`` (Section 8.2).
 DSI = b"CPace255"

@@ -53,7 +53,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from errors import MsgrError
+from msgrlib.errors import MsgrError
 
 __all__ = [
     "CertificateChanged",

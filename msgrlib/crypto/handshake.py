@@ -90,10 +90,10 @@ from typing import Any, TypeVar
 
 import nacl.bindings
 
-import cpace
 import kdf
-from errors import CryptoError, MsgrError
-from names import MAX_NAME_LENGTH, check_name
+from msgrlib.crypto import cpace
+from msgrlib.errors import CryptoError, MsgrError
+from msgrlib.util.names import MAX_NAME_LENGTH, check_name
 
 VERSION = 1
 PRS_BYTES = 32
