@@ -170,53 +170,21 @@ _decoder = json.JSONDecoder(
     parse_float=_parse_float,
 )
 _json_decode_full = _decoder.decode
-_scan_once = _decoder.scan_once
-
-
-def _json_decode(text: str) -> Any:
-    # Performance: JSONDecoder.decode wraps the C scanner in Python (two
-    # whitespace regexes, raw_decode): a 250-byte send frame took 2.5 us
-    # through decode() and takes 1.7 us this way. Peers send compact JSON,
-    # so scan from 0 and accept only if the scanner consumed the whole text;
-    # anything else (whitespace, trailing data, any error) goes through
-    # decode() itself, so results and error messages are exactly decode()'s.
-    try:
-        obj, end = _scan_once(text, 0)
-    except (StopIteration, ValueError, RecursionError, FramingError):
-        return _json_decode_full(text)
-    if end != len(text):
-        return _json_decode_full(text)
-    return obj
-
-
 _json_encode_full = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":")
 ).encode
 
-
-def _not_serialisable(obj: object) -> Any:
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-# Performance: JSONEncoder.encode builds a new C encoder and a closure on every
-# call, about a third of the cost (deliver frame 3.6 -> 2.4 us, accepted
-# 3.0 -> 1.7 us; the relay encodes both for every message). This is the same
-# C encoder with the same settings, built once. It is built without the
-# circular-reference markers (a shared markers dict is left dirty when an
-# encode fails halfway); a cyclic object ends in RecursionError, and then the
-# full encoder runs again to raise exactly what it always raised.
-_c_encoder = getattr(json.encoder, "c_make_encoder", None)
-if _c_encoder is not None:
-    _c_encode = _c_encoder(None, _not_serialisable, json.encoder.encode_basestring,
-                           None, ":", ",", False, False, False)
-
-    def _json_encode(obj: dict[str, Any]) -> str:
-        try:
-            return "".join(_c_encode(obj, 0))
-        except RecursionError:
-            return _json_encode_full(obj)
-else:  # no C accelerator (another interpreter): the stdlib path
+# The same two calls, faster on CPython (msgrlib/speedups.py says how, and
+# tests/test_speedups.py checks they agree). Copied alone, this file uses the
+# plain ones.
+try:
+    from msgrlib.speedups import fast_json_decoder, fast_json_encoder
+except ImportError:  # pragma: no cover - framing.py on its own
+    _json_decode = _json_decode_full
     _json_encode = _json_encode_full
+else:
+    _json_decode = fast_json_decoder(_decoder, (FramingError,))
+    _json_encode = fast_json_encoder(_json_encode_full)
 
 
 def _check_nested(obj: dict[str, Any], max_depth: int, strings: bool) -> None:
