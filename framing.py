@@ -41,6 +41,7 @@ import copy
 import json
 import re
 import struct
+from collections.abc import Callable
 from math import isinf
 from typing import Any, Protocol
 
@@ -180,8 +181,8 @@ _json_encode_full = json.JSONEncoder(
 try:
     from msgrlib.speedups import fast_json_decoder, fast_json_encoder
 except ImportError:  # pragma: no cover - framing.py on its own
-    _json_decode = _json_decode_full
-    _json_encode = _json_encode_full
+    _json_decode: Callable[[str], Any] = _json_decode_full
+    _json_encode: Callable[[Any], str] = _json_encode_full
 else:
     _json_decode = fast_json_decoder(_decoder, (FramingError,))
     _json_encode = fast_json_encoder(_json_encode_full)

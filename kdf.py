@@ -220,15 +220,15 @@ def pair_salt(user_a: str, user_b: str) -> bytes:
     Raises ``TypeError`` if a name is not a str, :class:`KdfError` if it
     cannot be encoded as UTF-8.
     """
-    names = []
+    encoded: list[bytes] = []
     for name in (user_a, user_b):
         if not isinstance(name, str):
             raise TypeError(f"a username must be str, not {type(name).__name__}")
-        names.append(_as_bytes(name, "username"))
-    names.sort()  # bytewise UTF-8 order == code point order
+        encoded.append(_as_bytes(name, "username"))
+    encoded.sort()  # bytewise UTF-8 order == code point order
     h = hashlib.blake2b(digest_size=_SALT_SIZE, person=_SALT_PERSON)
-    for name in names:
-        h.update(_lp(name))
+    for part in encoded:
+        h.update(_lp(part))
     return h.digest()
 
 

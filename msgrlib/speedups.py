@@ -36,8 +36,8 @@ def fast_json_decoder(
     are exactly ``decode()``'s.
     """
     full = decoder.decode
-    scan_once = decoder.scan_once
-    retry = (StopIteration, ValueError, RecursionError, *errors)
+    scan_once = decoder.scan_once  # type: ignore[attr-defined]  # CPython's C scanner
+    retry: tuple[type[BaseException], ...] = (StopIteration, ValueError, RecursionError, *errors)
 
     def decode(text: str) -> Any:
         try:
