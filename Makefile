@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint serve demo bench bench-quick fuzz soak clean
+.PHONY: install test lint serve demo bench bench-quick fuzz soak churn clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ fuzz: $(STAMP)  ## the property and fuzz tests with 100x the examples CI uses
 
 soak: $(STAMP)  ## 100,000 messages through a relay with clients dropping at random
 	$(BIN)/python -m tools.soak
+
+churn: $(STAMP)  ## 10 minutes: two long chats through two relay restarts, a third client churning
+	$(BIN)/python -m tools.churn
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build *.egg-info
