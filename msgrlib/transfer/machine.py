@@ -42,7 +42,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Protocol
 
-from msgrlib.transfer.errors import TransferError, TransferStateError, UnsafeName
+from msgrlib.transfer.errors import ArchiveError, TransferError, TransferStateError, UnsafeName
 from msgrlib.transfer.messages import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_WINDOW,
@@ -546,6 +546,8 @@ class Receiver(_Machine):
                                "sender's hash; nothing was kept")
         try:
             self._require_sink().commit()
+        except ArchiveError as exc:
+            return self._abort("refused", f"the directory was refused: {exc}")
         except (OSError, TransferError) as exc:
             return self._abort("write_failed", f"could not save the file: {_why(exc)}")
         self._acked = self.expected
