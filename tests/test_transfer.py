@@ -849,3 +849,17 @@ def test_a_whole_file_transfer_through_real_files(tmp_path):
     source.close()
     assert (out / "src.bin").read_bytes() == data
     assert os.listdir(out) == ["src.bin"]
+
+
+# --- the document -----------------------------------------------------------------------------
+
+def test_docs_transfer_examples_are_what_the_code_computes():
+    from tools import transfer_examples
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                        "transfer.md")
+    with open(path, encoding="utf-8") as f:
+        doc = f.read()
+    for name, block in transfer_examples.examples().items():
+        assert block in doc, f"docs/transfer.md's {name!r} example is stale; paste:\n{block}"
+    assert f"{m.chunk_size_for(framing.DEFAULT_MAX_FRAME) // 1024} KiB for the default" in doc
