@@ -61,7 +61,8 @@ def examples() -> dict[str, str]:
     offer = make_offer(tid, kind="secret", name="", size=len(secret), mime="text/plain",
                        sha256=hashlib.sha256(secret).hexdigest())
     sender = Sender(offer, BytesSource(secret), 0.0)
-    receiver = Receiver(sender.take_outgoing()[0], 0.0)
+    sender.take_outgoing()  # the offer, delivered below
+    receiver = Receiver(offer, 0.0)
     receiver.accept(MemorySink(max_size=len(secret)), 0.0, window=16)
     out["secret"] = _trace(sender, receiver, offer=offer)
 
@@ -70,12 +71,14 @@ def examples() -> dict[str, str]:
     offer = make_offer(tid, kind="file", name="fox.txt", size=len(data), mime="text/plain",
                        sha256=hashlib.sha256(data).hexdigest(), chunk=16)
     sender = Sender(offer, BytesSource(data), 0.0)
-    receiver = Receiver(sender.take_outgoing()[0], 0.0)
+    sender.take_outgoing()  # the offer, delivered below
+    receiver = Receiver(offer, 0.0)
     receiver.accept(MemorySink(max_size=len(data)), 0.0, window=2, ack_every=1)
     out["file"] = _trace(sender, receiver, offer=offer)
 
     sender = Sender(offer, BytesSource(data), 0.0)
-    receiver = Receiver(sender.take_outgoing()[0], 0.0)
+    sender.take_outgoing()  # the offer, delivered below
+    receiver = Receiver(offer, 0.0)
     receiver.accept(MemorySink(max_size=len(data)), 0.0, window=2, ack_every=1)
     out["gap"] = _trace(sender, receiver, drop_chunk=0)
 

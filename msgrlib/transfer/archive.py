@@ -141,10 +141,14 @@ class MemberChecker:
         return parts
 
 
-def _read_members(tar: tarfile.TarFile, limits: ArchiveLimits) -> list[tuple[tarfile.TarInfo,
-                                                                            tuple[str, ...]]]:
+_Member = tuple[tarfile.TarInfo, tuple[str, ...]]
+
+
+def _read_members(tar: tarfile.TarFile, limits: ArchiveLimits) -> list[_Member]:
+    """Every member, checked, before anything is written; stops at the first refusal (so a
+    huge member count is not read to its end)."""
     checker = MemberChecker(limits=limits)
-    members = []
+    members: list[_Member] = []
     while True:
         try:
             info = tar.next()
