@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import framing
 from msgrlib.crypto.ratchet import Ratchet
+from msgrlib.transfer import files
 from msgrlib.transfer import messages as m
 from msgrlib.transfer.errors import (
     SinkError,
@@ -46,6 +47,7 @@ from msgrlib.transfer.machine import (
     make_offer,
 )
 from msgrlib.transfer.names import check_file_name
+from msgrlib.transfer.progress import ProgressMeter, event_json, format_bytes, format_duration
 
 FUZZ = settings(max_examples=int(os.environ.get("MSGR_FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -863,3 +865,95 @@ def test_docs_transfer_examples_are_what_the_code_computes():
     for name, block in transfer_examples.examples().items():
         assert block in doc, f"docs/transfer.md's {name!r} example is stale; paste:\n{block}"
     assert f"{m.chunk_size_for(framing.DEFAULT_MAX_FRAME) // 1024} KiB for the default" in doc
+
+
+# --- preparing what to send -------------------------------------------------------------------
+
+def test_prepare_file_hashes_and_names_it(tmp_path):
+    path = tmp_path / "notes.txt"
+    data = os.urandom(1000)
+    path.write_bytes(data)
+    prepared = files.prepare_file(str(path), TID, chunk=256)
+    assert prepared.offer == m.Offer(TID, "file", "notes.txt", 1000, "text/plain",
+                                     hashlib.sha256(data).hexdigest(), 256)
+    assert prepared.source.read(990, 100) == data[990:]
+    prepared.source.close()
+
+
+@pytest.mark.parametrize("name", [".bashrc", "-rf", "a\x1bb"])
+def test_prepare_file_refuses_a_name_the_receiver_would_refuse(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"x")
+    with pytest.raises(UnsafeName):
+        files.prepare_file(str(path), TID)
+    assert files.prepare_file(str(path), TID, name="renamed").offer.name == "renamed"
+
+
+def test_prepare_directory_packs_into_a_temporary_archive(tmp_path):
+    src = tmp_path / "album"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.jpg").write_bytes(b"jpeg")
+    os.symlink("/etc/passwd", src / "link")
+    prepared = files.prepare_directory(str(src), TID)
+    offer = prepared.offer
+    assert (offer.kind, offer.name, offer.mime) == ("directory", "album", "application/x-tar")
+    assert prepared.skipped == ["link"]
+    data = prepared.source.read(0, offer.size)
+    assert hashlib.sha256(data).hexdigest() == offer.sha256
+    prepared.source.close()
+    assert os.listdir(tmp_path) == ["album"]  # the archive was anonymous
+
+
+def test_prepare_secret_and_mime_guesses():
+    assert files.prepare_secret(b"pin 1234", TID).offer.mime == "text/plain"
+    assert files.prepare_secret(b"\xff\xfe", TID).offer.mime == "application/octet-stream"
+    assert files.guess_mime("photo.JPG") == "image/jpeg"
+    assert files.guess_mime("no-extension") == "application/octet-stream"
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+def test_progress_meter_rate_and_time_left():
+    meter = ProgressMeter(100 * 1024**2, 0.0)
+    assert meter.eta is None and meter.line() == "0 B of 100.0 MiB"
+    for second in range(1, 11):
+        meter.update(second * 8 * 1024**2, float(second))
+    assert meter.rate == pytest.approx(8 * 1024**2)
+    assert meter.eta == pytest.approx(20 / 8)
+    assert meter.line() == "80.0 MiB of 100.0 MiB, 8.0 MiB/s, 2 s left"
+    meter.update(100 * 1024**2, 12.0)
+    assert meter.eta == 0.0 and "left" not in meter.line()
+
+
+def test_progress_rate_follows_the_recent_window():
+    meter = ProgressMeter(10**9, 0.0, rate_window=5.0)
+    for second in range(1, 21):
+        fast = second <= 10
+        meter.update((second if fast else 10) * 10**6 + (0 if fast else (second - 10) * 10**5),
+                     float(second))
+    assert meter.rate == pytest.approx(10**5, rel=0.01)
+
+
+@pytest.mark.parametrize("n, text", [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"),
+                                     (5 * 1024**3, "5.0 GiB")])
+def test_format_bytes(n, text):
+    assert format_bytes(n) == text
+
+
+@pytest.mark.parametrize("s, text", [(0, "0 s"), (59.4, "59 s"), (75, "1 min 15 s"),
+                                     (3700, "1 h 1 min")])
+def test_format_duration(s, text):
+    assert format_duration(s) == text
+
+
+def test_json_events_cover_every_event():
+    meter = ProgressMeter(100, 0.0)
+    meter.update(50, 1.0)
+    rows = [event_json(e, TID, 1.0, meter) for e in (
+        Accepted(4), Progress(50, 100), Declined("no"), Completed(),
+        Failed("timeout", "slow", by_peer=True))]
+    assert [r["event"] for r in rows] == ["accepted", "progress", "declined", "completed",
+                                          "failed"]
+    assert rows[1] == {"t": TID, "time": 1.0, "event": "progress", "bytes": 50, "total": 100,
+                       "rate": 50.0, "eta": 1.0}
+    assert all(json.loads(json.dumps(r)) == r for r in rows)

@@ -21,11 +21,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import mimetypes
 import os
 import tempfile
+from dataclasses import dataclass, field
+from typing import IO
 
 from msgrlib.transfer import archive
 from msgrlib.transfer.errors import SinkError, TargetExists, TransferError, TransferStateError
+from msgrlib.transfer.machine import make_offer
+from msgrlib.transfer.messages import (
+    DEFAULT_CHUNK_SIZE,
+    KIND_DIRECTORY,
+    KIND_FILE,
+    KIND_SECRET,
+    MIME_RE,
+    Offer,
+)
 from msgrlib.transfer.names import check_file_name
 
 _TEMP_PREFIX = ".msgr-"
@@ -277,16 +289,98 @@ class BytesSource:
 
 
 class FileSource:
-    """A sender's content read from an open file with ``os.pread`` (no shared position)."""
+    """A sender's content read with ``os.pread`` (no shared file position) from ``path``, or
+    from ``fileobj`` (an open binary file; it is closed with the source)."""
 
-    def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_RDONLY)
+    def __init__(self, path: str | None = None, *, fileobj: IO[bytes] | None = None) -> None:
+        if (path is None) == (fileobj is None):
+            raise TypeError("give a path or a fileobj")
+        self._file = fileobj if fileobj is not None else open(path, "rb")  # type: ignore[arg-type]
+        self._fd = self._file.fileno()
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self._fd, size, offset)
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._file.close()
+
+
+def guess_mime(name: str) -> str:
+    """A MIME type for ``name`` from its extension (only to show the receiver), or
+    ``application/octet-stream``; always one the offer parser accepts."""
+    guessed = (mimetypes.guess_type(name, strict=False)[0] or "").lower()
+    return guessed if MIME_RE.match(guessed) else "application/octet-stream"
+
+
+@dataclass
+class Prepared:
+    """What a sender needs for one transfer: the offer, and where its bytes come from
+    (``close()`` the source when the transfer is over)."""
+
+    offer: Offer
+    source: BytesSource | FileSource
+    skipped: list[str] = field(default_factory=list)  # directory: links and special files
+
+
+def prepare_file(path: str, transfer_id: str, *, chunk: int = DEFAULT_CHUNK_SIZE,
+                 name: str | None = None) -> Prepared:
+    """Hash the file at ``path`` and make its offer. The offered name is its base name (or
+    ``name``); one the receiver would refuse raises :class:`UnsafeName` here, before
+    anything is sent. ``OSError`` if it cannot be read."""
+    offered = check_file_name(name if name is not None else
+                              os.path.basename(os.path.abspath(path)))
+    source = FileSource(path)
+    try:
+        size, sha = _hash_fd(source)
+        offer = make_offer(transfer_id, kind=KIND_FILE, name=offered, size=size,
+                           mime=guess_mime(offered), sha256=sha, chunk=chunk)
+    except BaseException:
+        source.close()
+        raise
+    return Prepared(offer, source)
+
+
+def prepare_directory(path: str, transfer_id: str, *, chunk: int = DEFAULT_CHUNK_SIZE,
+                      name: str | None = None,
+                      limits: archive.ArchiveLimits = archive.DEFAULT_LIMITS) -> Prepared:
+    """Pack the directory at ``path`` into an anonymous temporary file (gone when closed)
+    and make its offer. Raises :class:`UnsafeName`, :class:`ArchiveError` (a name or limit
+    the receiver would refuse), :class:`TransferError`, ``OSError``."""
+    offered = check_file_name(name if name is not None else
+                              os.path.basename(os.path.abspath(path)), what="directory name")
+    temp = tempfile.TemporaryFile()
+    try:
+        result = archive.build(path, temp, limits=limits)
+        temp.flush()
+        offer = make_offer(transfer_id, kind=KIND_DIRECTORY, name=offered,
+                           size=result.archive_bytes, mime="application/x-tar",
+                           sha256=result.sha256, chunk=chunk)
+    except BaseException:
+        temp.close()
+        raise
+    return Prepared(offer, FileSource(fileobj=temp), result.skipped)
+
+
+def prepare_secret(data: bytes, transfer_id: str, *,
+                   chunk: int = DEFAULT_CHUNK_SIZE) -> Prepared:
+    """A one-shot secret from memory (``text/plain`` if it is UTF-8)."""
+    try:
+        data.decode("utf-8")
+        mime = "text/plain"
+    except UnicodeDecodeError:
+        mime = "application/octet-stream"
+    offer = make_offer(transfer_id, kind=KIND_SECRET, name="", size=len(data), mime=mime,
+                       sha256=hashlib.sha256(data).hexdigest(), chunk=chunk)
+    return Prepared(offer, BytesSource(data))
+
+
+def _hash_fd(source: FileSource, *, block: int = 1024 * 1024) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    while data := source.read(size, block):
+        h.update(data)
+        size += len(data)
+    return size, h.hexdigest()
 
 
 def hash_file(path: str, *, block: int = 1024 * 1024) -> tuple[int, str]:
@@ -300,4 +394,5 @@ def hash_file(path: str, *, block: int = 1024 * 1024) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-__all__ = ["BytesSource", "DirectorySink", "FileSink", "FileSource", "MemorySink", "hash_file"]
+__all__ = ["BytesSource", "DirectorySink", "FileSink", "FileSource", "MemorySink", "Prepared",
+           "guess_mime", "hash_file", "prepare_directory", "prepare_file", "prepare_secret"]

@@ -311,15 +311,15 @@ class Sender(_Machine):
             return  # the receiver's nudge crossed its lost accept; our offer nudge repairs it
         if (self.state, Input.ACK) not in SENDER_TRANSITIONS:
             return self._abort("protocol", "an acknowledgement before the transfer started")
-        # next_chunk may have been rewound (resume); what was sent is the high-water mark.
-        if msg.next > max(self.next_chunk, self._sent_high):
+        # next_chunk may have gone back (a gap); what was ever sent is the high-water mark.
+        if msg.next > self._sent_high:
             return self._abort("protocol", "the receiver acknowledged chunks never sent")
         if msg.next > self.acked:
             self.acked = msg.next
             self._last_progress = now
             self._events.append(Progress(self.acked_bytes, self.offer.size))
         self.next_chunk = max(self.next_chunk, self.acked)
-        if msg.gap and self.state is S.SENDING:
+        if msg.gap and self.state is S.SENDING and msg.next == self.acked:
             self.next_chunk = msg.next  # go back N: resend from the first missing chunk
         if self.acked == self.offer.chunks and self.state is S.SENDING:
             self._go(Input.ALL_ACKED)
@@ -336,7 +336,7 @@ class Sender(_Machine):
             try:
                 data = self._source.read(i * self.offer.chunk, length)
             except OSError as exc:
-                return self._abort("read_failed", f"could not read the file: {exc.strerror}")
+                return self._abort("read_failed", f"could not read the file: {_why(exc)}")
             if len(data) != length:
                 return self._abort("read_failed", "the file changed while it was being sent")
             self._send(Chunk(self.offer.t, i, bytes(data)))

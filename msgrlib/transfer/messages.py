@@ -54,7 +54,7 @@ _HEX32 = re.compile(r"[0-9a-f]{32}\Z")
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _CODE_RE = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _MIME_PART = r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}"
-_MIME_RE = re.compile(rf"{_MIME_PART}/{_MIME_PART}\Z")
+MIME_RE = re.compile(rf"{_MIME_PART}/{_MIME_PART}\Z")
 
 
 def _fail(what: str) -> TransferProtocolError:
@@ -146,7 +146,7 @@ class Offer:
             raise _fail("a secret has no name")
         if kind != KIND_SECRET and not name:
             raise _fail("a file or directory needs a name")
-        mime = _match(obj, "mime", _MIME_RE, "a MIME type such as text/plain")
+        mime = _match(obj, "mime", MIME_RE, "a MIME type such as text/plain")
         if len(mime) > MAX_MIME_LENGTH:
             raise _fail("'mime' is too long")
         return cls(t=_tid(obj), kind=kind, name=name,
