@@ -957,3 +957,43 @@ def test_json_events_cover_every_event():
     assert rows[1] == {"t": TID, "time": 1.0, "event": "progress", "bytes": 50, "total": 100,
                        "rate": 50.0, "eta": 1.0}
     assert all(json.loads(json.dumps(r)) == r for r in rows)
+
+
+# --- hostile peers: any sequence of well-formed messages --------------------------------------
+
+def peer_messages(chunks: int):
+    index = st.integers(0, chunks + 2)
+    return st.one_of(
+        st.builds(m.Accept, st.just(TID), st.integers(1, m.MAX_WINDOW)),
+        st.builds(m.Decline, st.just(TID), st.text(max_size=20)),
+        st.builds(m.Chunk, st.just(TID), index, st.binary(min_size=1, max_size=20)),
+        st.builds(m.Ack, st.just(TID), index, st.booleans()),
+        st.just(m.Done(TID)),
+        st.builds(m.Fail, st.just(TID), st.sampled_from(m.FAIL_CODES), st.text(max_size=20)),
+        st.builds(m.Offer, st.just(TID), st.sampled_from(m.TRANSFER_KINDS),
+                  st.just("report.pdf"), st.integers(0, 80), st.just("text/plain"),
+                  st.just(SHA_EMPTY), st.just(16)),
+    )
+
+
+@FUZZ
+@given(st.data(), st.integers(0, 5), st.booleans())
+def test_any_peer_message_sequence_only_moves_along_the_tables(data, chunks, accept_first):
+    """Whatever well-formed messages a hostile peer sends, in any order: no exception, every
+    state change is in the table, and a terminal state never changes."""
+    content = bytes(range(16)) * chunks
+    sender = Sender(offer_for(content), BytesSource(content), 0.0)
+    receiver = Receiver(offer_for(content), 0.0)
+    if accept_first:
+        receiver.accept(MemorySink(max_size=len(content)), 0.0, window=2)
+    for now, msg in enumerate(data.draw(st.lists(peer_messages(chunks), max_size=25))):
+        for machine, terminal in ((sender, SENDER_TERMINAL), (receiver, RECEIVER_TERMINAL)):
+            before = machine.state
+            machine.handle(msg, float(now))
+            machine.tick(float(now))
+            if before in terminal:
+                assert machine.state is before
+            machine.take_outgoing()
+            for event in machine.take_events():
+                if isinstance(event, Failed) and not event.by_peer:
+                    assert machine.state.value == "failed"

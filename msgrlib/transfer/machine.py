@@ -427,7 +427,7 @@ class Receiver(_Machine):
                         "accepted (send it as a file)")
         else:
             try:
-                check_file_name(offer.name)
+                check_file_name(offer.name, what=f"{offer.kind} name")
             except UnsafeName as exc:
                 return str(exc)
             if offer.size > max_size:
