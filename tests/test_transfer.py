@@ -997,3 +997,14 @@ def test_any_peer_message_sequence_only_moves_along_the_tables(data, chunks, acc
             for event in machine.take_events():
                 if isinstance(event, Failed) and not event.by_peer:
                     assert machine.state.value == "failed"
+
+
+def test_fit_window_keeps_two_windows_within_half_the_mailbox():
+    # The relay's defaults: 4 MiB and 1,000 messages per recipient.
+    assert m.fit_window(m.DEFAULT_CHUNK_SIZE, mailbox_bytes=4 * 1024**2,
+                        mailbox_messages=1000) == m.DEFAULT_WINDOW
+    small = m.fit_window(m.DEFAULT_CHUNK_SIZE, mailbox_bytes=1024**2, mailbox_messages=1000)
+    assert 2 * small * m.chunk_frame_size(m.DEFAULT_CHUNK_SIZE) <= 1024**2 // 2
+    assert m.fit_window(m.DEFAULT_CHUNK_SIZE, mailbox_bytes=4 * 1024**2,
+                        mailbox_messages=12) == 3
+    assert m.fit_window(m.DEFAULT_CHUNK_SIZE, mailbox_bytes=1, mailbox_messages=1) == 1

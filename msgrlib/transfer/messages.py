@@ -30,8 +30,9 @@ MAX_CHUNK_SIZE = 48 * 1024
 DEFAULT_CHUNK_SIZE = 32 * 1024
 #: Declared sizes stay exact in a JSON double (2**53) with room; 1 PiB is no real bound.
 MAX_DECLARED_SIZE = 2**50
-#: Chunks a receiver may let be in flight. 64 full chunks (~3.7 MB of frames) still fit the
-#: relay's default 4 MiB per-recipient mailbox.
+#: Chunks a receiver may let be in flight (a parse bound). The relay may hold up to twice the
+#: window (see machine.py), so a receiver picks its window with fit_window() from the relay's
+#: mailbox limits; 16 full 32 KiB chunks (2 x 16 x ~58 KB) use a quarter of the default 4 MiB.
 MAX_WINDOW = 64
 DEFAULT_WINDOW = 16
 #: A reason is a short sentence shown (escaped) to the other person.
@@ -314,24 +315,31 @@ def new_transfer_id(randbytes: Callable[[int], bytes]) -> str:
     return bytes(raw).hex()
 
 
-def chunk_size_for(max_frame: int, *, name_length: int = 32) -> int:
-    """The largest chunk size (a multiple of 1 KiB, at most :data:`MAX_CHUNK_SIZE`) whose
-    ``xfer.chunk`` message still fits a relay ``send`` frame of ``max_frame`` bytes.
+#: Bytes of a relay ``send`` frame around a chunk message's sealed body, beyond the names.
+_SEND_OVERHEAD = 100
+
+
+def chunk_frame_size(chunk: int, *, name_length: int = 32) -> int:
+    """An upper bound on the relay ``send`` frame that carries a chunk of ``chunk`` bytes.
 
     Sizes along the way: the chunk JSON is ``4*ceil(c/3)`` base64 characters plus at most 120
     bytes of keys, id and index; the ratchet adds a 42-byte header and a 16-byte MAC; the
     body is ``"r1." + 32 hex + "."`` plus base64 of that; the ``send`` frame adds at most
-    ``100 + name_length`` bytes of fields. Raises ``ValueError`` if not even 1 KiB fits.
+    ``100 + name_length`` bytes of fields.
     """
-    def frame_size(c: int) -> int:
-        inner = 4 * -(-c // 3) + 120
-        ratchet = inner + 42 + 16
-        body = 36 + 4 * -(-ratchet // 3)
-        return body + 100 + name_length
+    inner = 4 * -(-chunk // 3) + 120
+    ratchet = inner + 42 + 16
+    body = 36 + 4 * -(-ratchet // 3)
+    return body + _SEND_OVERHEAD + name_length
 
+
+def chunk_size_for(max_frame: int, *, name_length: int = 32) -> int:
+    """The largest chunk size (a multiple of 1 KiB, at most :data:`MAX_CHUNK_SIZE`) whose
+    ``xfer.chunk`` message still fits a relay ``send`` frame of ``max_frame`` bytes
+    (:func:`chunk_frame_size`). Raises ``ValueError`` if not even 1 KiB fits."""
     best = 0
     c = 1024
-    while c <= MAX_CHUNK_SIZE and frame_size(c) <= max_frame:
+    while c <= MAX_CHUNK_SIZE and chunk_frame_size(c, name_length=name_length) <= max_frame:
         best = c
         c += 1024
     if not best:
@@ -339,10 +347,22 @@ def chunk_size_for(max_frame: int, *, name_length: int = 32) -> int:
     return best
 
 
+def fit_window(chunk: int, *, mailbox_bytes: int, mailbox_messages: int,
+               want: int = DEFAULT_WINDOW) -> int:
+    """The window a receiver should offer so that the relay never refuses a chunk as
+    ``mailbox_full``: twice the window (what the relay may hold for one transfer) stays
+    within half the mailbox, bytes and messages, leaving the other half to chat. At least
+    1, at most ``want`` (and :data:`MAX_WINDOW`)."""
+    by_bytes = (mailbox_bytes // 2) // (2 * chunk_frame_size(chunk))
+    by_count = (mailbox_messages // 2) // 2
+    return max(1, min(want, MAX_WINDOW, by_bytes, by_count))
+
+
 __all__ = [
     "DEFAULT_CHUNK_SIZE", "DEFAULT_WINDOW", "FAIL_CODES", "KINDS", "KIND_DIRECTORY",
     "KIND_FILE", "KIND_SECRET", "MAX_CHUNK_SIZE", "MAX_DECLARED_SIZE", "MAX_REASON_LENGTH",
     "MAX_WINDOW", "TRANSFER_KINDS", "Accept", "Ack", "Chunk", "Decline", "Done", "Fail",
-    "Message", "Offer", "b64decode_canonical", "chunk_size_for", "is_transfer_message",
+    "Message", "Offer", "b64decode_canonical", "chunk_frame_size", "chunk_size_for",
+    "fit_window", "is_transfer_message",
     "new_transfer_id", "parse_message",
 ]
