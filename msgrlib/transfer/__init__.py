@@ -6,7 +6,9 @@
   windowed end-to-end flow control, resume and failure on both sides;
 * :mod:`~msgrlib.transfer.files`: sources and sinks (temporary file renamed only when the hash
   checks; memory only for secrets); :mod:`~msgrlib.transfer.names`: which names may be written;
-* :mod:`~msgrlib.transfer.archive`: directories as one checked tar archive.
+* :mod:`~msgrlib.transfer.archive`: directories as one checked tar archive;
+* :mod:`~msgrlib.transfer.registry`: :class:`Transfers`, every transfer of one conversation
+  (what the chat core holds); :mod:`~msgrlib.transfer.progress`: rate, time left, ``--json``.
 
 The exception tree is in :mod:`~msgrlib.transfer.errors`. docs/transfer.md describes the wire.
 """
@@ -22,7 +24,9 @@ from msgrlib.transfer.errors import (
 )
 from msgrlib.transfer.machine import Receiver, ReceiverState, Sender, SenderState, make_offer
 from msgrlib.transfer.messages import is_transfer_message, parse_message
+from msgrlib.transfer.registry import Offered, Transfers
 
-__all__ = ["ArchiveError", "Receiver", "ReceiverState", "Sender", "SenderState", "SinkError",
-           "TargetExists", "TransferError", "TransferProtocolError", "TransferStateError",
-           "UnsafeName", "is_transfer_message", "make_offer", "parse_message"]
+__all__ = ["ArchiveError", "Offered", "Receiver", "ReceiverState", "Sender", "SenderState",
+           "SinkError", "TargetExists", "TransferError", "TransferProtocolError",
+           "TransferStateError", "Transfers", "UnsafeName", "is_transfer_message", "make_offer",
+           "parse_message"]

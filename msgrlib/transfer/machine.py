@@ -232,6 +232,19 @@ class _Machine:
     def _send(self, msg: Message) -> None:
         self._out.append(msg)
 
+    def is_finished(self) -> bool:
+        """True in a terminal state (done, declined, failed): nothing changes any more."""
+        raise NotImplementedError
+
+    def _abort(self, code: str, reason: str) -> None:
+        raise NotImplementedError
+
+    def protocol_error(self, reason: str) -> None:
+        """The caller found a malformed message for this transfer: fail it with code
+        ``protocol``, both sides told. Nothing happens in a terminal state."""
+        if not self.is_finished():
+            self._abort("protocol", reason)
+
 
 class Sender(_Machine):
     """Sends one offer's content from ``source``. Construct, then send ``take_outgoing()``
@@ -254,6 +267,9 @@ class Sender(_Machine):
         self.next_chunk = 0  # the next chunk to send
         self._sent_high = 0  # one past the highest chunk ever sent
         self._send(offer)
+
+    def is_finished(self) -> bool:
+        return self.state in SENDER_TERMINAL
 
     @property
     def acked_bytes(self) -> int:
@@ -433,6 +449,9 @@ class Receiver(_Machine):
             if offer.size > max_size:
                 return f"the {offer.kind} is {offer.size} bytes; at most {max_size} accepted"
         return None
+
+    def is_finished(self) -> bool:
+        return self.state in RECEIVER_TERMINAL
 
     @property
     def received_bytes(self) -> int:
