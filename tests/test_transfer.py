@@ -472,6 +472,21 @@ def test_a_write_error_fails_both_sides():
     assert link.s.state is SenderState.FAILED and link.s_events[-1].code == "write_failed"
 
 
+def test_the_sender_never_learns_the_receivers_paths(tmp_path):
+    """A file that appears at the name while receiving fails the transfer; the receiver is
+    told where, the sender only that it could not be saved."""
+    data = os.urandom(40)
+    sink = FileSink(str(tmp_path), "report.pdf", size=40)
+    link, _ = start(data, sink)
+    (tmp_path / "report.pdf").write_bytes(b"appeared")
+    link.run()
+    assert str(tmp_path) in link.r_events[-1].reason
+    assert link.s_events[-1].code == "write_failed"
+    assert str(tmp_path) not in link.s_events[-1].reason
+    assert (tmp_path / "report.pdf").read_bytes() == b"appeared"
+    assert os.listdir(tmp_path) == ["report.pdf"]
+
+
 class ShrinkingSource(BytesSource):
     def read(self, offset: int, size: int) -> bytes:
         return super().read(offset, size)[:-1] if offset >= 32 else super().read(offset, size)

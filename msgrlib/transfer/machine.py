@@ -546,7 +546,8 @@ class Receiver(_Machine):
         try:
             self._require_sink().write(msg.data)
         except (OSError, TransferError) as exc:
-            return self._abort("write_failed", f"could not write the file: {_why(exc)}")
+            return self._abort("write_failed", f"could not write the file: {_why(exc)}",
+                               tell_peer="the receiver could not write the file")
         self._hash.update(msg.data)
         self.expected += 1
         self._last_progress = now
@@ -568,7 +569,8 @@ class Receiver(_Machine):
         except ArchiveError as exc:
             return self._abort("refused", f"the directory was refused: {exc}")
         except (OSError, TransferError) as exc:
-            return self._abort("write_failed", f"could not save the file: {_why(exc)}")
+            return self._abort("write_failed", f"could not save the file: {_why(exc)}",
+                               tell_peer="the receiver could not save the file")
         self._acked = self.expected
         self._go(Input.VERIFIED)
         done = Done(self.offer.t)
@@ -618,10 +620,12 @@ class Receiver(_Machine):
         if self._sink is not None:
             self._sink.discard()
 
-    def _abort(self, code: str, reason: str) -> None:
+    def _abort(self, code: str, reason: str, *, tell_peer: str | None = None) -> None:
+        """Fail: ``reason`` is shown here; the sender is told ``tell_peer`` instead when the
+        reason names local things (our directory, our file system's error)."""
         self._go(Input.ABORT)
         self._discard()
-        fail = Fail(self.offer.t, code, _reason(reason))
+        fail = Fail(self.offer.t, code, _reason(tell_peer or reason))
         self._last_sent = fail
         self._send(fail)
         self._events.append(Failed(code, reason, by_peer=False))
