@@ -29,7 +29,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNDELIVERED, EXIT_INTERRUPTED = 0, 1, 2, 3
 _LAZY = {
     "start_relay": ("msgrlib.relay.server", "start_relay"),
     "RelayServer": ("msgrlib.relay.server", "RelayServer"),
-    "RelayConfig": ("msgrlib.relay.rules", "RelayConfig"),
+    "RelayConfig": ("msgrlib.relay.config", "RelayConfig"),
     "open_chat": ("msgrlib.client.connection", "open_chat"),
     "ChatClient": ("msgrlib.client.connection", "ChatClient"),
     "TlsOptions": ("msgrlib.client.connection", "TlsOptions"),
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["debug", "info", "warning", "error"],
                        help="log detail on stderr (default: info); who talks to whom is "
                        "logged only at debug")
-    from msgrlib.relay.rules import RelayConfig  # light: no crypto imports
+    from msgrlib.relay.config import RelayConfig  # light: no crypto imports
 
     defaults = RelayConfig()
     limits = serve.add_argument_group("limits (README.md explains each)")
@@ -186,7 +186,7 @@ def _relay_config(args: argparse.Namespace) -> Any:
     import dataclasses
 
     from msgrlib.errors import UsageError
-    from msgrlib.relay.rules import RelayConfig
+    from msgrlib.relay.config import RelayConfig
 
     overrides = {field: getattr(args, field) for _, field, _, _ in _LIMIT_OPTIONS
                  if getattr(args, field) is not None}
@@ -233,13 +233,13 @@ def _serve(args: argparse.Namespace) -> int:
     context = None
     fingerprint = None
     if args.tls:
-        from msgrlib.tls import certs
-        created, fingerprint = certs.ensure_certificate(args.cert, args.key,
+        from msgrlib.tls import contexts
+        created, fingerprint = contexts.ensure_certificate(args.cert, args.key,
                                                         **_certificate_names(args.host))
         if created:
             print(f"msgr: created a self-signed certificate {args.cert} and key {args.key} "
                   "(owner-only)", file=sys.stderr)
-        context = certs.server_context(args.cert, args.key)
+        context = contexts.server_context(args.cert, args.key)
 
     async def run() -> None:
         from msgrlib.relay import server
@@ -331,8 +331,8 @@ def _chat(args: argparse.Namespace) -> int:
         if args.cafile and args.pin:
             raise UsageError("use either --cafile or --pin, not both")
         if args.pin:
-            from msgrlib.tls import certs
-            args.pin = certs.normalize_fingerprint(args.pin)
+            from msgrlib.tls import x509
+            args.pin = x509.normalize_fingerprint(args.pin)
         host, port = parse_server(args.server)
     except UsageError:
         raise

@@ -14,7 +14,7 @@ Client errors::
         ├── ConnectFailed     the relay cannot be reached (refused, DNS, timeout)
         ├── RelayRefused      the relay said no (name owned, bad name, version...)
         └── WrongTransport    TLS against a plain port, or plain against TLS
-    (certificate problems are certs.TlsError)
+    (certificate problems are msgrlib.tls.errors.TlsError)
 """
 
 from __future__ import annotations
@@ -315,8 +315,8 @@ class ChatClient:
         context = None
         if self.tls is not None:
             if self._ssl_context is None:
-                from msgrlib.tls import certs
-                self._ssl_context = certs.client_context(cafile=self.tls.cafile)
+                from msgrlib.tls import contexts
+                self._ssl_context = contexts.client_context(cafile=self.tls.cafile)
             context = self._ssl_context
         try:
             reader, writer = await asyncio.wait_for(
@@ -328,9 +328,10 @@ class ChatClient:
             raise ConnectFailed(f"timed out connecting to {self.address} after "
                                 f"{self.connect_timeout:g} s") from None
         except ssl.SSLCertVerificationError as err:
-            from msgrlib.tls import certs
-            raise certs.unknown_certificate(err, address=self.address,
-                                           cafile=self.tls.cafile if self.tls else None) from None
+            from msgrlib.tls import contexts
+            raise contexts.unknown_certificate(
+                err, address=self.address,
+                cafile=self.tls.cafile if self.tls else None) from None
         except ssl.SSLError as err:
             raise WrongTransport(f"TLS failed with {self.address} ({err.reason or err}): is "
                                  "the relay running without --tls? Then drop --tls") from None
@@ -349,7 +350,7 @@ class ChatClient:
         return reader, writer
 
     def _check_certificate(self, writer: asyncio.StreamWriter) -> None:
-        from msgrlib.tls import certs
+        from msgrlib.tls import contexts, known_hosts, x509
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         if not der:
@@ -358,14 +359,15 @@ class ChatClient:
         tls = self.tls
         assert tls is not None
         if tls.cafile:
-            self.fingerprint = certs.fingerprint(der)
+            self.fingerprint = x509.fingerprint(der)
             return
         known = None
         if tls.pin is None and tls.trust_on_first_use:
-            known = certs.KnownHosts(tls.known_hosts or certs.default_known_hosts_path())
+            known = known_hosts.KnownHosts(tls.known_hosts
+                                           or known_hosts.default_known_hosts_path())
         try:
-            fp, how = certs.verify_peer(der, address=self.address, pin=tls.pin,
-                                        known_hosts=known)
+            fp, how = contexts.verify_peer(der, address=self.address, pin=tls.pin,
+                                           known_hosts=known)
         except MsgrError:
             writer.close()
             raise

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import framing
 from msgrlib.errors import MsgrError
+from msgrlib.relay.config import RelayConfig
 from msgrlib.relay.store import MemoryStore, MessageStore, StoreError
 from msgrlib.util.names import is_valid_name
 
@@ -47,77 +48,6 @@ PROTOCOL_VERSION = 1
 #: the name appended). The label keeps this signature from meaning anything
 #: anywhere else.
 AUTH_LABEL = b"msgr/v1/relay-auth\x00"
-
-
-@dataclass(frozen=True)
-class RelayConfig:
-    """Every limit of the relay, with its default and the reason for it.
-
-    The CLI builds one of these from ``serve`` options; the README lists them.
-    """
-
-    #: Largest frame accepted, in bytes of JSON body. A chat line sealed and
-    #: base64-encoded is far below this; 64 KiB leaves room for long pastes.
-    max_frame: int = framing.DEFAULT_MAX_FRAME
-    #: TTL bounds in seconds: a message lives at least 5 s so a reconnecting
-    #: peer can catch it, at most 60 s because the relay is not a mailbox.
-    ttl_min: int = 5
-    ttl_max: int = 60
-    ttl_default: int = 30
-    #: Messages / bytes one recipient may have waiting.
-    mailbox_messages: int = 1000
-    mailbox_bytes: int = 4 * 1024 * 1024
-    #: Total stored ciphertext (plus per-message overhead): the memory budget.
-    store_bytes: int = 256 * 1024 * 1024
-    #: Per-connection token buckets. 200 messages/s with a burst of 400 is far
-    #: above any typist and far below what one client could use to drown others.
-    rate_messages: float = 200.0
-    burst_messages: float = 400.0
-    rate_bytes: float = 1024 * 1024.0
-    burst_bytes: float = 2 * 1024 * 1024.0
-    #: Handshake frames per pair of names: a burst of 40 frames (10 attempts of
-    #: 4 frames), then one frame every 15 s (one attempt a minute). Each failed
-    #: attempt is an online passcode guess, so they must stay rare.
-    hs_burst: float = 40.0
-    hs_per_second: float = 1 / 15
-    #: Names a single connection may watch for presence.
-    max_watch: int = 16
-    #: How long a name stays owned by its key after its last connection ends
-    #: (seconds); it is also kept while messages wait for it, so nobody can
-    #: claim a name to drain what is waiting there.
-    claim_ttl: float = 60.0
-    #: Names owned at once (each costs ~200 bytes); new names are refused past it.
-    max_names: int = 100_000
-    #: Heartbeat interval the relay asks clients to use, and how long a
-    #: connection may stay silent before it is considered dead (3 beats).
-    heartbeat: float = 20.0
-    idle_timeout: float = 60.0
-    #: Seconds allowed for the TLS handshake and for hello + auth.
-    tls_handshake_timeout: float = 10.0
-    hello_timeout: float = 10.0
-    #: Bytes queued to one client before it counts as not reading (the relay
-    #: then stops reading from it, and drops it after ``stall_timeout`` s).
-    write_buffer: int = 256 * 1024
-    stall_timeout: float = 10.0
-    #: Connections in total and from one address.
-    max_connections: int = 20_000
-    max_per_address: int = 64
-
-    def clamp_ttl(self, ttl: int) -> int:
-        # Comparisons, not min(max()): this runs once per message.
-        if ttl < self.ttl_min:
-            return self.ttl_min
-        return ttl if ttl <= self.ttl_max else self.ttl_max
-
-    def limits_table(self) -> dict[str, Any]:
-        """The limits a client may want to know, sent in ``welcome``."""
-        return {
-            "max_frame": self.max_frame,
-            "ttl_min": self.ttl_min, "ttl_max": self.ttl_max, "ttl_default": self.ttl_default,
-            "heartbeat": self.heartbeat, "mailbox_messages": self.mailbox_messages,
-            "rate_messages": self.rate_messages, "burst_messages": self.burst_messages,
-            "rate_bytes": self.rate_bytes, "burst_bytes": self.burst_bytes,
-        }
 
 
 class RelayError(MsgrError):

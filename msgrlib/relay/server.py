@@ -35,7 +35,8 @@ from typing import Any
 
 import framing
 from msgrlib.relay import tlsconn
-from msgrlib.relay.rules import Client, Refused, Relay, RelayConfig
+from msgrlib.relay.config import RelayConfig
+from msgrlib.relay.rules import Client, Refused, Relay
 
 log = logging.getLogger("msgr.relay")
 
