@@ -49,6 +49,7 @@ from msgrlib.tls.x509 import (
 )
 
 __all__ = [
+    "TLS12_CIPHERS",
     "client_context",
     "ensure_certificate",
     "peer_certificate",
@@ -56,6 +57,24 @@ __all__ = [
     "unknown_certificate",
     "verify_peer",
 ]
+
+#: The only TLS 1.2 suites either side offers or accepts: ephemeral ECDH key
+#: exchange (forward secrecy) with an AEAD cipher (AES-GCM or
+#: ChaCha20-Poly1305). CBC suites (Lucky13-style padding oracles; scanners rate
+#: them "obsolete") and static RSA key exchange are never negotiated. The
+#: ECDSA entries serve msgr's own Ed25519 certificate; the RSA ones an
+#: operator's RSA certificate. TLS 1.3 suites are all AEAD and left as OpenSSL
+#: has them. ``!aNULL:!PSK`` keep anonymous and pre-shared-key suites out.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!PSK"
+
+
+def _harden(context: ssl.SSLContext) -> None:
+    """TLS 1.2 minimum, AEAD suites only; the same rules on both sides."""
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    # TLS 1.2 renegotiation lets a peer make the other redo expensive work on
+    # demand, and would let a write wait for the peer (tlsconn.py).
+    context.options |= ssl.OP_NO_RENEGOTIATION
 
 
 def _refuse_password() -> str:
@@ -69,7 +88,7 @@ def _refuse_password() -> str:
 def server_context(
     cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
 ) -> ssl.SSLContext:
-    """A server ``SSLContext`` (TLS 1.2 minimum) loaded with the certificate chain and key.
+    """A server ``SSLContext`` (TLS 1.2 minimum, AEAD suites only) with the chain and key.
 
     Raises :class:`CertificateFileError`, naming the path, if a file is
     missing, unreadable, not PEM, passphrase-protected, or if the key does
@@ -79,10 +98,7 @@ def server_context(
     check_cert_file(cert_path)
     check_key_file(key_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # TLS 1.2 renegotiation lets a client make the server redo expensive
-    # work on demand, and would let a write wait for the peer (tlsconn.py).
-    context.options |= ssl.OP_NO_RENEGOTIATION
+    _harden(context)
     try:
         context.load_cert_chain(cert_path, key_path, password=_refuse_password)
     except CertificateFileError as err:
@@ -150,7 +166,7 @@ def ensure_certificate(
 
 
 def client_context(*, cafile: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
-    """A client ``SSLContext``, TLS 1.2 minimum.
+    """A client ``SSLContext``, TLS 1.2 minimum, AEAD suites only (:data:`TLS12_CIPHERS`).
 
     With ``cafile``: the relay's chain and hostname are verified against the
     certificates in ``cafile``, any of which may be a trust anchor (partial
@@ -165,7 +181,7 @@ def client_context(*, cafile: str | os.PathLike[str] | None = None) -> ssl.SSLCo
     Raises :class:`CertificateFileError` if ``cafile`` cannot be loaded.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _harden(context)
     if cafile is None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
