@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--passcode", metavar="VALUE", help=argparse.SUPPRESS)
     chat.add_argument("--identity", metavar="FILE",
                       help="keep the key that owns your name at the relay in FILE (created if "
-                      "missing), so the name stays yours across runs")
+                      "missing; default: one per relay and name under "
+                      "~/.local/state/msgr/names), so the name stays yours across runs")
     chat.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                       help="line mode: at end of input, how long to wait for messages to be "
                       "confirmed (default: TTL + 5)")
@@ -193,6 +194,8 @@ def _relay_config(args: argparse.Namespace) -> Any:
     config = RelayConfig(**overrides)
     if not 5 <= config.ttl_min <= config.ttl_max <= 60:
         raise UsageError("TTL bounds must satisfy 5 <= --ttl-min <= --ttl-max <= 60")
+    if config.claim_ttl < config.ttl_max:  # a name outlives any message sent to it
+        raise UsageError(f"--claim-ttl must be at least --ttl-max ({config.ttl_max} s)")
     # A client that names no TTL gets 30 s, or the nearest bound.
     config = dataclasses.replace(
         config, ttl_default=min(max(config.ttl_default, config.ttl_min), config.ttl_max))

@@ -86,7 +86,7 @@ def test_second_client_cannot_take_or_drain_an_owned_name():
             thief = await RawClient.connect(port)
             answer = await thief.hello("bob")  # a different key
             assert answer["type"] == "error" and answer["code"] == "name_owned"
-            assert "owned by another key" in answer["message"]
+            assert "belongs to another key" in answer["message"]
             assert await thief.closed()
             # Even after the claim's idle time, the waiting message keeps the name owned.
             await asyncio.sleep(1.2)

@@ -117,14 +117,15 @@ def parse_server(text: str, default_port: int = 8765) -> tuple[str, int]:
     return host, port
 
 
-def load_identity(path: str | None) -> SigningKey:
+def load_identity(path: str | None) -> SigningKey | None:
     """The Ed25519 key that owns our name at the relay.
 
-    With no path, a fresh key per run. With a path, the key is read from it,
-    or created there (owner-only permissions) if the file does not exist.
+    With no path, None: :class:`ChatClient` then uses the key kept for the
+    relay and name (msgrlib.client.identity). With a path, the key is read
+    from it, or created there (owner-only permissions) if the file does not exist.
     """
     if path is None:
-        return SigningKey.generate()
+        return None
     try:
         with open(path, "rb") as f:
             text = f.read().strip()
@@ -150,6 +151,18 @@ def load_identity(path: str | None) -> SigningKey:
                           "(delete it to make a new one)") from None
 
 
+def _default_identity(address: str, user: str) -> SigningKey:
+    """The name key kept for this relay and name (msgrlib.client.identity);
+    a fresh one if it cannot be read or created there."""
+    from msgrlib.client.identity import default_identity_path
+
+    try:
+        key = load_identity(os.fspath(default_identity_path(address, user)))
+    except (ClientError, OSError):
+        key = None
+    return key if key is not None else SigningKey.generate()
+
+
 class ChatClient:
     """Run a :class:`ChatCore` over a relay connection, reconnecting as needed."""
 
@@ -162,7 +175,7 @@ class ChatClient:
         self.host = host
         self.port = port
         self.tls = tls
-        self.identity = identity or SigningKey.generate()
+        self.identity = identity or _default_identity(self.address, core.me)
         self.connect_timeout = connect_timeout
         self.max_frame = max_frame
         self.fingerprint: str | None = None

@@ -49,8 +49,10 @@ class RelayConfig:
     #: Names a single connection may watch for presence.
     max_watch: int = 16
     #: How long a name stays owned by its key after its last connection ends
-    #: (seconds); it is also kept while messages wait for it, so nobody can
-    #: claim a name to drain what is waiting there.
+    #: (seconds), bye or not; it is also kept while messages wait for it, so
+    #: nobody can claim a name to drain what is waiting there. The CLI keeps it
+    #: at least ``ttl_max``: a message sent just before the owner left (or just
+    #: after) can still be waiting that long.
     claim_ttl: float = 60.0
     #: Names owned at once (each costs ~200 bytes); new names are refused past it.
     max_names: int = 100_000

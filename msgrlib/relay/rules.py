@@ -28,6 +28,7 @@ import binascii
 import enum
 import heapq
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,11 +145,18 @@ class Client:
 
 @dataclass
 class Claim:
-    """A name bound to the Ed25519 key that first used it."""
+    """A name bound to the Ed25519 key that first used it.
+
+    ``since`` is the Unix time the key took the name (shown in ``name_owned``);
+    ``released_at`` (clock seconds) and ``said_bye`` describe its last
+    connection once none is left.
+    """
 
     key: bytes
+    since: float
     client: Client | None = None
     released_at: float = 0.0
+    said_bye: bool = False
 
 
 @dataclass
@@ -159,6 +167,11 @@ class Stats:
     expired: int = 0
     refused: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+
+def _utc_time(wall: float) -> str:
+    """``2026-12-02 13:52:07 UTC``: a relay time shown in an error sentence."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall))
 
 
 def _b64decode(value: object, size: int, what: str) -> bytes:
@@ -269,14 +282,11 @@ class Relay:
         if user is not None and was_ready:
             claim = self.claims.get(user)
             if claim is not None and claim.client is client:
+                # Bye or not, the name stays bound to its key for claim_ttl: a
+                # message may still be on its way to it, and whoever took the
+                # name next could read and ack it (issue: mailbox draining).
                 claim.client = None
-                if said_bye and not self.store.count_for(user):
-                    # A clean exit with nothing waiting: free the name now, so a
-                    # new run (with a new per-run key) can use it at once.
-                    del self.claims[user]
-                    self._presence(user, False)
-                    self._event(logging.INFO, "disconnect", addr=client.link.address)
-                    return
+                claim.said_bye = said_bye
                 claim.released_at = now = self.clock()
                 heapq.heappush(self._claim_heap, (now + self.config.claim_ttl, user))
                 self._arm(now + self.config.claim_ttl)
@@ -424,20 +434,12 @@ class Relay:
                 del self.claims[user]
                 claim = None
             else:
-                if claim.client is not None:
-                    why = "someone is connected with it now"
-                else:
-                    left = self.config.claim_ttl - (self.clock() - claim.released_at)
-                    why = (f"its last connection ended without saying bye; it is held for "
-                           f"{max(left, 1):.0f} s more" if left > 0 else
-                           "messages are waiting for its owner")
-                raise Refused("name_owned", f"the name {user!r} is owned by another key ({why}); "
-                              "use --identity FILE to keep a name across runs", fatal=True)
+                raise Refused("name_owned", self._owned_reason(user, claim), fatal=True)
         if claim is None:
             if len(self.claims) >= self.config.max_names:
                 raise Refused("relay_full", "the relay has too many names registered; "
                               "try again later", fatal=True)
-            claim = self.claims[user] = Claim(key)
+            claim = self.claims[user] = Claim(key, since=self.wallclock())
         elif claim.client is not None:
             # Same key: the owner reconnected. Replace the stale connection now
             # instead of waiting for its heartbeat to time out.
@@ -453,6 +455,29 @@ class Relay:
                              "limits": self.config.limits_table()})
         self._hand_out(client)
         self._presence(user, True)
+
+    def _owned_reason(self, user: str, claim: Claim) -> str:
+        """What a ``name_owned`` refusal says: what happened, never advice the
+        user already follows (a client with a kept key never sees this for its
+        own name)."""
+        since = _utc_time(claim.since)
+        if claim.client is not None:
+            return (f"the name {user!r} is in use right now by another client, with another "
+                    f"key (it has held the name since {since}); close the other client or "
+                    "pick another name")
+        ago = max(self.clock() - claim.released_at, 0.0)
+        how = "said bye" if claim.said_bye else "ended without saying bye"
+        text = (f"the name {user!r} belongs to another key (since {since}); its last "
+                f"connection {how} {ago:.0f} s ago")
+        left = self.config.claim_ttl - ago
+        if left > 0:
+            text += (f", and a name stays bound to its key for {self.config.claim_ttl:g} s "
+                     f"after its last connection ({max(left, 1):.0f} s more)")
+        waiting = self.store.count_for(user)
+        if waiting:
+            text += (f"; {waiting} message{' waits' if waiting == 1 else 's wait'} for it, "
+                     "and it stays bound until they are read or expire")
+        return text + ". Wait, or pick another name"
 
     def _claim_lapsed(self, user: str, claim: Claim) -> bool:
         return (self.clock() - claim.released_at >= self.config.claim_ttl
@@ -590,6 +615,8 @@ class Relay:
         self._write(client, {"type": "presence", "user": name, "online": online})
 
     def _on_bye(self, client: Client, msg: dict[str, Any]) -> None:
+        # Messages delivered and not yet acked stay in the store (they keep the
+        # name bound); the claim still records that this connection said bye.
         client.link.close()
         self.disconnect(client, said_bye=True)
 
