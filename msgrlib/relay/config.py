@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import framing
+from msgrlib.errors import UsageError
 
 __all__ = ["RelayConfig"]
 
@@ -35,6 +36,17 @@ class RelayConfig:
     mailbox_bytes: int = 4 * 1024 * 1024
     #: Total stored ciphertext (plus per-message overhead): the memory budget.
     store_bytes: int = 256 * 1024 * 1024
+    #: Largest fraction of ``store_bytes`` that the waiting messages sent by one
+    #: name (so also one connection), sent from one address (an IPv6 /64
+    #: counts as one), or waiting for one recipient may hold. At 5% nobody
+    #: fills the relay alone: it takes 20 addresses, and the 64 connections
+    #: one address may open share one allowance.
+    store_share: float = 0.05
+    #: Fraction of ``store_bytes`` ordinary messages leave free for handshake
+    #: messages (kind "hs"), so a store full of messages never stops two people
+    #: from starting a session. Handshakes are few and small (per-pair limits
+    #: below); 5% is about 30,000 of them with the default budget.
+    hs_reserve: float = 0.05
     #: Per-connection token buckets. 200 messages/s with a burst of 400 is far
     #: above any typist and far below what one client could use to drown others.
     rate_messages: float = 200.0
@@ -70,6 +82,22 @@ class RelayConfig:
     #: Connections in total and from one address.
     max_connections: int = 20_000
     max_per_address: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 < self.store_share <= 1:
+            raise UsageError(f"--store-share must be a fraction in (0, 1], not {self.store_share}")
+        if not 0 <= self.hs_reserve < 1:
+            raise UsageError(f"--hs-reserve must be a fraction in [0, 1), not {self.hs_reserve}")
+
+    @property
+    def share_bytes(self) -> int:
+        """Bytes one name, address or recipient may have waiting (``store_share``)."""
+        return int(self.store_bytes * self.store_share)
+
+    @property
+    def hs_reserve_bytes(self) -> int:
+        """Bytes of the store only handshake messages may use (``hs_reserve``)."""
+        return int(self.store_bytes * self.hs_reserve)
 
     def clamp_ttl(self, ttl: int) -> int:
         # Comparisons, not min(max()): this runs once per message.

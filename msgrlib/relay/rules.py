@@ -27,6 +27,7 @@ import base64
 import binascii
 import enum
 import heapq
+import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -124,7 +125,7 @@ class Client:
     """The relay's view of one connection."""
 
     __slots__ = ("link", "state", "user", "key", "nonce", "msgs", "bytes", "watching",
-                 "paused", "__weakref__")
+                 "paused", "origin", "__weakref__")
 
     def __init__(self, link: Link, now: float, config: RelayConfig) -> None:
         self.link = link
@@ -138,6 +139,8 @@ class Client:
         #: True while the client's write buffer is over the limit: deliveries
         #: wait in the store instead of piling up in memory.
         self.paused = False
+        #: Whose allowance its messages count against (see :func:`origin_of`).
+        self.origin = origin_of(getattr(link, "host", link.address))
 
     def __repr__(self) -> str:
         return f"<Client {self.user or '?'} {self.state.value} {self.link.address}>"
@@ -167,6 +170,18 @@ class Stats:
     expired: int = 0
     refused: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+
+def origin_of(host: str) -> str:
+    """The key per-address store shares count by: the IP address, or for IPv6
+    its /64, since one host usually gets a whole /64 to pick addresses from."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
 
 
 def _utc_time(wall: float) -> str:
@@ -235,6 +250,7 @@ class Relay:
         self.store: MessageStore = store or MemoryStore(
             mailbox_messages=config.mailbox_messages,
             mailbox_bytes=config.mailbox_bytes, store_bytes=config.store_bytes,
+            share_bytes=config.share_bytes, hs_reserve_bytes=config.hs_reserve_bytes,
             # A random start in [1, 2**48]: ids stay unique across restarts and
             # below 2**53, so any JSON implementation reads them exactly.
             first_id=1 + int.from_bytes(rng(6), "big"))
@@ -518,7 +534,7 @@ class Relay:
                           f"{to}; wait a minute before trying again")
         try:
             held = self.store.add(user, to, body, kind, config.clamp_ttl(ttl), now,
-                                  self.wallclock())
+                                  self.wallclock(), client.origin)
         except StoreError as err:
             self.stats.refused += 1
             raise Refused(err.code, str(err)) from None
