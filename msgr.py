@@ -65,6 +65,8 @@ _LIMIT_OPTIONS = [
     ("--burst-bytes", "burst_bytes", float, "byte burst per connection"),
     ("--max-connections", "max_connections", int, "connections in total"),
     ("--max-per-address", "max_per_address", int, "connections from one IP address"),
+    ("--read-buffers", "read_buffers", int,
+     "bytes of partly received frames held across all connections"),
     ("--hello-timeout", "hello_timeout", float, "seconds to say hello and prove the name"),
     ("--tls-timeout", "tls_handshake_timeout", float, "seconds for the TLS handshake"),
     ("--idle-timeout", "idle_timeout", float, "seconds of silence before a client is dropped"),

@@ -26,6 +26,15 @@ class RelayConfig:
     #: Largest frame accepted, in bytes of JSON body. A chat line sealed and
     #: base64-encoded is far below this; 64 KiB leaves room for long pastes.
     max_frame: int = framing.DEFAULT_MAX_FRAME
+    #: Largest frame before ``welcome``: ``hello`` and ``auth`` need about 150
+    #: bytes, so an unauthenticated connection can make the relay buffer at
+    #: most this much (not ``max_frame``) however slowly it sends.
+    login_max_frame: int = 1024
+    #: Bytes of partly received frames the relay holds across all connections
+    #: (each connection at most one frame's worth). Past it, the connection
+    #: that would add more is closed with ``relay_full``: thousands of
+    #: connections each sending most of a 64 KiB frame cannot exhaust memory.
+    read_buffers: int = 64 * 1024 * 1024
     #: TTL bounds in seconds: a message lives at least 5 s so a reconnecting
     #: peer can catch it, at most 60 s because the relay is not a mailbox.
     ttl_min: int = 5

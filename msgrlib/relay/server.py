@@ -36,7 +36,7 @@ from typing import Any
 import framing
 from msgrlib.relay import tlsconn
 from msgrlib.relay.config import RelayConfig
-from msgrlib.relay.rules import Client, Refused, Relay
+from msgrlib.relay.rules import Client, Refused, Relay, State
 
 log = logging.getLogger("msgr.relay")
 
@@ -54,7 +54,10 @@ class Connection(asyncio.Protocol):
         self.address = "?"
         self.transport: asyncio.Transport | None = None
         self.client: Client | None = None
-        self.decoder = framing.FrameDecoder(max_size=server.relay.config.max_frame)
+        # Small frames only until welcome (login_max_frame); see data_received.
+        self.decoder = framing.FrameDecoder(max_size=server.relay.config.login_max_frame)
+        self._logged_in = False
+        self._buffered = 0  # this connection's part of server.read_buffered
         self.out: list[bytes] = []
         self.last_rx = 0.0
         self.closing = False
@@ -107,7 +110,28 @@ class Connection(asyncio.Protocol):
             receive(client, frame)
             if self.closing:
                 break
+        if not self.closing:
+            decoder = self.decoder
+            if not self._logged_in and client.state is State.READY and not decoder.buffered:
+                # Welcomed, at a frame boundary: full-size frames from now on.
+                self._logged_in = True
+                self.decoder = decoder = framing.FrameDecoder(
+                    max_size=self.relay.config.max_frame)
+            self._account(decoder.buffered)
         self.server.flush()
+
+    def _account(self, buffered: int) -> None:
+        """Count this connection's partial frame in the relay's read buffers."""
+        server = self.server
+        grew = buffered > self._buffered
+        server.read_buffered += buffered - self._buffered
+        self._buffered = buffered
+        if grew and server.read_buffered > self.relay.config.read_buffers:
+            assert self.client is not None
+            self.relay.fail(self.client, Refused(
+                "relay_full", "the relay's memory for partly received frames is spent; "
+                "try again shortly", fatal=True))
+            self._account(0)
 
     def eof_received(self) -> bool | None:
         if self.client is not None and not self.closing:
@@ -121,6 +145,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.server.read_buffered -= self._buffered
+        self._buffered = 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -241,6 +267,8 @@ class RelayServer:
                            arm=self._arm)
         self.connections: set[Connection] = set()
         self.per_address: dict[str, int] = {}
+        #: Bytes of partly received frames held by all connections.
+        self.read_buffered = 0
         self.dirty: list[Connection] = []
         self.idle = asyncio.Event()
         self.closing = False
@@ -257,6 +285,20 @@ class RelayServer:
         assert self.server is not None and self.server.sockets
         host, port = self.server.sockets[0].getsockname()[:2]
         return host, port
+
+    def memory(self) -> dict[str, int]:
+        """Bytes the relay holds for clients, by kind: stored ciphertext
+        (``store``, capped by store_bytes), partly received frames
+        (``read_buffers``, capped by read_buffers) and output not yet taken by
+        the kernel (``write_buffers``, at most about write_buffer per
+        connection, which then stops being read from). O(connections)."""
+        write = 0
+        for conn in self.connections:
+            write += sum(map(len, conn.out))
+            if conn.transport is not None:
+                write += conn.transport.get_write_buffer_size()
+        return {"store": getattr(self.relay.store, "bytes", 0),
+                "read_buffers": self.read_buffered, "write_buffers": write}
 
     def flush(self) -> None:
         """Write out everything queued during this batch, one write per connection."""
