@@ -166,3 +166,58 @@ def test_a_line_mode_run_that_exited_0_gets_its_name_at_once_when_run_again(tmp_
     keys = list(state.glob("msgr/names/*/s5.key"))
     assert len(keys) == 1 and keys[0].parent.name == f"127.0.0.1_{port}"
     assert keys[0].stat().st_mode & 0o777 == 0o600
+
+
+def test_new_names_per_address_are_rate_limited():
+    """Issue 13 item 9: one client claimed ~1,400 names/s; now a burst, then a rate."""
+    config = relay_config.RelayConfig(claim_burst=5, claim_rate=0.001)
+
+    async def main():
+        async with relay_running(config) as srv:
+            port = srv.address[1]
+            keys = [SigningKey.generate() for _ in range(5)]
+            for i, key in enumerate(keys):
+                c = await RawClient.login(port, f"n{i}", key)
+                await c.close()
+            c = await RawClient.connect(port)
+            answer = await c.hello("n5")
+            assert answer["code"] == "too_many_names" and answer["fatal"], answer
+            assert "n5" not in srv.relay.claims
+            # A name already owned is not a new claim: its owner gets back in.
+            again = await RawClient.login(port, "n0", keys[0])
+            await again.close()
+            # Another address has its own allowance.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                          local_addr=("127.0.0.2", 0))
+            other = RawClient(reader, writer)
+            assert (await other.hello("m0"))["type"] == "welcome"
+    run(main())
+
+
+def test_handshake_buckets_cannot_be_evicted_by_fresh_pairs():
+    """Issue 13 item 9: the per-pair buckets lived in an LRU that fresh names
+    could flush, resetting a pair's handshake limit."""
+    config = relay_config.RelayConfig(hs_burst=2, hs_per_second=0.001, max_hs_pairs=4)
+
+    async def main():
+        async with relay_running(config) as srv:
+            port = srv.address[1]
+            alice = await RawClient.login(port, "alice")
+            codes = []
+            for i in range(3):
+                await alice.send(send_frame("bob", "h1.x", ref=i, kind="hs"))
+                codes.append((await alice.recv()).get("code", "ok"))
+            assert codes == ["ok", "ok", "handshake_limited"]
+            mallory = await RawClient.login(port, "mallory")
+            refused = []
+            for i in range(10):  # fresh pairs until the table is full, and more
+                await mallory.send(send_frame(f"x{i}", "h1.x", ref=i, kind="hs"))
+                answer = await mallory.recv()
+                if answer["type"] == "error":
+                    refused.append(answer)
+            assert refused and all(a["code"] == "handshake_limited" for a in refused)
+            assert "too many handshakes" in refused[0]["message"]
+            # Alice and bob's limit still holds.
+            await alice.send(send_frame("bob", "h1.x", ref=99, kind="hs"))
+            assert (await alice.recv()).get("code") == "handshake_limited"
+    run(main())

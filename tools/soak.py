@@ -56,7 +56,7 @@ def relay_child(tls_dir: str | None) -> None:
         config = relay.RelayConfig(max_per_address=10_000, rate_messages=10_000,
                                    burst_messages=10_000, rate_bytes=1e9, burst_bytes=1e9,
                                    mailbox_messages=100_000, mailbox_bytes=10**9,
-                                   claim_ttl=TTL * 3)
+                                   claim_ttl=TTL * 3, store_share=1.0, claim_burst=1e9)
         srv = await server.start_relay(config, host="127.0.0.1", port=0, ssl_context=context)
         print(srv.address[1], flush=True)
         loop = asyncio.get_running_loop()

@@ -77,6 +77,17 @@ class RelayConfig:
     claim_ttl: float = 60.0
     #: Names owned at once (each costs ~200 bytes); new names are refused past it.
     max_names: int = 100_000
+    #: New names one address (an IPv6 /64) may claim: a burst of 30, then one
+    #: every 2 s. Enough for a household behind one NAT starting clients;
+    #: far below the ~1,400 names/s one client could claim without it, which
+    #: would fill the name table (and the handshake table) in a minute.
+    claim_rate: float = 0.5
+    claim_burst: float = 30.0
+    #: Per-pair handshake buckets kept at once. A bucket is dropped only once
+    #: it has refilled (it then means the same as no bucket), never to make
+    #: room: when the table is full of partly used buckets, handshakes between
+    #: new pairs wait, and nobody can reset a pair's limit by making new pairs.
+    max_hs_pairs: int = 100_000
     #: Heartbeat interval the relay asks clients to use, and how long a
     #: connection may stay silent before it is considered dead (3 beats).
     heartbeat: float = 20.0

@@ -30,7 +30,6 @@ import heapq
 import ipaddress
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string
@@ -257,7 +256,9 @@ class Relay:
         self.claims: dict[str, Claim] = {}
         self._claim_heap: list[tuple[float, str]] = []
         self.watchers: dict[str, set[Client]] = {}
-        self._hs_buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+        self._hs_buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._claim_buckets: dict[str, TokenBucket] = {}
+        self._prune_at: dict[str, float] = {}  # table -> no pruning before (clock s)
         self.stats = Stats()
         self.closing = False
         self._handlers: dict[str, Callable[[Client, dict[str, Any]], None]] = {
@@ -455,6 +456,9 @@ class Relay:
             if len(self.claims) >= self.config.max_names:
                 raise Refused("relay_full", "the relay has too many names registered; "
                               "try again later", fatal=True)
+            if not self._claim_allowed(client.origin):
+                raise Refused("too_many_names", "too many new names from your address; try "
+                              f"again in {1 / self.config.claim_rate:g} s", fatal=True)
             claim = self.claims[user] = Claim(key, since=self.wallclock())
         elif claim.client is not None:
             # Same key: the owner reconnected. Replace the stale connection now
@@ -530,6 +534,9 @@ class Relay:
         user: str = client.user  # type: ignore[assignment]
         if kind == "hs" and not self._hs_allowed(user, to, now):
             self.stats.refused += 1
+            if (min(user, to), max(user, to)) not in self._hs_buckets:
+                raise Refused("handshake_limited", "the relay is limiting too many handshakes "
+                              "at once to start a new one; try again in a minute")
             raise Refused("handshake_limited", f"too many handshake attempts between {user} and "
                           f"{to}; wait a minute before trying again")
         try:
@@ -555,16 +562,41 @@ class Relay:
 
     def _hs_allowed(self, a: str, b: str, now: float) -> bool:
         pair = (a, b) if a < b else (b, a)
-        buckets = self._hs_buckets
-        bucket = buckets.get(pair)
-        if bucket is None:
-            if len(buckets) >= self.config.max_names:
-                buckets.popitem(last=False)
-            bucket = buckets[pair] = TokenBucket(self.config.hs_per_second,
-                                                 self.config.hs_burst, now)
-        else:
-            buckets.move_to_end(pair)
-        return bucket.take(1.0, now)
+        config = self.config
+        bucket = self._bucket(self._hs_buckets, pair, "hs", config.max_hs_pairs,
+                              config.hs_per_second, config.hs_burst, now)
+        return bucket is not None and bucket.take(1.0, now)
+
+    def _claim_allowed(self, origin: str) -> bool:
+        config = self.config
+        now = self.clock()
+        bucket = self._bucket(self._claim_buckets, origin, "claim", config.max_connections,
+                              config.claim_rate, config.claim_burst, now)
+        return bucket is not None and bucket.take(1.0, now)
+
+    def _bucket(self, table: dict[Any, TokenBucket], key: Any, name: str, size: int,
+                rate: float, burst: float, now: float) -> TokenBucket | None:
+        """``table[key]``, made if missing; None if the table is full.
+
+        Only refilled buckets are dropped to make room (one that has refilled
+        means the same as none), so a flood of new keys never resets a used
+        bucket. The O(n) sweep runs only when the table is full, and at most
+        once per second while it frees less than a tenth of it.
+        """
+        bucket = table.get(key)
+        if bucket is not None:
+            return bucket
+        if len(table) >= size:
+            if now < self._prune_at.get(name, 0.0):
+                return None
+            for k in [k for k, b in table.items() if b.level(now) >= b.burst]:
+                del table[k]
+            if len(table) > size - size // 10:
+                self._prune_at[name] = now + 1.0
+            if len(table) >= size:
+                return None
+        bucket = table[key] = TokenBucket(rate, burst, now)
+        return bucket
 
     def _expiry_json(self, wall: float) -> str:
         """The JSON text of a message's expiry shown to clients: Unix seconds,
