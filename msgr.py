@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="run a relay", description="Run a relay. It stores ciphertext in memory "
         "only, for at most its TTL, and never sees plaintext or passcodes.")
-    serve.add_argument("--host", default="0.0.0.0",
-                       help="address to listen on (default: 0.0.0.0, all)")
+    serve.add_argument("--host", action="append", default=None,
+                       help="address to listen on; repeat for several (default: every "
+                       "address, IPv4 and IPv6)")
     serve.add_argument("--port", type=int, default=8765,
                        help="port to listen on, 0 for any free port (default: 8765)")
     serve.add_argument("--tls", action="store_true",
@@ -217,14 +218,16 @@ def _relay_config(args: argparse.Namespace) -> Any:
     return config
 
 
-def _certificate_names(host: str) -> dict[str, tuple[str, ...]]:
+def _certificate_names(hosts: list[str] | None) -> dict[str, tuple[str, ...]]:
     """Names a new self-signed certificate covers, so --cafile works for them."""
     import ipaddress
     import socket
 
     hostnames = ["localhost", socket.gethostname()]
     ips = ["127.0.0.1", "::1"]
-    if host not in ("0.0.0.0", "::", ""):
+    for host in hosts or ():
+        if host in ("0.0.0.0", "::", ""):
+            continue
         try:
             ipaddress.ip_address(host)
             ips.append(host)
@@ -258,20 +261,23 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         from msgrlib.relay import server
+        from msgrlib.util.netaddr import host_port
         try:
             relay_server = await server.start_relay(config, host=args.host, port=args.port,
                                                     ssl_context=context)
         except OSError as err:
-            raise MsgrError(f"cannot listen on {args.host}:{args.port}: "
-                            f"{err.strerror or err}") from None
-        host, port = relay_server.address
-        shown = f"[{host}]" if ":" in host else host
-        line = f"msgr relay listening on {shown}:{port}"
+            where = " and ".join(host_port(h, args.port) for h in args.host or ("*",))
+            raise MsgrError(f"cannot listen on {where}: {err.strerror or err}") from None
+        shown = " and ".join(host_port(h, p) for h, p in relay_server.addresses)
+        line = f"msgr relay listening on {shown}"
         line += f" with TLS, certificate {fingerprint}" if context else " without TLS"
         print(line, flush=True)
         logging.getLogger("msgr.relay").info("listening", extra={"fields": {
-            "addr": f"{shown}:{port}", "tls": bool(context)}})
+            "addr": shown, "tls": bool(context)}})
         await server.serve_forever(relay_server)
+        stopped = relay_server.stopped or {"connections": 0, "messages": 0}
+        print(f"msgr relay stopped: {stopped['connections']} connection(s) closed, "
+              f"{stopped['messages']} message(s) dropped", file=sys.stderr, flush=True)
 
     asyncio.run(run())
     return EXIT_OK

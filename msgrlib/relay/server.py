@@ -25,20 +25,25 @@ are in that module.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import framing
 from msgrlib.relay import tlsconn
 from msgrlib.relay.config import RelayConfig
 from msgrlib.relay.rules import Client, Refused, Relay, State
+from msgrlib.util.netaddr import host_port
 
 log = logging.getLogger("msgr.relay")
+
+# A family the machine lacks: skipped when listening on every address.
+_NO_FAMILY = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, getattr(errno, "EPROTONOSUPPORT", -1)}
 
 class _Timeout(Refused):
     def __init__(self, message: str) -> None:
@@ -71,7 +76,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else str(peer)
-        self.address = f"{host}:{peer[1]}" if isinstance(peer, tuple) else host
+        self.address = host_port(host, peer[1]) if isinstance(peer, tuple) else host
         server = self.server
         config = self.relay.config
         if server.closing:
@@ -272,7 +277,11 @@ class RelayServer:
         self.dirty: list[Connection] = []
         self.idle = asyncio.Event()
         self.closing = False
-        self.server: asyncio.AbstractServer | None = None
+        #: One listening server per address (IPv4 and IPv6 by default).
+        self.servers: list[asyncio.AbstractServer] = []
+        #: After :meth:`close`: what the shutdown did (connections closed,
+        #: messages dropped), for the one line the CLI prints.
+        self.stopped: dict[str, int] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at: float | None = None
         self.tls = False
@@ -281,10 +290,24 @@ class RelayServer:
                                               max_per_host=config.max_per_address)
 
     @property
+    def server(self) -> asyncio.AbstractServer | None:
+        """The first listening server (the library's single-address case)."""
+        return self.servers[0] if self.servers else None
+
+    @property
     def address(self) -> tuple[str, int]:
-        assert self.server is not None and self.server.sockets
-        host, port = self.server.sockets[0].getsockname()[:2]
-        return host, port
+        """The first listening ``(host, port)``."""
+        return self.addresses[0]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every listening ``(host, port)``, in the order the hosts were given."""
+        out = []
+        for srv in self.servers:
+            for sock in srv.sockets:
+                host, port = sock.getsockname()[:2]
+                out.append((host, port))
+        return out
 
     def memory(self) -> dict[str, int]:
         """Bytes the relay holds for clients, by kind: stored ciphertext
@@ -327,11 +350,15 @@ class RelayServer:
         if self.closing:
             return
         self.closing = True
-        if self.server is not None:
-            self.server.close()
+        for srv in self.servers:
+            srv.close()
+        if self.servers:
             # Sockets accepted just before get connection_made in the next
             # loop iteration: let that run, so they are counted below.
             await asyncio.sleep(0)
+        self.stopped = {"connections": len(self.connections) + len(self.handshaking),
+                        "messages": len(self.relay.store)}
+        log.info("stopped", extra={"fields": dict(self.stopped)})
         self.relay.shutdown()
         for tls in self.handshaking:
             tls.abort()  # mid-handshake: not a client of the relay yet
@@ -347,17 +374,29 @@ class RelayServer:
                         conn.transport.abort()
         if self._expiry is not None:
             self._expiry.cancel()
-        if self.server is not None:
-            await self.server.wait_closed()
+        for srv in self.servers:
+            await srv.wait_closed()
 
 
-async def start_relay(config: RelayConfig | None = None, *, host: str = "127.0.0.1",
+#: What ``host=None`` listens on: every address of both families, one
+#: socket each (asyncio makes the IPv6 one IPv6-only, so they never clash).
+ALL_HOSTS = ("0.0.0.0", "::")
+
+
+async def start_relay(config: RelayConfig | None = None, *,
+                      host: str | Sequence[str] | None = "127.0.0.1",
                       port: int = 0, ssl_context: ssl.SSLContext | None = None,
                       backlog: int = 1024) -> RelayServer:
     """Start a relay in the running loop and return it once it listens.
 
     The library entry point: ``server = await start_relay(port=0)``, then
     ``server.address`` is the real ``(host, port)``; ``await server.close()``.
+
+    ``host`` is one address, several (one socket each, all on the same port:
+    with ``port=0`` the first one's free port is used for the others), or
+    None for :data:`ALL_HOSTS`, IPv4 and IPv6; there a family this machine
+    lacks (no IPv6) is skipped, but not both. Raises ``OSError`` if an
+    address cannot be listened on.
     """
     loop = asyncio.get_running_loop()
     config = config or RelayConfig()
@@ -375,8 +414,24 @@ async def start_relay(config: RelayConfig | None = None, *, host: str = "127.0.0
                 context, Connection(relay_server), buffer=buffer, loop=loop,
                 handshake_timeout=config.tls_handshake_timeout,
                 handshakes=relay_server.handshaking, shutdown_timeout=config.stall_timeout)
-    relay_server.server = await loop.create_server(
-        factory, host=host, port=port, backlog=backlog, reuse_address=True)
+    hosts = [host] if isinstance(host, str) else list(host or ALL_HOSTS)
+    try:
+        for each in hosts:
+            try:
+                srv = await loop.create_server(factory, host=each, port=port,
+                                               backlog=backlog, reuse_address=True)
+            except OSError as err:
+                if host is None and err.errno in _NO_FAMILY and each != hosts[0]:
+                    log.info("skipped", extra={"fields": {"addr": host_port(each, port),
+                                                          "reason": err.strerror}})
+                    continue
+                raise
+            relay_server.servers.append(srv)
+            port = port or srv.sockets[0].getsockname()[1]
+    except BaseException:
+        for srv in relay_server.servers:
+            srv.close()
+        raise
     return relay_server
 
 

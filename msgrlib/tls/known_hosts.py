@@ -13,6 +13,7 @@ from pathlib import Path
 
 from msgrlib.tls.errors import KnownHostsError, TlsError
 from msgrlib.tls.x509 import CONFIG_DIR_MODE, MAX_FILE_SIZE, normalize_fingerprint, unlink_quietly
+from msgrlib.util.netaddr import host_port
 
 __all__ = ["KnownHosts", "default_known_hosts_path", "relay_address"]
 
@@ -31,8 +32,7 @@ def relay_address(host: str, port: int) -> str:
 
     Hostnames are lower-cased; IPv6 addresses are bracketed (``[::1]:7000``).
     """
-    host = host.strip().strip("[]").lower()
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host.strip().strip("[]").lower(), port)
 
 
 def check_address(address: str) -> str:
