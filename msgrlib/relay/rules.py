@@ -532,13 +532,11 @@ class Relay:
             self.stats.refused += 1
             raise Refused("rate_limited", "you are sending too fast; slow down and resend")
         user: str = client.user  # type: ignore[assignment]
-        if kind == "hs" and not self._hs_allowed(user, to, now):
-            self.stats.refused += 1
-            if (min(user, to), max(user, to)) not in self._hs_buckets:
-                raise Refused("handshake_limited", "the relay is limiting too many handshakes "
-                              "at once to start a new one; try again in a minute")
-            raise Refused("handshake_limited", f"too many handshake attempts between {user} and "
-                          f"{to}; wait a minute before trying again")
+        if kind == "hs":
+            refusal = self._hs_refusal(user, to, now)
+            if refusal is not None:
+                self.stats.refused += 1
+                raise Refused("handshake_limited", refusal)
         try:
             held = self.store.add(user, to, body, kind, config.clamp_ttl(ttl), now,
                                   self.wallclock(), client.origin)
@@ -560,12 +558,19 @@ class Relay:
         if claim is not None and claim.client is not None and not claim.client.paused:
             self._deliver(claim.client, held, expires_at)
 
-    def _hs_allowed(self, a: str, b: str, now: float) -> bool:
+    def _hs_refusal(self, a: str, b: str, now: float) -> str | None:
+        """Why a handshake message between ``a`` and ``b`` is refused now, or None."""
         pair = (a, b) if a < b else (b, a)
         config = self.config
         bucket = self._bucket(self._hs_buckets, pair, "hs", config.max_hs_pairs,
                               config.hs_per_second, config.hs_burst, now)
-        return bucket is not None and bucket.take(1.0, now)
+        if bucket is None:
+            return ("the relay is limiting too many handshakes at once to start a new one; "
+                    "try again in a minute")
+        if not bucket.take(1.0, now):
+            return (f"too many handshake attempts between {a} and {b}; wait a minute before "
+                    "trying again")
+        return None
 
     def _claim_allowed(self, origin: str) -> bool:
         config = self.config

@@ -278,7 +278,7 @@ class RelayServer:
         self.idle = asyncio.Event()
         self.closing = False
         #: One listening server per address (IPv4 and IPv6 by default).
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[asyncio.Server] = []
         #: After :meth:`close`: what the shutdown did (connections closed,
         #: messages dropped), for the one line the CLI prints.
         self.stopped: dict[str, int] | None = None
@@ -290,7 +290,7 @@ class RelayServer:
                                               max_per_host=config.max_per_address)
 
     @property
-    def server(self) -> asyncio.AbstractServer | None:
+    def server(self) -> asyncio.Server | None:
         """The first listening server (the library's single-address case)."""
         return self.servers[0] if self.servers else None
 
@@ -429,8 +429,8 @@ async def start_relay(config: RelayConfig | None = None, *,
             relay_server.servers.append(srv)
             port = port or srv.sockets[0].getsockname()[1]
     except BaseException:
-        for srv in relay_server.servers:
-            srv.close()
+        for opened in relay_server.servers:
+            opened.close()
         raise
     return relay_server
 
