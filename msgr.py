@@ -277,7 +277,7 @@ def _serve(args: argparse.Namespace) -> int:
         await server.serve_forever(relay_server)
         stopped = relay_server.stopped or {"connections": 0, "messages": 0}
         print(f"msgr relay stopped: {stopped['connections']} connection(s) closed, "
-              f"{stopped['messages']} message(s) dropped", file=sys.stderr, flush=True)
+              f"{stopped['messages']} message(s) dropped", flush=True)  # stdout, as "listening"
 
     asyncio.run(run())
     return EXIT_OK
