@@ -29,7 +29,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNDELIVERED, EXIT_INTERRUPTED = 0, 1, 2, 3
 _LAZY = {
     "start_relay": ("msgrlib.relay.server", "start_relay"),
     "RelayServer": ("msgrlib.relay.server", "RelayServer"),
-    "RelayConfig": ("msgrlib.relay.rules", "RelayConfig"),
+    "RelayConfig": ("msgrlib.relay.config", "RelayConfig"),
     "open_chat": ("msgrlib.client.connection", "open_chat"),
     "ChatClient": ("msgrlib.client.connection", "ChatClient"),
     "TlsOptions": ("msgrlib.client.connection", "TlsOptions"),
@@ -55,16 +55,28 @@ _LIMIT_OPTIONS = [
     ("--mailbox-messages", "mailbox_messages", int, "messages waiting per recipient"),
     ("--mailbox-bytes", "mailbox_bytes", int, "bytes waiting per recipient"),
     ("--store-bytes", "store_bytes", int, "total bytes of stored ciphertext (memory budget)"),
+    ("--store-share", "store_share", float,
+     "largest fraction of the store one name, address or recipient may hold"),
+    ("--hs-reserve", "hs_reserve", float,
+     "fraction of the store kept for handshake messages"),
     ("--rate-messages", "rate_messages", float, "messages per second per connection"),
     ("--burst-messages", "burst_messages", float, "message burst per connection"),
     ("--rate-bytes", "rate_bytes", float, "bytes per second per connection"),
     ("--burst-bytes", "burst_bytes", float, "byte burst per connection"),
     ("--max-connections", "max_connections", int, "connections in total"),
     ("--max-per-address", "max_per_address", int, "connections from one IP address"),
+    ("--read-buffers", "read_buffers", int,
+     "bytes of partly received frames held across all connections"),
     ("--hello-timeout", "hello_timeout", float, "seconds to say hello and prove the name"),
     ("--tls-timeout", "tls_handshake_timeout", float, "seconds for the TLS handshake"),
     ("--idle-timeout", "idle_timeout", float, "seconds of silence before a client is dropped"),
     ("--heartbeat", "heartbeat", float, "heartbeat interval asked of clients, seconds"),
+    ("--max-names", "max_names", int, "names owned at once"),
+    ("--claim-rate", "claim_rate", float, "new names per second one address may claim"),
+    ("--claim-burst", "claim_burst", float, "new names one address may claim at once"),
+    ("--hs-burst", "hs_burst", float, "handshake messages per pair of names at once"),
+    ("--hs-rate", "hs_per_second", float, "handshake messages per second per pair of names"),
+    ("--max-hs-pairs", "max_hs_pairs", int, "pairs of names with a handshake limit kept"),
     ("--claim-ttl", "claim_ttl", float,
      "seconds a name stays owned by its key after its last connection ends"),
     ("--write-buffer", "write_buffer", int,
@@ -89,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="run a relay", description="Run a relay. It stores ciphertext in memory "
         "only, for at most its TTL, and never sees plaintext or passcodes.")
-    serve.add_argument("--host", default="0.0.0.0",
-                       help="address to listen on (default: 0.0.0.0, all)")
+    serve.add_argument("--host", action="append", default=None,
+                       help="address to listen on; repeat for several (default: every "
+                       "address, IPv4 and IPv6)")
     serve.add_argument("--port", type=int, default=8765,
                        help="port to listen on, 0 for any free port (default: 8765)")
     serve.add_argument("--tls", action="store_true",
@@ -104,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["debug", "info", "warning", "error"],
                        help="log detail on stderr (default: info); who talks to whom is "
                        "logged only at debug")
-    from msgrlib.relay.rules import RelayConfig  # light: no crypto imports
+    from msgrlib.relay.config import RelayConfig  # light: no crypto imports
 
     defaults = RelayConfig()
     limits = serve.add_argument_group("limits (README.md explains each)")
@@ -143,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--passcode", metavar="VALUE", help=argparse.SUPPRESS)
     chat.add_argument("--identity", metavar="FILE",
                       help="keep the key that owns your name at the relay in FILE (created if "
-                      "missing), so the name stays yours across runs")
+                      "missing; default: one per relay and name under "
+                      "~/.local/state/msgr/names), so the name stays yours across runs")
     chat.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                       help="line mode: at end of input, how long to wait for messages to be "
                       "confirmed (default: TTL + 5)")
@@ -186,13 +200,15 @@ def _relay_config(args: argparse.Namespace) -> Any:
     import dataclasses
 
     from msgrlib.errors import UsageError
-    from msgrlib.relay.rules import RelayConfig
+    from msgrlib.relay.config import RelayConfig
 
     overrides = {field: getattr(args, field) for _, field, _, _ in _LIMIT_OPTIONS
                  if getattr(args, field) is not None}
     config = RelayConfig(**overrides)
     if not 5 <= config.ttl_min <= config.ttl_max <= 60:
         raise UsageError("TTL bounds must satisfy 5 <= --ttl-min <= --ttl-max <= 60")
+    if config.claim_ttl < config.ttl_max:  # a name outlives any message sent to it
+        raise UsageError(f"--claim-ttl must be at least --ttl-max ({config.ttl_max} s)")
     # A client that names no TTL gets 30 s, or the nearest bound.
     config = dataclasses.replace(
         config, ttl_default=min(max(config.ttl_default, config.ttl_min), config.ttl_max))
@@ -202,14 +218,16 @@ def _relay_config(args: argparse.Namespace) -> Any:
     return config
 
 
-def _certificate_names(host: str) -> dict[str, tuple[str, ...]]:
+def _certificate_names(hosts: list[str] | None) -> dict[str, tuple[str, ...]]:
     """Names a new self-signed certificate covers, so --cafile works for them."""
     import ipaddress
     import socket
 
     hostnames = ["localhost", socket.gethostname()]
     ips = ["127.0.0.1", "::1"]
-    if host not in ("0.0.0.0", "::", ""):
+    for host in hosts or ():
+        if host in ("0.0.0.0", "::", ""):
+            continue
         try:
             ipaddress.ip_address(host)
             ips.append(host)
@@ -233,30 +251,33 @@ def _serve(args: argparse.Namespace) -> int:
     context = None
     fingerprint = None
     if args.tls:
-        from msgrlib.tls import certs
-        created, fingerprint = certs.ensure_certificate(args.cert, args.key,
+        from msgrlib.tls import contexts
+        created, fingerprint = contexts.ensure_certificate(args.cert, args.key,
                                                         **_certificate_names(args.host))
         if created:
             print(f"msgr: created a self-signed certificate {args.cert} and key {args.key} "
                   "(owner-only)", file=sys.stderr)
-        context = certs.server_context(args.cert, args.key)
+        context = contexts.server_context(args.cert, args.key)
 
     async def run() -> None:
         from msgrlib.relay import server
+        from msgrlib.util.netaddr import host_port
         try:
             relay_server = await server.start_relay(config, host=args.host, port=args.port,
                                                     ssl_context=context)
         except OSError as err:
-            raise MsgrError(f"cannot listen on {args.host}:{args.port}: "
-                            f"{err.strerror or err}") from None
-        host, port = relay_server.address
-        shown = f"[{host}]" if ":" in host else host
-        line = f"msgr relay listening on {shown}:{port}"
+            where = " and ".join(host_port(h, args.port) for h in args.host or ("*",))
+            raise MsgrError(f"cannot listen on {where}: {err.strerror or err}") from None
+        shown = " and ".join(host_port(h, p) for h, p in relay_server.addresses)
+        line = f"msgr relay listening on {shown}"
         line += f" with TLS, certificate {fingerprint}" if context else " without TLS"
         print(line, flush=True)
         logging.getLogger("msgr.relay").info("listening", extra={"fields": {
-            "addr": f"{shown}:{port}", "tls": bool(context)}})
+            "addr": shown, "tls": bool(context)}})
         await server.serve_forever(relay_server)
+        stopped = relay_server.stopped or {"connections": 0, "messages": 0}
+        print(f"msgr relay stopped: {stopped['connections']} connection(s) closed, "
+              f"{stopped['messages']} message(s) dropped", flush=True)  # stdout, as "listening"
 
     asyncio.run(run())
     return EXIT_OK
@@ -331,8 +352,8 @@ def _chat(args: argparse.Namespace) -> int:
         if args.cafile and args.pin:
             raise UsageError("use either --cafile or --pin, not both")
         if args.pin:
-            from msgrlib.tls import certs
-            args.pin = certs.normalize_fingerprint(args.pin)
+            from msgrlib.tls import x509
+            args.pin = x509.normalize_fingerprint(args.pin)
         host, port = parse_server(args.server)
     except UsageError:
         raise

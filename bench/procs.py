@@ -24,11 +24,13 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 #: msgr's limits for throughput runs. The defaults (200 msg/s and 1 MiB/s per
 #: connection, 64 connections per address) exist to stop one client drowning
-#: others; every load-generator client shares 127.0.0.1, so they are raised.
+#: others; every load-generator client shares 127.0.0.1, so they are raised,
+#: as are the per-address share of the store and the new-name rate.
 #: Every other limit, check and TTL rule keeps its default.
 MSGR_BENCH_LIMITS = ["--rate-messages", "1e9", "--burst-messages", "1e9",
                      "--rate-bytes", "1e12", "--burst-bytes", "1e12",
-                     "--max-per-address", "20000"]
+                     "--max-per-address", "20000", "--store-share", "1",
+                     "--claim-burst", "1e9"]
 
 RELAY_NAMES = {"msgr": "msgr", "ws": "websockets", "proto": "bare Protocol"}
 

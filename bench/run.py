@@ -800,10 +800,10 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     info = machine()
     with tempfile.TemporaryDirectory(prefix="msgr-bench-") as tmp:
-        from msgrlib.tls import certs
+        from msgrlib.tls import contexts
 
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-        certs.ensure_certificate(cert, key, hostnames=("localhost",),
+        contexts.ensure_certificate(cert, key, hostnames=("localhost",),
                                  ip_addresses=("127.0.0.1",))
         bench = Bench(plan, kinds, (cert, key), verbose=not args.quiet)
         if "throughput" in sections or "latency" in sections:

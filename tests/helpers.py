@@ -109,11 +109,11 @@ class RawClient:
 
 def tls_contexts(directory: Any) -> tuple[Any, Any]:
     """(server, client) SSL contexts for a fresh self-signed certificate in ``directory``."""
-    from msgrlib.tls import certs
+    from msgrlib.tls import contexts
 
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-    certs.ensure_certificate(cert, key)
-    return certs.server_context(cert, key), certs.client_context(cafile=cert)
+    contexts.ensure_certificate(cert, key)
+    return contexts.server_context(cert, key), contexts.client_context(cafile=cert)
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench import loadgen, run
-from msgrlib.tls import certs
+from msgrlib.tls import contexts
 
 payload_lists = st.lists(st.binary(max_size=300), max_size=8)
 
@@ -77,7 +77,7 @@ def test_a_small_run_of_every_relay_delivers_without_errors(tmp_path):
     except ImportError:
         pass
     cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
-    certs.ensure_certificate(cert, key, hostnames=("localhost",), ip_addresses=("127.0.0.1",))
+    contexts.ensure_certificate(cert, key, hostnames=("localhost",), ip_addresses=("127.0.0.1",))
     plan = run.Plan(runs=1, latency_runs=1, warmup=0.1, window=0.4, latency_warmup=0.1,
                     pairs=(4,), tls_modes=(True,), rates=(400,), latency_pairs=4,
                     budget=100.0)

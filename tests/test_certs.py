@@ -20,11 +20,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nacl.signing import VerifyKey
 
-from msgrlib.tls import certs
-from msgrlib.tls.certs import (
+from msgrlib.tls import contexts, known_hosts, x509
+from msgrlib.tls import der as derenc
+from msgrlib.tls.errors import (
     CertificateChanged,
     CertificateFileError,
-    KnownHosts,
     KnownHostsError,
     PinMismatch,
     TlsError,
@@ -96,8 +96,8 @@ def pem_body(pem: bytes) -> bytes:
     ],
 )
 def test_der_length_boundaries(n: int, encoded: str) -> None:
-    assert certs.der_length(n).hex() == encoded
-    tag, content = one(certs.der_tlv(0x04, b"x" * n))
+    assert derenc.der_length(n).hex() == encoded
+    tag, content = one(derenc.der_tlv(0x04, b"x" * n))
     assert (tag, len(content)) == (0x04, n)
 
 
@@ -117,12 +117,12 @@ def test_der_length_boundaries(n: int, encoded: str) -> None:
     ],
 )
 def test_der_integer(n: int, content: str) -> None:
-    assert certs.der_integer(n) == bytes([0x02, len(content) // 2]) + bytes.fromhex(content)
+    assert derenc.der_integer(n) == bytes([0x02, len(content) // 2]) + bytes.fromhex(content)
 
 
 @given(st.integers(min_value=-(2**200), max_value=2**200))
 def test_der_integer_round_trip_and_minimal(n: int) -> None:
-    tag, content = one(certs.der_integer(n))
+    tag, content = one(derenc.der_integer(n))
     assert tag == 0x02
     assert int.from_bytes(content, "big", signed=True) == n
     if len(content) > 1:  # X.690 8.3.2: first 9 bits not all equal
@@ -132,31 +132,31 @@ def test_der_integer_round_trip_and_minimal(n: int) -> None:
 
 @given(st.binary(max_size=70000))
 def test_der_tlv_round_trip(content: bytes) -> None:
-    assert one(certs.der_tlv(0x30, content)) == (0x30, content)
+    assert one(derenc.der_tlv(0x30, content)) == (0x30, content)
 
 
 def test_der_oid_and_others() -> None:
-    assert certs.der_oid("1.3.101.112").hex() == "06032b6570"
-    assert certs.der_oid("1.2.840.113549.1.1.11").hex() == "06092a864886f70d01010b"
-    assert certs.der_oid("2.5.29.19").hex() == "0603551d13"
+    assert derenc.der_oid("1.3.101.112").hex() == "06032b6570"
+    assert derenc.der_oid("1.2.840.113549.1.1.11").hex() == "06092a864886f70d01010b"
+    assert derenc.der_oid("2.5.29.19").hex() == "0603551d13"
     with pytest.raises(ValueError):
-        certs.der_oid("3.1")
-    assert certs.der_boolean(True).hex() == "0101ff"
-    assert certs.der_boolean(False).hex() == "010100"
-    assert certs.der_bit_string(b"\x84", unused_bits=2).hex() == "03020284"
-    assert certs.der_set(b"\x02\x01\x02", b"\x02\x01\x01").hex() == "3106020101020102"
-    assert certs.der_utf8_string("é").hex() == "0c02c3a9"
-    assert certs.der_explicit(0, certs.der_integer(2)).hex() == "a003020102"
-    assert certs.der_implicit(2, b"a").hex() == "820161"
+        derenc.der_oid("3.1")
+    assert derenc.der_boolean(True).hex() == "0101ff"
+    assert derenc.der_boolean(False).hex() == "010100"
+    assert derenc.der_bit_string(b"\x84", unused_bits=2).hex() == "03020284"
+    assert derenc.der_set(b"\x02\x01\x02", b"\x02\x01\x01").hex() == "3106020101020102"
+    assert derenc.der_utf8_string("é").hex() == "0c02c3a9"
+    assert derenc.der_explicit(0, derenc.der_integer(2)).hex() == "a003020102"
+    assert derenc.der_implicit(2, b"a").hex() == "820161"
 
 
 def test_der_time_switches_to_generalized_time_in_2050() -> None:
     t = datetime(2049, 12, 31, 23, 59, 59, 999, tzinfo=UTC)
-    assert certs.der_time(t) == b"\x17\x0d491231235959Z"
-    assert certs.der_time(t + timedelta(seconds=1)) == b"\x18\x0f20500101000000Z"
-    assert certs.der_time(datetime(1949, 1, 2, tzinfo=UTC)) == b"\x18\x0f19490102000000Z"
+    assert derenc.der_time(t) == b"\x17\x0d491231235959Z"
+    assert derenc.der_time(t + timedelta(seconds=1)) == b"\x18\x0f20500101000000Z"
+    assert derenc.der_time(datetime(1949, 1, 2, tzinfo=UTC)) == b"\x18\x0f19490102000000Z"
     plus_two = timezone(timedelta(hours=2))
-    assert certs.der_time(datetime(2030, 1, 1, 2, 0, tzinfo=plus_two)) == (
+    assert derenc.der_time(datetime(2030, 1, 1, 2, 0, tzinfo=plus_two)) == (
         b"\x17\x0d300101000000Z"
     )
 
@@ -168,7 +168,7 @@ def test_der_time_switches_to_generalized_time_in_2050() -> None:
 def test_private_key_matches_rfc8410_example() -> None:
     # RFC 8410 section 10.3: the same seed must give byte-for-byte the same PEM.
     seed = bytes.fromhex("d4ee72dbf913584ad5b6d8f1f769f8ad3afe7c28cbf1d4fbe097a88f44755842")
-    _, key_pem = certs.generate_self_signed(rng=lambda n: seed if n == 32 else b"\x01" * n)
+    _, key_pem = x509.generate_self_signed(rng=lambda n: seed if n == 32 else b"\x01" * n)
     assert key_pem == (
         b"-----BEGIN PRIVATE KEY-----\n"
         b"MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n"
@@ -178,15 +178,15 @@ def test_private_key_matches_rfc8410_example() -> None:
 
 def test_generation_is_deterministic_given_rng_and_now() -> None:
     now = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
-    a = certs.generate_self_signed(rng=fixed_rng(b"a"), now=now)
-    assert a == certs.generate_self_signed(rng=fixed_rng(b"a"), now=now)
-    assert a != certs.generate_self_signed(rng=fixed_rng(b"b"), now=now)
-    assert a[0] != certs.generate_self_signed(rng=fixed_rng(b"a"), now=now + timedelta(1))[0]
+    a = x509.generate_self_signed(rng=fixed_rng(b"a"), now=now)
+    assert a == x509.generate_self_signed(rng=fixed_rng(b"a"), now=now)
+    assert a != x509.generate_self_signed(rng=fixed_rng(b"b"), now=now)
+    assert a[0] != x509.generate_self_signed(rng=fixed_rng(b"a"), now=now + timedelta(1))[0]
 
 
 def test_certificate_structure() -> None:
     now = datetime(2030, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
-    cert_pem, key_pem = certs.generate_self_signed(
+    cert_pem, key_pem = x509.generate_self_signed(
         common_name="relay.example",
         hostnames=["Relay.Example.", "localhost"],
         ip_addresses=["192.0.2.7", "2001:db8::1"],
@@ -198,10 +198,10 @@ def test_certificate_structure() -> None:
     assert tag == 0x30
     (t1, tbs_body), (t2, sig_alg), (t3, sig) = tlvs(cert)
     assert (t1, t2, t3) == (0x30, 0x30, 0x03)
-    ed25519 = certs.der_oid("1.3.101.112")
+    ed25519 = derenc.der_oid("1.3.101.112")
     assert sig_alg == ed25519  # RFC 8410: no parameters at all
     version, serial, alg, issuer, validity, subject, spki, exts = tlvs(tbs_body)
-    assert version == (0xA0, certs.der_integer(2))
+    assert version == (0xA0, derenc.der_integer(2))
     assert serial[0] == 0x02 and 0 < int.from_bytes(serial[1], "big", signed=True) < 2**159
     assert alg == (0x30, ed25519)
     assert issuer == subject
@@ -214,7 +214,7 @@ def test_certificate_structure() -> None:
     public_key = bits[1:]
 
     # The signature covers the TBS bytes and verifies with the embedded key.
-    tbs = certs.der_tlv(0x30, tbs_body)
+    tbs = derenc.der_tlv(0x30, tbs_body)
     assert cert.startswith(tbs)
     assert sig[0] == 0 and len(sig) == 65
     VerifyKey(public_key).verify(tbs, sig[1:])
@@ -234,14 +234,14 @@ def test_certificate_structure() -> None:
         critical = len(fields) == 3 and fields[1] == (0x01, b"\xff")
         found[oid] = (critical, fields[-1][1])
     key_id = hashlib.sha256(public_key).digest()[:20]
-    oid = {name: certs.der_oid(dotted)[2:] for name, dotted in [
+    oid = {name: derenc.der_oid(dotted)[2:] for name, dotted in [
         ("bc", "2.5.29.19"), ("ku", "2.5.29.15"), ("san", "2.5.29.17"),
         ("ski", "2.5.29.14"), ("aki", "2.5.29.35"),
     ]}  # fmt: skip
-    assert found[oid["bc"]] == (True, certs.der_sequence(certs.der_boolean(True)))
+    assert found[oid["bc"]] == (True, derenc.der_sequence(derenc.der_boolean(True)))
     assert found[oid["ku"]] == (True, bytes.fromhex("03020284"))
-    assert found[oid["ski"]] == (False, certs.der_octet_string(key_id))
-    assert found[oid["aki"]] == (False, certs.der_sequence(b"\x80\x14" + key_id))
+    assert found[oid["ski"]] == (False, derenc.der_octet_string(key_id))
+    assert found[oid["aki"]] == (False, derenc.der_sequence(b"\x80\x14" + key_id))
     critical, san = found[oid["san"]]
     assert not critical
     assert tlvs(one(san)[1]) == [
@@ -254,7 +254,7 @@ def test_certificate_structure() -> None:
 
 
 def test_single_names_are_not_split_into_letters() -> None:
-    one_name, _ = certs.generate_self_signed(hostnames="relay.example", ip_addresses="::1")
+    one_name, _ = x509.generate_self_signed(hostnames="relay.example", ip_addresses="::1")
     assert b"relay.example" in pem_body(one_name)
 
 
@@ -273,33 +273,33 @@ def test_single_names_are_not_split_into_letters() -> None:
 )
 def test_generation_rejects_bad_arguments(kwargs: dict[str, object]) -> None:
     with pytest.raises(TlsError):
-        certs.generate_self_signed(**kwargs)  # type: ignore[arg-type]
+        x509.generate_self_signed(**kwargs)  # type: ignore[arg-type]
 
 
 def test_fingerprint_forms() -> None:
-    cert_pem, _ = certs.generate_self_signed()
+    cert_pem, _ = x509.generate_self_signed()
     der = pem_body(cert_pem)
-    fp = certs.fingerprint(der)
-    assert fp == certs.fingerprint(cert_pem) == certs.fingerprint(b"junk\n" + cert_pem)
+    fp = x509.fingerprint(der)
+    assert fp == x509.fingerprint(cert_pem) == x509.fingerprint(b"junk\n" + cert_pem)
     assert fp == "SHA256:" + ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
-    assert certs.normalize_fingerprint(fp) == fp
+    assert x509.normalize_fingerprint(fp) == fp
     bare = fp.removeprefix("SHA256:").replace(":", "")
     for text in [bare, bare.lower(), "sha256:" + bare, f"  {fp.lower()} ",
                  "sha256 Fingerprint=" + fp[7:], fp[7:].replace(":", " ")]:  # fmt: skip
-        assert certs.normalize_fingerprint(text) == fp
+        assert x509.normalize_fingerprint(text) == fp
     for bad in ["", bare[:-2], bare + "00", bare[:-1] + "G", "SHA1:" + bare, "sha256:"]:
         with pytest.raises(TlsError):
-            certs.normalize_fingerprint(bad)
+            x509.normalize_fingerprint(bad)
     # A peer could embed someone else's PEM certificate in its own DER one:
     # DER is hashed as it is, never searched for PEM.
-    tricky = certs.der_sequence(certs.der_utf8_string(cert_pem.decode()))
-    assert certs.fingerprint(tricky) != fp
+    tricky = derenc.der_sequence(derenc.der_utf8_string(cert_pem.decode()))
+    assert x509.fingerprint(tricky) != fp
     with pytest.raises(TlsError, match="DER"):
-        certs.verify_peer(cert_pem, address="relay:1", pin=fp)
-    assert certs.verify_peer(der, address="relay:1", pin=fp) == (fp, "pinned")
+        contexts.verify_peer(cert_pem, address="relay:1", pin=fp)
+    assert contexts.verify_peer(der, address="relay:1", pin=fp) == (fp, "pinned")
     for junk in [b"", b"hello", b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----"]:
         with pytest.raises(TlsError):
-            certs.fingerprint(junk)
+            x509.fingerprint(junk)
 
 
 def test_openssl_version_supports_ed25519() -> None:
@@ -309,7 +309,7 @@ def test_openssl_version_supports_ed25519() -> None:
 @needs_openssl
 def test_openssl_parses_certificate_and_key(tmp_path: Path) -> None:
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    created, fp = certs.ensure_certificate(cert_path, key_path, hostnames=["relay.example"])
+    created, fp = contexts.ensure_certificate(cert_path, key_path, hostnames=["relay.example"])
     assert created
 
     def openssl(*args: str) -> str:
@@ -324,7 +324,7 @@ def test_openssl_parses_certificate_and_key(tmp_path: Path) -> None:
     assert "IP Address:127.0.0.1" in text
     line = openssl("x509", "-noout", "-fingerprint", "-sha256", "-in", str(cert_path))
     assert line.strip().split("=", 1)[1] == fp.removeprefix("SHA256:")
-    assert certs.normalize_fingerprint(line) == fp  # users may paste openssl's line
+    assert x509.normalize_fingerprint(line) == fp  # users may paste openssl's line
     assert openssl("pkey", "-in", str(key_path), "-pubout") == openssl(
         "x509", "-noout", "-pubkey", "-in", str(cert_path)
     )
@@ -352,7 +352,7 @@ def test_key_is_created_owner_only(
     cert_path, key_path = tmp_path / "new" / "cert.pem", tmp_path / "new" / "key.pem"
     old = os.umask(umask)
     try:
-        assert certs.ensure_certificate(cert_path, key_path)[0]
+        assert contexts.ensure_certificate(cert_path, key_path)[0]
     finally:
         os.umask(old)
     flags, mode, mode_at_creation = created[str(key_path)]
@@ -365,75 +365,75 @@ def test_key_is_created_owner_only(
 
 def test_ensure_certificate_is_idempotent(tmp_path: Path) -> None:
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    created, fp = certs.ensure_certificate(cert_path, key_path)
-    assert created and fp == certs.fingerprint(cert_path.read_bytes())
+    created, fp = contexts.ensure_certificate(cert_path, key_path)
+    assert created and fp == x509.fingerprint(cert_path.read_bytes())
     before = cert_path.read_bytes(), key_path.read_bytes()
-    assert certs.ensure_certificate(str(cert_path), str(key_path)) == (False, fp)
+    assert contexts.ensure_certificate(str(cert_path), str(key_path)) == (False, fp)
     assert (cert_path.read_bytes(), key_path.read_bytes()) == before
 
 
 @pytest.mark.parametrize("missing", ["cert", "key"])
 def test_only_one_file_present(tmp_path: Path, missing: str) -> None:
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    certs.ensure_certificate(cert_path, key_path)
+    contexts.ensure_certificate(cert_path, key_path)
     gone = cert_path if missing == "cert" else key_path
     gone.unlink()
     with pytest.raises(CertificateFileError) as info:
-        certs.ensure_certificate(cert_path, key_path)
+        contexts.ensure_certificate(cert_path, key_path)
     assert str(gone) in str(info.value) and info.value.path == str(gone)
     assert not gone.exists()  # nothing was "repaired" behind the user's back
 
 
 def test_bad_files_are_reported_with_their_path(tmp_path: Path) -> None:
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    certs.ensure_certificate(cert_path, key_path)
-    other_cert, other_key = certs.generate_self_signed()
+    contexts.ensure_certificate(cert_path, key_path)
+    other_cert, other_key = x509.generate_self_signed()
 
     with pytest.raises(CertificateFileError, match="does not exist"):
-        certs.server_context(tmp_path / "nope.pem", key_path)
+        contexts.server_context(tmp_path / "nope.pem", key_path)
     with pytest.raises(CertificateFileError, match="is a directory"):
-        certs.server_context(tmp_path, key_path)
+        contexts.server_context(tmp_path, key_path)
 
     bad = tmp_path / "bad.pem"
     bad.write_bytes(b"not a certificate\n")
     with pytest.raises(CertificateFileError, match="no PEM certificate") as info:
-        certs.ensure_certificate(bad, key_path)
+        contexts.ensure_certificate(bad, key_path)
     assert info.value.path == str(bad)
     with pytest.raises(CertificateFileError, match="no PEM private key"):
-        certs.server_context(cert_path, bad)
+        contexts.server_context(cert_path, bad)
 
     wrong_key = tmp_path / "other-key.pem"
     wrong_key.write_bytes(other_key)
     with pytest.raises(CertificateFileError, match="does not belong") as info:
-        certs.server_context(cert_path, wrong_key)
+        contexts.server_context(cert_path, wrong_key)
     assert str(wrong_key) in str(info.value)
 
     garbled = tmp_path / "garbled.pem"
     body = other_cert.splitlines()
     garbled.write_bytes(b"\n".join([body[0], b"AAAA" + body[1][4:], *body[2:]]))
     with pytest.raises(CertificateFileError, match=str(garbled)):
-        certs.server_context(garbled, key_path)
+        contexts.server_context(garbled, key_path)
 
     encrypted = tmp_path / "enc.pem"
     encrypted.write_bytes(
         b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n"
     )
     with pytest.raises(CertificateFileError, match="passphrase"):
-        certs.server_context(cert_path, encrypted)
+        contexts.server_context(cert_path, encrypted)
 
 
 def test_client_context_cafile_errors(tmp_path: Path) -> None:
     with pytest.raises(CertificateFileError, match="does not exist"):
-        certs.client_context(cafile=str(tmp_path / "nope.pem"))
+        contexts.client_context(cafile=str(tmp_path / "nope.pem"))
     empty = tmp_path / "empty.pem"
     empty.write_bytes(b"")
     with pytest.raises(CertificateFileError, match=str(empty)):
-        certs.client_context(cafile=empty)
+        contexts.client_context(cafile=empty)
 
 
 def test_contexts_require_tls12() -> None:
-    assert certs.client_context().minimum_version == ssl.TLSVersion.TLSv1_2
-    assert certs.client_context().verify_mode == ssl.CERT_NONE
+    assert contexts.client_context().minimum_version == ssl.TLSVersion.TLSv1_2
+    assert contexts.client_context().verify_mode == ssl.CERT_NONE
 
 
 # --------------------------------------------------------------------------
@@ -446,7 +446,7 @@ class Pair:
     def __init__(self, directory: Path, name: str) -> None:
         self.cert = directory / f"{name}-cert.pem"
         self.key = directory / f"{name}-key.pem"
-        _, self.fp = certs.ensure_certificate(self.cert, self.key)
+        _, self.fp = contexts.ensure_certificate(self.cert, self.key)
 
 
 @pytest.fixture
@@ -463,7 +463,7 @@ async def echo_server(pair: Pair, port: int = 0) -> AsyncIterator[int]:
         writer.close()
 
     server = await asyncio.start_server(
-        handle, "127.0.0.1", port, ssl=certs.server_context(pair.cert, pair.key)
+        handle, "127.0.0.1", port, ssl=contexts.server_context(pair.cert, pair.key)
     )
     try:
         yield server.sockets[0].getsockname()[1]
@@ -488,7 +488,7 @@ async def talk(
     )
     try:
         ssl_object = writer.get_extra_info("ssl_object")
-        check(certs.peer_certificate(ssl_object))  # before any application byte
+        check(contexts.peer_certificate(ssl_object))  # before any application byte
         writer.write(b"hello\n")
         assert await asyncio.wait_for(reader.readline(), TIMEOUT) == b"hello\n"
         return ssl_object.version()
@@ -509,10 +509,10 @@ def limit(context: ssl.SSLContext, version: str) -> ssl.SSLContext:
 def test_cafile_verifies(pair: Pair, version: str, hostname: str) -> None:
     async def main() -> None:
         async with echo_server(pair) as port:
-            context = limit(certs.client_context(cafile=str(pair.cert)), version)
+            context = limit(contexts.client_context(cafile=str(pair.cert)), version)
             assert await talk(port, context, server_hostname=hostname) == version
             # Python 3.13's default context adds X.509 strict mode: still fine.
-            context = certs.client_context(cafile=pair.cert)
+            context = contexts.client_context(cafile=pair.cert)
             context.verify_flags |= ssl.VERIFY_X509_STRICT
             assert await talk(port, context, server_hostname=hostname) == "TLSv1.3"
 
@@ -528,10 +528,10 @@ def test_cafile_rejects_other_certificates_and_names(
 
     async def main() -> None:
         async with echo_server(pair) as port:
-            address = certs.relay_address(hostname, port)
+            address = known_hosts.relay_address(hostname, port)
             with pytest.raises(ssl.SSLCertVerificationError) as info:
-                await talk(port, certs.client_context(cafile=cafile), server_hostname=hostname)
-            err = certs.unknown_certificate(info.value, address=address, cafile=cafile)
+                await talk(port, contexts.client_context(cafile=cafile), server_hostname=hostname)
+            err = contexts.unknown_certificate(info.value, address=address, cafile=cafile)
             assert isinstance(err, UnknownCertificate) and err.remote
             assert address in str(err) and str(cafile) in str(err) and "--pin" in str(err)
             reason = "self-signed" if hostname == "localhost" else "Hostname mismatch"
@@ -546,15 +546,15 @@ def test_pin(pair: Pair, tmp_path: Path, version: str) -> None:
 
     async def main() -> None:
         async with echo_server(pair) as port:
-            address = certs.relay_address("127.0.0.1", port)
+            address = known_hosts.relay_address("127.0.0.1", port)
             results = []
 
             def pinned(pin: str) -> Callable[[bytes], object]:
                 return lambda der: results.append(
-                    certs.verify_peer(der, address=address, pin=pin)
+                    contexts.verify_peer(der, address=address, pin=pin)
                 )
 
-            context = limit(certs.client_context(), version)
+            context = limit(contexts.client_context(), version)
             pin = pair.fp.removeprefix("SHA256:").replace(":", "").lower()
             assert await talk(port, context, check=pinned(pin)) == version
             assert results == [(pair.fp, "pinned")]
@@ -567,19 +567,19 @@ def test_pin(pair: Pair, tmp_path: Path, version: str) -> None:
 
 
 def test_trust_on_first_use(pair: Pair, tmp_path: Path) -> None:
-    known = KnownHosts(tmp_path / "config" / "msgr" / "known_hosts")
+    known = known_hosts.KnownHosts(tmp_path / "config" / "msgr" / "known_hosts")
     replacement = Pair(tmp_path, "replacement")
 
     async def main() -> None:
         results: list[tuple[str, str]] = []
 
         def tofu(der: bytes) -> None:
-            results.append(certs.verify_peer(der, address=address, known_hosts=known))
+            results.append(contexts.verify_peer(der, address=address, known_hosts=known))
 
         async with echo_server(pair) as port:
-            address = certs.relay_address("localhost", port)
-            await talk(port, certs.client_context(), check=tofu)
-            await talk(port, certs.client_context(), check=tofu)
+            address = known_hosts.relay_address("localhost", port)
+            await talk(port, contexts.client_context(), check=tofu)
+            await talk(port, contexts.client_context(), check=tofu)
         assert results == [(pair.fp, "new"), (pair.fp, "known")]
         assert known.lookup(address) == pair.fp
 
@@ -587,7 +587,7 @@ def test_trust_on_first_use(pair: Pair, tmp_path: Path) -> None:
         async with echo_server(replacement, port) as same_port:
             assert same_port == port
             with pytest.raises(CertificateChanged) as info:
-                await talk(port, certs.client_context(), check=tofu)
+                await talk(port, contexts.client_context(), check=tofu)
         err = info.value
         message = str(err)
         assert pair.fp in message and replacement.fp in message
@@ -601,9 +601,9 @@ def test_trust_on_first_use(pair: Pair, tmp_path: Path) -> None:
 
 def test_verify_peer_without_any_trust_source(pair: Pair) -> None:
     with pytest.raises(UnknownCertificate, match="--cafile or --pin"):
-        certs.verify_peer(pem_body(pair.cert.read_bytes()), address="localhost:1")
+        contexts.verify_peer(pem_body(pair.cert.read_bytes()), address="localhost:1")
     with pytest.raises(TlsError, match="invalid fingerprint"):
-        certs.verify_peer(pem_body(pair.cert.read_bytes()), address="localhost:1", pin="abc")
+        contexts.verify_peer(pem_body(pair.cert.read_bytes()), address="localhost:1", pin="abc")
 
 
 # --------------------------------------------------------------------------
@@ -616,7 +616,7 @@ FP_B = "SHA256:" + ":".join(["BB"] * 32)
 
 def test_known_hosts_remember_lookup_forget(tmp_path: Path) -> None:
     path = tmp_path / "cfg" / "msgr" / "known_hosts"
-    known = KnownHosts(path)
+    known = known_hosts.KnownHosts(path)
     assert known.lookup("relay:7000") is None
     assert not known.forget("relay:7000")
     known.remember("Relay:7000", FP_A.lower())
@@ -624,7 +624,7 @@ def test_known_hosts_remember_lookup_forget(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
     assert known.lookup("relay:7000") == FP_A
-    assert KnownHosts(str(path)).lookup("[::1]:7000") == FP_B
+    assert known_hosts.KnownHosts(str(path)).lookup("[::1]:7000") == FP_B
 
     with path.open("a") as f:
         f.write("# my comment\n\n")
@@ -650,7 +650,7 @@ def test_known_hosts_remember_lookup_forget(tmp_path: Path) -> None:
 def test_known_hosts_corrupt_line_is_reported(tmp_path: Path, bad_line: str) -> None:
     path = tmp_path / "known_hosts"
     path.write_text(f"# comment\nrelay:7000 {FP_A}\n\n{bad_line}\nother:1 {FP_B}\n")
-    known = KnownHosts(path)
+    known = known_hosts.KnownHosts(path)
     for call in (
         lambda: known.lookup("other:1"),
         lambda: known.remember("new:1", FP_A),
@@ -667,10 +667,10 @@ def test_known_hosts_undecodable_and_bad_addresses(tmp_path: Path) -> None:
     path = tmp_path / "known_hosts"
     path.write_bytes(b"ok:1 " + FP_A.encode() + b"\n\xff\xfe\n")
     with pytest.raises(KnownHostsError, match="line 2"):
-        KnownHosts(path).lookup("ok:1")
+        known_hosts.KnownHosts(path).lookup("ok:1")
     for address in ["", "a b:1", "#x:1", "bad\x1b[31m:1"]:
         with pytest.raises(TlsError):
-            KnownHosts(tmp_path / "k2").remember(address, FP_A)
+            known_hosts.KnownHosts(tmp_path / "k2").remember(address, FP_A)
 
 
 def test_known_hosts_never_replaces_what_is_not_a_regular_file(
@@ -680,22 +680,22 @@ def test_known_hosts_never_replaces_what_is_not_a_regular_file(
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
     with pytest.raises(KnownHostsError, match="not a regular file"):
-        KnownHosts(pipe).remember("relay:1", FP_A)
+        known_hosts.KnownHosts(pipe).remember("relay:1", FP_A)
     with pytest.raises(KnownHostsError, match="not a regular file"):
-        KnownHosts(pipe).lookup("relay:1")  # and never opened (it would block)
+        known_hosts.KnownHosts(pipe).lookup("relay:1")  # and never opened (it would block)
     assert stat.S_ISFIFO(os.stat(pipe).st_mode)
     # The null device means "remember nothing" (the pipe plays it here).
     monkeypatch.setattr(os, "devnull", str(pipe))
-    KnownHosts(pipe).remember("relay:1", FP_A)
-    assert KnownHosts(pipe).lookup("relay:1") is None
+    known_hosts.KnownHosts(pipe).remember("relay:1", FP_A)
+    assert known_hosts.KnownHosts(pipe).lookup("relay:1") is None
     assert stat.S_ISFIFO(os.stat(pipe).st_mode)
 
 
 def test_relay_address_and_default_path() -> None:
-    assert certs.relay_address("LocalHost", 7000) == "localhost:7000"
-    assert certs.relay_address("::1", 7000) == "[::1]:7000"
-    assert certs.relay_address("[::1]", 7000) == "[::1]:7000"
-    path = certs.default_known_hosts_path
+    assert known_hosts.relay_address("LocalHost", 7000) == "localhost:7000"
+    assert known_hosts.relay_address("::1", 7000) == "[::1]:7000"
+    assert known_hosts.relay_address("[::1]", 7000) == "[::1]:7000"
+    path = known_hosts.default_known_hosts_path
     assert path({"XDG_CONFIG_HOME": "/x", "HOME": "/h"}) == Path("/x/msgr/known_hosts")
     assert path({"HOME": "/h"}) == Path("/h/.config/msgr/known_hosts")
     assert path({"XDG_CONFIG_HOME": "rel", "HOME": "/h"}) == Path("/h/.config/msgr/known_hosts")

@@ -15,7 +15,7 @@ import signal
 import pytest
 from helpers import ROOT, Chat, Proxy, RawClient, relay_subprocess, run
 
-from msgrlib.tls import certs
+from msgrlib.tls import contexts, x509
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -173,7 +173,7 @@ def test_transport_mismatch_gives_clear_errors(tmp_path):
 def test_certificate_pin_cafile_and_trust_on_first_use(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
-    certs.ensure_certificate(other / "cert.pem", other / "key.pem")
+    contexts.ensure_certificate(other / "cert.pem", other / "key.pem")
     known = str(tmp_path / "known_hosts")
 
     async def session(port, *args):
@@ -187,7 +187,7 @@ def test_certificate_pin_cafile_and_trust_on_first_use(tmp_path):
             fingerprint = first[0].split("certificate ")[1].strip()
             c, code = await session(port, "--pin", fingerprint)
             assert code == 0, c.stderr
-            c, code = await session(port, "--pin", certs.fingerprint(
+            c, code = await session(port, "--pin", x509.fingerprint(
                 (other / "cert.pem").read_bytes()))
             assert code == 1 and "fingerprint" in "\n".join(c.stderr).lower()
             c, code = await session(port, "--cafile", str(other / "cert.pem"))

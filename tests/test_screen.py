@@ -445,14 +445,14 @@ def tls_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, s
     """A TLS relay for the module: (port, certificate fingerprint, scratch dir)."""
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed")
-    from msgrlib.tls import certs
+    from msgrlib.tls import x509
 
     tmp = tmp_path_factory.mktemp("screen")
     cert, key = str(tmp / "cert.pem"), str(tmp / "key.pem")
     with relay_process("--tls", "--cert", cert, "--key", key, "--log-level", "warning") as (
             _, port):
         with open(cert, "rb") as f:
-            fp = certs.fingerprint(f.read())
+            fp = x509.fingerprint(f.read())
         yield port, fp, str(tmp)
 
 

@@ -44,19 +44,19 @@ TTL = 10
 def relay_child(tls_dir: str | None) -> None:
     """Run in the child: a relay, plus a stats line for each 'stats' on stdin."""
     from msgrlib.relay import server
-    from msgrlib.tls import certs
+    from msgrlib.tls import contexts
 
     context = None
     if tls_dir is not None:
         cert, key = os.path.join(tls_dir, "cert.pem"), os.path.join(tls_dir, "key.pem")
-        certs.ensure_certificate(cert, key)
-        context = certs.server_context(cert, key)
+        contexts.ensure_certificate(cert, key)
+        context = contexts.server_context(cert, key)
 
     async def main() -> None:
         config = relay.RelayConfig(max_per_address=10_000, rate_messages=10_000,
                                    burst_messages=10_000, rate_bytes=1e9, burst_bytes=1e9,
                                    mailbox_messages=100_000, mailbox_bytes=10**9,
-                                   claim_ttl=TTL * 3)
+                                   claim_ttl=TTL * 3, store_share=1.0, claim_burst=1e9)
         srv = await server.start_relay(config, host="127.0.0.1", port=0, ssl_context=context)
         print(srv.address[1], flush=True)
         loop = asyncio.get_running_loop()
@@ -177,9 +177,9 @@ async def soak(args: argparse.Namespace) -> int:
     port = int(child.stdout.readline())
     context = None
     if tls_dir is not None:
-        from msgrlib.tls import certs
+        from msgrlib.tls import contexts
 
-        context = certs.client_context(cafile=os.path.join(tls_dir, "cert.pem"))
+        context = contexts.client_context(cafile=os.path.join(tls_dir, "cert.pem"))
 
     def stats() -> dict:
         child.stdin.write("stats\n")

@@ -14,7 +14,7 @@ Client errors::
         ├── ConnectFailed     the relay cannot be reached (refused, DNS, timeout)
         ├── RelayRefused      the relay said no (name owned, bad name, version...)
         └── WrongTransport    TLS against a plain port, or plain against TLS
-    (certificate problems are certs.TlsError)
+    (certificate problems are msgrlib.tls.errors.TlsError)
 """
 
 from __future__ import annotations
@@ -117,14 +117,15 @@ def parse_server(text: str, default_port: int = 8765) -> tuple[str, int]:
     return host, port
 
 
-def load_identity(path: str | None) -> SigningKey:
+def load_identity(path: str | None) -> SigningKey | None:
     """The Ed25519 key that owns our name at the relay.
 
-    With no path, a fresh key per run. With a path, the key is read from it,
-    or created there (owner-only permissions) if the file does not exist.
+    With no path, None: :class:`ChatClient` then uses the key kept for the
+    relay and name (msgrlib.client.identity). With a path, the key is read
+    from it, or created there (owner-only permissions) if the file does not exist.
     """
     if path is None:
-        return SigningKey.generate()
+        return None
     try:
         with open(path, "rb") as f:
             text = f.read().strip()
@@ -150,6 +151,18 @@ def load_identity(path: str | None) -> SigningKey:
                           "(delete it to make a new one)") from None
 
 
+def _default_identity(address: str, user: str) -> SigningKey:
+    """The name key kept for this relay and name (msgrlib.client.identity);
+    a fresh one if it cannot be read or created there."""
+    from msgrlib.client.identity import default_identity_path
+
+    try:
+        key = load_identity(os.fspath(default_identity_path(address, user)))
+    except (ClientError, OSError):
+        key = None
+    return key if key is not None else SigningKey.generate()
+
+
 class ChatClient:
     """Run a :class:`ChatCore` over a relay connection, reconnecting as needed."""
 
@@ -162,7 +175,7 @@ class ChatClient:
         self.host = host
         self.port = port
         self.tls = tls
-        self.identity = identity or SigningKey.generate()
+        self.identity = identity or _default_identity(self.address, core.me)
         self.connect_timeout = connect_timeout
         self.max_frame = max_frame
         self.fingerprint: str | None = None
@@ -315,8 +328,8 @@ class ChatClient:
         context = None
         if self.tls is not None:
             if self._ssl_context is None:
-                from msgrlib.tls import certs
-                self._ssl_context = certs.client_context(cafile=self.tls.cafile)
+                from msgrlib.tls import contexts
+                self._ssl_context = contexts.client_context(cafile=self.tls.cafile)
             context = self._ssl_context
         try:
             reader, writer = await asyncio.wait_for(
@@ -328,9 +341,10 @@ class ChatClient:
             raise ConnectFailed(f"timed out connecting to {self.address} after "
                                 f"{self.connect_timeout:g} s") from None
         except ssl.SSLCertVerificationError as err:
-            from msgrlib.tls import certs
-            raise certs.unknown_certificate(err, address=self.address,
-                                           cafile=self.tls.cafile if self.tls else None) from None
+            from msgrlib.tls import contexts
+            raise contexts.unknown_certificate(
+                err, address=self.address,
+                cafile=self.tls.cafile if self.tls else None) from None
         except ssl.SSLError as err:
             raise WrongTransport(f"TLS failed with {self.address} ({err.reason or err}): is "
                                  "the relay running without --tls? Then drop --tls") from None
@@ -349,7 +363,7 @@ class ChatClient:
         return reader, writer
 
     def _check_certificate(self, writer: asyncio.StreamWriter) -> None:
-        from msgrlib.tls import certs
+        from msgrlib.tls import contexts, known_hosts, x509
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         if not der:
@@ -358,14 +372,15 @@ class ChatClient:
         tls = self.tls
         assert tls is not None
         if tls.cafile:
-            self.fingerprint = certs.fingerprint(der)
+            self.fingerprint = x509.fingerprint(der)
             return
         known = None
         if tls.pin is None and tls.trust_on_first_use:
-            known = certs.KnownHosts(tls.known_hosts or certs.default_known_hosts_path())
+            known = known_hosts.KnownHosts(tls.known_hosts
+                                           or known_hosts.default_known_hosts_path())
         try:
-            fp, how = certs.verify_peer(der, address=self.address, pin=tls.pin,
-                                        known_hosts=known)
+            fp, how = contexts.verify_peer(der, address=self.address, pin=tls.pin,
+                                           known_hosts=known)
         except MsgrError:
             writer.close()
             raise

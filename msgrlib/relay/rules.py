@@ -27,8 +27,9 @@ import base64
 import binascii
 import enum
 import heapq
+import ipaddress
 import logging
-from collections import OrderedDict
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 
 import framing
 from msgrlib.errors import MsgrError
+from msgrlib.relay.config import RelayConfig
 from msgrlib.relay.store import MemoryStore, MessageStore, StoreError
 from msgrlib.util.names import is_valid_name
 
@@ -47,77 +49,6 @@ PROTOCOL_VERSION = 1
 #: the name appended). The label keeps this signature from meaning anything
 #: anywhere else.
 AUTH_LABEL = b"msgr/v1/relay-auth\x00"
-
-
-@dataclass(frozen=True)
-class RelayConfig:
-    """Every limit of the relay, with its default and the reason for it.
-
-    The CLI builds one of these from ``serve`` options; the README lists them.
-    """
-
-    #: Largest frame accepted, in bytes of JSON body. A chat line sealed and
-    #: base64-encoded is far below this; 64 KiB leaves room for long pastes.
-    max_frame: int = framing.DEFAULT_MAX_FRAME
-    #: TTL bounds in seconds: a message lives at least 5 s so a reconnecting
-    #: peer can catch it, at most 60 s because the relay is not a mailbox.
-    ttl_min: int = 5
-    ttl_max: int = 60
-    ttl_default: int = 30
-    #: Messages / bytes one recipient may have waiting.
-    mailbox_messages: int = 1000
-    mailbox_bytes: int = 4 * 1024 * 1024
-    #: Total stored ciphertext (plus per-message overhead): the memory budget.
-    store_bytes: int = 256 * 1024 * 1024
-    #: Per-connection token buckets. 200 messages/s with a burst of 400 is far
-    #: above any typist and far below what one client could use to drown others.
-    rate_messages: float = 200.0
-    burst_messages: float = 400.0
-    rate_bytes: float = 1024 * 1024.0
-    burst_bytes: float = 2 * 1024 * 1024.0
-    #: Handshake frames per pair of names: a burst of 40 frames (10 attempts of
-    #: 4 frames), then one frame every 15 s (one attempt a minute). Each failed
-    #: attempt is an online passcode guess, so they must stay rare.
-    hs_burst: float = 40.0
-    hs_per_second: float = 1 / 15
-    #: Names a single connection may watch for presence.
-    max_watch: int = 16
-    #: How long a name stays owned by its key after its last connection ends
-    #: (seconds); it is also kept while messages wait for it, so nobody can
-    #: claim a name to drain what is waiting there.
-    claim_ttl: float = 60.0
-    #: Names owned at once (each costs ~200 bytes); new names are refused past it.
-    max_names: int = 100_000
-    #: Heartbeat interval the relay asks clients to use, and how long a
-    #: connection may stay silent before it is considered dead (3 beats).
-    heartbeat: float = 20.0
-    idle_timeout: float = 60.0
-    #: Seconds allowed for the TLS handshake and for hello + auth.
-    tls_handshake_timeout: float = 10.0
-    hello_timeout: float = 10.0
-    #: Bytes queued to one client before it counts as not reading (the relay
-    #: then stops reading from it, and drops it after ``stall_timeout`` s).
-    write_buffer: int = 256 * 1024
-    stall_timeout: float = 10.0
-    #: Connections in total and from one address.
-    max_connections: int = 20_000
-    max_per_address: int = 64
-
-    def clamp_ttl(self, ttl: int) -> int:
-        # Comparisons, not min(max()): this runs once per message.
-        if ttl < self.ttl_min:
-            return self.ttl_min
-        return ttl if ttl <= self.ttl_max else self.ttl_max
-
-    def limits_table(self) -> dict[str, Any]:
-        """The limits a client may want to know, sent in ``welcome``."""
-        return {
-            "max_frame": self.max_frame,
-            "ttl_min": self.ttl_min, "ttl_max": self.ttl_max, "ttl_default": self.ttl_default,
-            "heartbeat": self.heartbeat, "mailbox_messages": self.mailbox_messages,
-            "rate_messages": self.rate_messages, "burst_messages": self.burst_messages,
-            "rate_bytes": self.rate_bytes, "burst_bytes": self.burst_bytes,
-        }
 
 
 class RelayError(MsgrError):
@@ -193,7 +124,7 @@ class Client:
     """The relay's view of one connection."""
 
     __slots__ = ("link", "state", "user", "key", "nonce", "msgs", "bytes", "watching",
-                 "paused", "__weakref__")
+                 "paused", "origin", "__weakref__")
 
     def __init__(self, link: Link, now: float, config: RelayConfig) -> None:
         self.link = link
@@ -207,6 +138,8 @@ class Client:
         #: True while the client's write buffer is over the limit: deliveries
         #: wait in the store instead of piling up in memory.
         self.paused = False
+        #: Whose allowance its messages count against (see :func:`origin_of`).
+        self.origin = origin_of(getattr(link, "host", link.address))
 
     def __repr__(self) -> str:
         return f"<Client {self.user or '?'} {self.state.value} {self.link.address}>"
@@ -214,11 +147,18 @@ class Client:
 
 @dataclass
 class Claim:
-    """A name bound to the Ed25519 key that first used it."""
+    """A name bound to the Ed25519 key that first used it.
+
+    ``since`` is the Unix time the key took the name (shown in ``name_owned``);
+    ``released_at`` (clock seconds) and ``said_bye`` describe its last
+    connection once none is left.
+    """
 
     key: bytes
+    since: float
     client: Client | None = None
     released_at: float = 0.0
+    said_bye: bool = False
 
 
 @dataclass
@@ -229,6 +169,23 @@ class Stats:
     expired: int = 0
     refused: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+
+def origin_of(host: str) -> str:
+    """The key per-address store shares count by: the IP address, or for IPv6
+    its /64, since one host usually gets a whole /64 to pick addresses from."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
+
+
+def _utc_time(wall: float) -> str:
+    """``2026-12-02 13:52:07 UTC``: a relay time shown in an error sentence."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall))
 
 
 def _b64decode(value: object, size: int, what: str) -> bytes:
@@ -292,13 +249,16 @@ class Relay:
         self.store: MessageStore = store or MemoryStore(
             mailbox_messages=config.mailbox_messages,
             mailbox_bytes=config.mailbox_bytes, store_bytes=config.store_bytes,
+            share_bytes=config.share_bytes, hs_reserve_bytes=config.hs_reserve_bytes,
             # A random start in [1, 2**48]: ids stay unique across restarts and
             # below 2**53, so any JSON implementation reads them exactly.
             first_id=1 + int.from_bytes(rng(6), "big"))
         self.claims: dict[str, Claim] = {}
         self._claim_heap: list[tuple[float, str]] = []
         self.watchers: dict[str, set[Client]] = {}
-        self._hs_buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+        self._hs_buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._claim_buckets: dict[str, TokenBucket] = {}
+        self._prune_at: dict[str, float] = {}  # table -> no pruning before (clock s)
         self.stats = Stats()
         self.closing = False
         self._handlers: dict[str, Callable[[Client, dict[str, Any]], None]] = {
@@ -339,14 +299,11 @@ class Relay:
         if user is not None and was_ready:
             claim = self.claims.get(user)
             if claim is not None and claim.client is client:
+                # Bye or not, the name stays bound to its key for claim_ttl: a
+                # message may still be on its way to it, and whoever took the
+                # name next could read and ack it (issue: mailbox draining).
                 claim.client = None
-                if said_bye and not self.store.count_for(user):
-                    # A clean exit with nothing waiting: free the name now, so a
-                    # new run (with a new per-run key) can use it at once.
-                    del self.claims[user]
-                    self._presence(user, False)
-                    self._event(logging.INFO, "disconnect", addr=client.link.address)
-                    return
+                claim.said_bye = said_bye
                 claim.released_at = now = self.clock()
                 heapq.heappush(self._claim_heap, (now + self.config.claim_ttl, user))
                 self._arm(now + self.config.claim_ttl)
@@ -494,20 +451,15 @@ class Relay:
                 del self.claims[user]
                 claim = None
             else:
-                if claim.client is not None:
-                    why = "someone is connected with it now"
-                else:
-                    left = self.config.claim_ttl - (self.clock() - claim.released_at)
-                    why = (f"its last connection ended without saying bye; it is held for "
-                           f"{max(left, 1):.0f} s more" if left > 0 else
-                           "messages are waiting for its owner")
-                raise Refused("name_owned", f"the name {user!r} is owned by another key ({why}); "
-                              "use --identity FILE to keep a name across runs", fatal=True)
+                raise Refused("name_owned", self._owned_reason(user, claim), fatal=True)
         if claim is None:
             if len(self.claims) >= self.config.max_names:
                 raise Refused("relay_full", "the relay has too many names registered; "
                               "try again later", fatal=True)
-            claim = self.claims[user] = Claim(key)
+            if not self._claim_allowed(client.origin):
+                raise Refused("too_many_names", "too many new names from your address; try "
+                              f"again in {1 / self.config.claim_rate:g} s", fatal=True)
+            claim = self.claims[user] = Claim(key, since=self.wallclock())
         elif claim.client is not None:
             # Same key: the owner reconnected. Replace the stale connection now
             # instead of waiting for its heartbeat to time out.
@@ -523,6 +475,29 @@ class Relay:
                              "limits": self.config.limits_table()})
         self._hand_out(client)
         self._presence(user, True)
+
+    def _owned_reason(self, user: str, claim: Claim) -> str:
+        """What a ``name_owned`` refusal says: what happened, never advice the
+        user already follows (a client with a kept key never sees this for its
+        own name)."""
+        since = _utc_time(claim.since)
+        if claim.client is not None:
+            return (f"the name {user!r} is in use right now by another client, with another "
+                    f"key (it has held the name since {since}); close the other client or "
+                    "pick another name")
+        ago = max(self.clock() - claim.released_at, 0.0)
+        how = "said bye" if claim.said_bye else "ended without saying bye"
+        text = (f"the name {user!r} belongs to another key (since {since}); its last "
+                f"connection {how} {ago:.0f} s ago")
+        left = self.config.claim_ttl - ago
+        if left > 0:
+            text += (f", and a name stays bound to its key for {self.config.claim_ttl:g} s "
+                     f"after its last connection ({max(left, 1):.0f} s more)")
+        waiting = self.store.count_for(user)
+        if waiting:
+            text += (f"; {waiting} message{' waits' if waiting == 1 else 's wait'} for it, "
+                     "and it stays bound until they are read or expire")
+        return text + ". Wait, or pick another name"
 
     def _claim_lapsed(self, user: str, claim: Claim) -> bool:
         return (self.clock() - claim.released_at >= self.config.claim_ttl
@@ -557,13 +532,14 @@ class Relay:
             self.stats.refused += 1
             raise Refused("rate_limited", "you are sending too fast; slow down and resend")
         user: str = client.user  # type: ignore[assignment]
-        if kind == "hs" and not self._hs_allowed(user, to, now):
-            self.stats.refused += 1
-            raise Refused("handshake_limited", f"too many handshake attempts between {user} and "
-                          f"{to}; wait a minute before trying again")
+        if kind == "hs":
+            refusal = self._hs_refusal(user, to, now)
+            if refusal is not None:
+                self.stats.refused += 1
+                raise Refused("handshake_limited", refusal)
         try:
             held = self.store.add(user, to, body, kind, config.clamp_ttl(ttl), now,
-                                  self.wallclock())
+                                  self.wallclock(), client.origin)
         except StoreError as err:
             self.stats.refused += 1
             raise Refused(err.code, str(err)) from None
@@ -582,18 +558,50 @@ class Relay:
         if claim is not None and claim.client is not None and not claim.client.paused:
             self._deliver(claim.client, held, expires_at)
 
-    def _hs_allowed(self, a: str, b: str, now: float) -> bool:
+    def _hs_refusal(self, a: str, b: str, now: float) -> str | None:
+        """Why a handshake message between ``a`` and ``b`` is refused now, or None."""
         pair = (a, b) if a < b else (b, a)
-        buckets = self._hs_buckets
-        bucket = buckets.get(pair)
+        config = self.config
+        bucket = self._bucket(self._hs_buckets, pair, "hs", config.max_hs_pairs,
+                              config.hs_per_second, config.hs_burst, now)
         if bucket is None:
-            if len(buckets) >= self.config.max_names:
-                buckets.popitem(last=False)
-            bucket = buckets[pair] = TokenBucket(self.config.hs_per_second,
-                                                 self.config.hs_burst, now)
-        else:
-            buckets.move_to_end(pair)
-        return bucket.take(1.0, now)
+            return ("the relay is limiting too many handshakes at once to start a new one; "
+                    "try again in a minute")
+        if not bucket.take(1.0, now):
+            return (f"too many handshake attempts between {a} and {b}; wait a minute before "
+                    "trying again")
+        return None
+
+    def _claim_allowed(self, origin: str) -> bool:
+        config = self.config
+        now = self.clock()
+        bucket = self._bucket(self._claim_buckets, origin, "claim", config.max_connections,
+                              config.claim_rate, config.claim_burst, now)
+        return bucket is not None and bucket.take(1.0, now)
+
+    def _bucket(self, table: dict[Any, TokenBucket], key: Any, name: str, size: int,
+                rate: float, burst: float, now: float) -> TokenBucket | None:
+        """``table[key]``, made if missing; None if the table is full.
+
+        Only refilled buckets are dropped to make room (one that has refilled
+        means the same as none), so a flood of new keys never resets a used
+        bucket. The O(n) sweep runs only when the table is full, and at most
+        once per second while it frees less than a tenth of it.
+        """
+        bucket = table.get(key)
+        if bucket is not None:
+            return bucket
+        if len(table) >= size:
+            if now < self._prune_at.get(name, 0.0):
+                return None
+            for k in [k for k, b in table.items() if b.level(now) >= b.burst]:
+                del table[k]
+            if len(table) > size - size // 10:
+                self._prune_at[name] = now + 1.0
+            if len(table) >= size:
+                return None
+        bucket = table[key] = TokenBucket(rate, burst, now)
+        return bucket
 
     def _expiry_json(self, wall: float) -> str:
         """The JSON text of a message's expiry shown to clients: Unix seconds,
@@ -660,6 +668,8 @@ class Relay:
         self._write(client, {"type": "presence", "user": name, "online": online})
 
     def _on_bye(self, client: Client, msg: dict[str, Any]) -> None:
+        # Messages delivered and not yet acked stay in the store (they keep the
+        # name bound); the claim still records that this connection said bye.
         client.link.close()
         self.disconnect(client, said_bye=True)
 

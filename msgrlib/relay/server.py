@@ -25,19 +25,25 @@ are in that module.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import framing
 from msgrlib.relay import tlsconn
-from msgrlib.relay.rules import Client, Refused, Relay, RelayConfig
+from msgrlib.relay.config import RelayConfig
+from msgrlib.relay.rules import Client, Refused, Relay, State
+from msgrlib.util.netaddr import host_port
 
 log = logging.getLogger("msgr.relay")
+
+# A family the machine lacks: skipped when listening on every address.
+_NO_FAMILY = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, getattr(errno, "EPROTONOSUPPORT", -1)}
 
 class _Timeout(Refused):
     def __init__(self, message: str) -> None:
@@ -53,7 +59,10 @@ class Connection(asyncio.Protocol):
         self.address = "?"
         self.transport: asyncio.Transport | None = None
         self.client: Client | None = None
-        self.decoder = framing.FrameDecoder(max_size=server.relay.config.max_frame)
+        # Small frames only until welcome (login_max_frame); see data_received.
+        self.decoder = framing.FrameDecoder(max_size=server.relay.config.login_max_frame)
+        self._logged_in = False
+        self._buffered = 0  # this connection's part of server.read_buffered
         self.out: list[bytes] = []
         self.last_rx = 0.0
         self.closing = False
@@ -67,7 +76,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else str(peer)
-        self.address = f"{host}:{peer[1]}" if isinstance(peer, tuple) else host
+        self.address = host_port(host, peer[1]) if isinstance(peer, tuple) else host
         server = self.server
         config = self.relay.config
         if server.closing:
@@ -106,7 +115,28 @@ class Connection(asyncio.Protocol):
             receive(client, frame)
             if self.closing:
                 break
+        if not self.closing:
+            decoder = self.decoder
+            if not self._logged_in and client.state is State.READY and not decoder.buffered:
+                # Welcomed, at a frame boundary: full-size frames from now on.
+                self._logged_in = True
+                self.decoder = decoder = framing.FrameDecoder(
+                    max_size=self.relay.config.max_frame)
+            self._account(decoder.buffered)
         self.server.flush()
+
+    def _account(self, buffered: int) -> None:
+        """Count this connection's partial frame in the relay's read buffers."""
+        server = self.server
+        grew = buffered > self._buffered
+        server.read_buffered += buffered - self._buffered
+        self._buffered = buffered
+        if grew and server.read_buffered > self.relay.config.read_buffers:
+            assert self.client is not None
+            self.relay.fail(self.client, Refused(
+                "relay_full", "the relay's memory for partly received frames is spent; "
+                "try again shortly", fatal=True))
+            self._account(0)
 
     def eof_received(self) -> bool | None:
         if self.client is not None and not self.closing:
@@ -120,6 +150,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.server.read_buffered -= self._buffered
+        self._buffered = 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -240,10 +272,16 @@ class RelayServer:
                            arm=self._arm)
         self.connections: set[Connection] = set()
         self.per_address: dict[str, int] = {}
+        #: Bytes of partly received frames held by all connections.
+        self.read_buffered = 0
         self.dirty: list[Connection] = []
         self.idle = asyncio.Event()
         self.closing = False
-        self.server: asyncio.AbstractServer | None = None
+        #: One listening server per address (IPv4 and IPv6 by default).
+        self.servers: list[asyncio.Server] = []
+        #: After :meth:`close`: what the shutdown did (connections closed,
+        #: messages dropped), for the one line the CLI prints.
+        self.stopped: dict[str, int] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at: float | None = None
         self.tls = False
@@ -252,10 +290,38 @@ class RelayServer:
                                               max_per_host=config.max_per_address)
 
     @property
+    def server(self) -> asyncio.Server | None:
+        """The first listening server (the library's single-address case)."""
+        return self.servers[0] if self.servers else None
+
+    @property
     def address(self) -> tuple[str, int]:
-        assert self.server is not None and self.server.sockets
-        host, port = self.server.sockets[0].getsockname()[:2]
-        return host, port
+        """The first listening ``(host, port)``."""
+        return self.addresses[0]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every listening ``(host, port)``, in the order the hosts were given."""
+        out = []
+        for srv in self.servers:
+            for sock in srv.sockets:
+                host, port = sock.getsockname()[:2]
+                out.append((host, port))
+        return out
+
+    def memory(self) -> dict[str, int]:
+        """Bytes the relay holds for clients, by kind: stored ciphertext
+        (``store``, capped by store_bytes), partly received frames
+        (``read_buffers``, capped by read_buffers) and output not yet taken by
+        the kernel (``write_buffers``, at most about write_buffer per
+        connection, which then stops being read from). O(connections)."""
+        write = 0
+        for conn in self.connections:
+            write += sum(map(len, conn.out))
+            if conn.transport is not None:
+                write += conn.transport.get_write_buffer_size()
+        return {"store": getattr(self.relay.store, "bytes", 0),
+                "read_buffers": self.read_buffered, "write_buffers": write}
 
     def flush(self) -> None:
         """Write out everything queued during this batch, one write per connection."""
@@ -284,11 +350,15 @@ class RelayServer:
         if self.closing:
             return
         self.closing = True
-        if self.server is not None:
-            self.server.close()
+        for srv in self.servers:
+            srv.close()
+        if self.servers:
             # Sockets accepted just before get connection_made in the next
             # loop iteration: let that run, so they are counted below.
             await asyncio.sleep(0)
+        self.stopped = {"connections": len(self.connections) + len(self.handshaking),
+                        "messages": len(self.relay.store)}
+        log.info("stopped", extra={"fields": dict(self.stopped)})
         self.relay.shutdown()
         for tls in self.handshaking:
             tls.abort()  # mid-handshake: not a client of the relay yet
@@ -304,17 +374,29 @@ class RelayServer:
                         conn.transport.abort()
         if self._expiry is not None:
             self._expiry.cancel()
-        if self.server is not None:
-            await self.server.wait_closed()
+        for srv in self.servers:
+            await srv.wait_closed()
 
 
-async def start_relay(config: RelayConfig | None = None, *, host: str = "127.0.0.1",
+#: What ``host=None`` listens on: every address of both families, one
+#: socket each (asyncio makes the IPv6 one IPv6-only, so they never clash).
+ALL_HOSTS = ("0.0.0.0", "::")
+
+
+async def start_relay(config: RelayConfig | None = None, *,
+                      host: str | Sequence[str] | None = "127.0.0.1",
                       port: int = 0, ssl_context: ssl.SSLContext | None = None,
                       backlog: int = 1024) -> RelayServer:
     """Start a relay in the running loop and return it once it listens.
 
     The library entry point: ``server = await start_relay(port=0)``, then
     ``server.address`` is the real ``(host, port)``; ``await server.close()``.
+
+    ``host`` is one address, several (one socket each, all on the same port:
+    with ``port=0`` the first one's free port is used for the others), or
+    None for :data:`ALL_HOSTS`, IPv4 and IPv6; there a family this machine
+    lacks (no IPv6) is skipped, but not both. Raises ``OSError`` if an
+    address cannot be listened on.
     """
     loop = asyncio.get_running_loop()
     config = config or RelayConfig()
@@ -332,8 +414,24 @@ async def start_relay(config: RelayConfig | None = None, *, host: str = "127.0.0
                 context, Connection(relay_server), buffer=buffer, loop=loop,
                 handshake_timeout=config.tls_handshake_timeout,
                 handshakes=relay_server.handshaking, shutdown_timeout=config.stall_timeout)
-    relay_server.server = await loop.create_server(
-        factory, host=host, port=port, backlog=backlog, reuse_address=True)
+    hosts = [host] if isinstance(host, str) else list(host or ALL_HOSTS)
+    try:
+        for each in hosts:
+            try:
+                srv = await loop.create_server(factory, host=each, port=port,
+                                               backlog=backlog, reuse_address=True)
+            except OSError as err:
+                if host is None and err.errno in _NO_FAMILY and each != hosts[0]:
+                    log.info("skipped", extra={"fields": {"addr": host_port(each, port),
+                                                          "reason": err.strerror}})
+                    continue
+                raise
+            relay_server.servers.append(srv)
+            port = port or srv.sockets[0].getsockname()[1]
+    except BaseException:
+        for opened in relay_server.servers:
+            opened.close()
+        raise
     return relay_server
 
 

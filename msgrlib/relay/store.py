@@ -31,7 +31,15 @@ Store errors::
     MsgrError
     └── StoreError            the message was refused; nothing was stored
         ├── MailboxFull       the recipient has too many messages waiting
+        ├── ShareFull         the sender's name or address holds its whole share
         └── StoreFull         the relay's memory budget for ciphertext is spent
+
+Shares: with ``share_bytes``, the messages one sender name, one origin (the
+sender's address) or one recipient has waiting may hold at most that many
+bytes, so no single party can fill the store. With ``hs_reserve_bytes``,
+ordinary messages stop that far short of ``store_bytes``: the rest is kept for
+handshake messages (kind ``"hs"``), so a store full of messages never stops two
+people from starting a session.
 
 Time is a parameter (``now``), never read here, so tests drive the clock.
 """
@@ -69,6 +77,10 @@ class MailboxFull(StoreError):
     code = "mailbox_full"
 
 
+class ShareFull(StoreError):
+    code = "store_share"
+
+
 class StoreFull(StoreError):
     code = "relay_full"
 
@@ -96,13 +108,14 @@ class Held(NamedTuple):
     expires_at: float    # monotonic seconds: drives expiry
     expires_wall: float  # Unix time: shown to clients
     size: int            # what it counts against the limits
+    origin: str = ""     # the sender's address key: what per-address shares count
 
     def __repr__(self) -> str:  # never the body
         return f"<Held id={self.id} {self.sender}->{self.recipient} ttl={self.ttl}>"
 
 
 # Fields of the stored tuple the store itself reads.
-_ID, _RECIPIENT, _SIZE = 0, 2, 8
+_ID, _SENDER, _RECIPIENT, _SIZE, _ORIGIN = 0, 1, 2, 8, 9
 # A Held view of a stored tuple, made in C (Held._make and Held() run Python).
 _view = functools.partial(tuple.__new__, Held)
 
@@ -111,8 +124,10 @@ class MessageStore(Protocol):
     """What the relay needs from a store. Bodies are opaque strings."""
 
     def add(self, sender: str, recipient: str, body: str, kind: str, ttl: int,
-            now: float, wall: float) -> Held:
-        """Hold a message until ``now + ttl``; raise StoreError if refused."""
+            now: float, wall: float, origin: str = "") -> Held:
+        """Hold a message until ``now + ttl``; raise StoreError if refused.
+
+        ``origin`` names the sender's address for per-address shares."""
 
     def waiting(self, recipient: str) -> Iterator[Held]:
         """Messages held for ``recipient``, oldest first."""
@@ -138,10 +153,17 @@ class MemoryStore:
 
     def __init__(self, *, mailbox_messages: int = DEFAULT_MAILBOX_MESSAGES,
                  mailbox_bytes: int = DEFAULT_MAILBOX_BYTES,
-                 store_bytes: int = DEFAULT_STORE_BYTES, first_id: int = 1) -> None:
+                 store_bytes: int = DEFAULT_STORE_BYTES, first_id: int = 1,
+                 share_bytes: int | None = None, hs_reserve_bytes: int = 0) -> None:
         self.mailbox_messages = mailbox_messages
-        self.mailbox_bytes = mailbox_bytes
+        self.mailbox_bytes = (mailbox_bytes if share_bytes is None
+                              else min(mailbox_bytes, share_bytes))
         self.store_bytes = store_bytes
+        self.share_bytes = share_bytes
+        self.hs_reserve_bytes = hs_reserve_bytes
+        #: Bytes held per sender name and per origin (only with share_bytes).
+        self.by_sender: dict[str, int] = {}
+        self.by_origin: dict[str, int] = {}
         # Ids must not repeat across relay restarts: clients drop ids they
         # have seen, so a restarted relay counting from 1 again would have its
         # messages silently discarded. The relay passes a random first_id.
@@ -163,7 +185,7 @@ class MemoryStore:
         return len(self._heap)
 
     def add(self, sender: str, recipient: str, body: str, kind: str, ttl: int,
-            now: float, wall: float) -> Held:
+            now: float, wall: float, origin: str = "") -> Held:
         box = self._boxes.get(recipient)
         size = len(body) + OVERHEAD_BYTES
         count = len(box) if box is not None else 0
@@ -176,12 +198,31 @@ class MemoryStore:
             raise MailboxFull(
                 f"{recipient} has {waiting} bytes waiting; this message would pass "
                 f"the {self.mailbox_bytes}-byte mailbox limit")
-        if self.bytes + size > self.store_bytes:
+        share = self.share_bytes
+        if share is not None:
+            held = self.by_sender.get(sender, 0)
+            if held + size > share:
+                raise ShareFull(
+                    f"messages from {sender} already hold {held} bytes at this relay, the "
+                    f"most one name may hold ({share} bytes); try again as they are read")
+            held = self.by_origin.get(origin, 0)
+            if held + size > share:
+                raise ShareFull(
+                    f"messages from your address already hold {held} bytes at this relay, "
+                    f"the most one address may hold ({share} bytes); try again as they "
+                    "are read")
+        # Handshakes may use the whole store; other messages leave the reserve.
+        limit = self.store_bytes if kind == "hs" else self.store_bytes - self.hs_reserve_bytes
+        if self.bytes + size > limit:
             raise StoreFull("the relay is full (memory budget reached); try again shortly")
         msg_id = next(self._ids)
         expires_at = now + ttl
         # An exact tuple, untracked by the garbage collector: see Held.
-        record = (msg_id, sender, recipient, body, kind, ttl, expires_at, wall + ttl, size)
+        record = (msg_id, sender, recipient, body, kind, ttl, expires_at, wall + ttl, size,
+                  origin)
+        if share is not None:
+            self.by_sender[sender] = self.by_sender.get(sender, 0) + size
+            self.by_origin[origin] = self.by_origin.get(origin, 0) + size
         if box is None:
             box = self._boxes[recipient] = {}
             self._box_bytes[recipient] = 0
@@ -212,6 +253,14 @@ class MemoryStore:
             del self._box_bytes[recipient]
         self.bytes -= size
         self._count -= 1
+        if self.share_bytes is not None:
+            for table, key in ((self.by_sender, record[_SENDER]),
+                               (self.by_origin, record[_ORIGIN])):
+                left = table[key] - size
+                if left:
+                    table[key] = left
+                else:
+                    del table[key]
 
     def ack(self, recipient: str, msg_id: int) -> Held | None:
         box = self._boxes.get(recipient)
