@@ -179,6 +179,7 @@ class ChatCore:
         other frames (acks, watch) never wait behind them. A message's send
         carries what is left of its TTL, and is dropped if the message was
         settled meanwhile (reported undelivered: it must not arrive after)."""
+        self._mode.flush()
         acks, self._acks = self._acks, []
         frames = [{"type": "ack", "ids": acks[i:i + MAX_ACK_IDS]}
                   for i in range(0, len(acks), MAX_ACK_IDS)]

@@ -58,6 +58,8 @@ HANDSHAKE_RETRY_JITTER = 0.25
 #: ``req`` nonces remembered, so a copy of one (a relay replaying it) does
 #: not start another handshake.
 REQ_MEMORY = 64
+#: Numbers in one receipt (the receiver's limit, PROTOCOL.md).
+MAX_RECEIPT_NUMBERS = 1024
 #: Session ids of this run remembered after they were replaced.
 SID_MEMORY = 64
 
@@ -106,6 +108,7 @@ TRANSITIONS: dict[tuple[Phase, Ev], Phase | tuple[Phase, Phase]] = {
     (Phase.RUNNING, Ev.LOCK): Phase.LOCKED,
     (Phase.UP, Ev.START): Phase.RUNNING,          # a req: the peer lost its session
     (Phase.UP, Ev.PEER_START): Phase.RUNNING,
+    (Phase.UP, Ev.REFUSED): (Phase.BACKOFF, Phase.UP),  # our confirm was refused
     (Phase.STOPPED, Ev.START): Phase.RUNNING,     # a req: the peer restarted
     (Phase.STOPPED, Ev.PEER_START): Phase.RUNNING,
     (Phase.PAUSED, Ev.START): Phase.RUNNING,
@@ -150,6 +153,12 @@ class RatchetMode:
         self._answered_reqs: OrderedDict[bytes, None] = OrderedDict()
         self._sids: OrderedDict[str, None] = OrderedDict()  # every session of this run
         self.redo_receipts: list[dict[str, Any]] = []
+        # Receipts owed, sealed together when frames are next taken: a burst
+        # of messages is confirmed in a few frames, not one each.
+        self._owed: list[tuple[Session, str, int]] = []
+        # Responder: our last confirm, the session it completed, and the
+        # previous session before it (undone if the relay refuses the confirm).
+        self._confirm: tuple[Pending, Session | None, Session | None] | None = None
 
     # -- the state machine ---------------------------------------------------------
 
@@ -218,10 +227,12 @@ class RatchetMode:
         self.hs = hs
         self._send_hs(hs.start())
 
-    def _send_hs(self, msg: dict[str, Any]) -> None:
+    def _send_hs(self, msg: dict[str, Any]) -> Pending:
         body = "h1." + base64.b64encode(
             json.dumps(msg, separators=(",", ":")).encode()).decode()
-        self.core._queue_send(Pending("hs", {"kind": "hs", "ttl": self.core.ttl, "body": body}))
+        entry = Pending("hs", {"kind": "hs", "ttl": self.core.ttl, "body": body})
+        self.core._queue_send(entry)
+        return entry
 
     # -- the core's hooks ----------------------------------------------------------
 
@@ -294,6 +305,17 @@ class RatchetMode:
         if entry.purpose != "hs":
             return False
         core = self.core
+        undone = self._confirm is not None and entry is self._confirm[0]
+        if undone and self._confirm is not None:
+            # Our confirm never reached the initiator, so it has no session:
+            # neither do we. What was sealed under it goes again under the next.
+            _, half, before = self._confirm
+            if self.session is half:
+                self.session, self.previous = self.previous, before
+                for out in core.outbox.values():
+                    if out.state is not OutState.FAILED:
+                        out.state = OutState.QUEUED
+        self._confirm = None
         if not self._go(Ev.REFUSED):
             core._notice(f"handshake message refused by the relay: {message}", code, "warn")
             return True
@@ -342,7 +364,12 @@ class RatchetMode:
         due = now - self.since >= self.handshake_timeout
         if self.phase in (Phase.RUNNING, Phase.ASKED) and due:
             self.timeouts += 1
-            self._go(Ev.TIMEOUT if self.timeouts < MAX_HANDSHAKE_TIMEOUTS else Ev.GIVE_UP)
+            # After the relay refused a handshake, a responder asks no more:
+            # each req spends the pair's handshake budget the initiator's
+            # own retry needs (the initiator, with no session, retries).
+            give_up = self.timeouts >= MAX_HANDSHAKE_TIMEOUTS or (
+                not self.initiator and self.refusals > 0)
+            self._go(Ev.GIVE_UP if give_up else Ev.TIMEOUT)
             self.core._notice(f"the handshake with {self.core.peer} timed out",
                               "handshake_timeout", "warn")
             self.maybe_start()
@@ -387,8 +414,10 @@ class RatchetMode:
                 self._send_hs(hs.on_resp(msg))
             elif kind == "share" and isinstance(hs, handshake.Responder):
                 reply, keys = hs.on_share(msg)
-                self._send_hs(reply)
+                entry = self._send_hs(reply)
+                before = self.previous
                 self._establish(keys)
+                self._confirm = (entry, self.session, before)
             elif kind == "confirm" and isinstance(hs, handshake.Initiator):
                 self._establish(hs.on_confirm(msg))
             elif kind == "abort" and self._abort_is_ours(msg):
@@ -511,9 +540,10 @@ class RatchetMode:
         if session is None:
             if self._sids and sid not in self._sids:
                 # We had sessions in this run, and never this one.
-                core._notice(f"ignored a message that names a session {core.peer} and you "
-                             "never had (forged, or corrupted on the way)", "unknown_session",
-                             "warn")
+                core._notice(f"could not read a message that names a session this client "
+                             f"never had with {core.peer} (from a handshake that did not "
+                             "complete, or forged); if genuine, it is sent again under the "
+                             "next session", "unknown_session", "warn")
             # Otherwise: under a session we replaced, or one from before this
             # client started. Its sender still holds it unconfirmed and sends
             # it again under the new session: nothing to say.
@@ -546,8 +576,20 @@ class RatchetMode:
         # Under the session the message came in, even if a req has retired
         # it since: the peer may still have it (a req can be stale or forged).
         if session.ratchet.can_send:
-            self.seal_and_submit({"k": "rcpt", "e": inner["e"], "n": [inner["n"]]}, None,
-                                 session=session)
+            self._owed.append((session, inner["e"], inner["n"]))
+
+    def flush(self) -> None:
+        """Seal the receipts owed, at most MAX_RECEIPT_NUMBERS numbers each."""
+        owed, self._owed = self._owed, []
+        batch: list[int] = []
+        for i, (session, epoch, n) in enumerate(owed):
+            batch.append(n)
+            nxt = owed[i + 1] if i + 1 < len(owed) else None
+            if (nxt is None or nxt[0] is not session or nxt[1] != epoch
+                    or len(batch) >= MAX_RECEIPT_NUMBERS):
+                self.seal_and_submit({"k": "rcpt", "e": epoch, "n": batch}, None,
+                                     session=session)
+                batch = []
 
 
 def parse_hs(body: str) -> dict[str, Any]:
@@ -588,7 +630,8 @@ def parse_inner(plaintext: bytes) -> dict[str, Any]:
               and isinstance(inner.get("text"), str))
     elif kind == "rcpt":
         ns = inner.get("n")
-        ok = (isinstance(inner.get("e"), str) and isinstance(ns, list) and len(ns) <= 1024
+        ok = (isinstance(inner.get("e"), str) and isinstance(ns, list)
+              and len(ns) <= MAX_RECEIPT_NUMBERS
               and all(type(n) is int for n in ns))
     elif kind == "hi":
         ok = True

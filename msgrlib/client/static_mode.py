@@ -45,6 +45,9 @@ class StaticMode:
     def maybe_start(self) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
     def can_seal(self) -> bool:
         return True
 
