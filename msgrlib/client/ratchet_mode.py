@@ -216,8 +216,7 @@ class RatchetMode:
             self._initiate()
         else:
             self._go(Ev.ASK)
-            nr = core._rng(16)
-            self._send_hs({"hs": "req", "v": 1, "nr": base64.b64encode(nr).decode()})
+            self._send_hs(req_message(core._rng(16)))
 
     def _initiate(self) -> None:
         hs = handshake.Initiator(prs=self.core._key, me=self.core.me, peer=self.core.peer,
@@ -241,9 +240,7 @@ class RatchetMode:
 
     def seal(self, out: Outgoing) -> None:
         core = self.core
-        inner = {"k": "msg", "from": core.me, "to": core.peer, "e": core.epoch, "n": out.n,
-                 "ts": out.ts, "ttl": out.ttl, "text": out.text}
-        self.seal_and_submit(inner, out)
+        self.seal_and_submit(msg_inner(core.me, core.peer, core.epoch, out), out)
 
     def seal_and_submit(self, inner: dict[str, Any], out: Outgoing | None, *,
                         session: Session | None = None) -> None:
@@ -427,7 +424,7 @@ class RatchetMode:
             # ignore it.
         except handshake.PasscodeMismatch as err:
             if kind == "share":
-                self._send_hs({"hs": "abort", "v": 1, "na": msg["na"], "nb": msg["nb"]})
+                self._send_hs(abort_message(msg["na"], msg["nb"]))
             self._failed(str(err))
         except (CryptoError, handshake.HandshakeStateError) as err:
             # Malformed or stale (an echo of an earlier attempt): not a guess.
@@ -590,6 +587,22 @@ class RatchetMode:
                 self.seal_and_submit({"k": "rcpt", "e": epoch, "n": batch}, None,
                                      session=session)
                 batch = []
+
+
+def req_message(nonce: bytes) -> dict[str, Any]:
+    """B asks A for a handshake; ``nonce`` (16 random bytes) tells copies apart."""
+    return {"hs": "req", "v": 1, "nr": base64.b64encode(nonce).decode()}
+
+
+def abort_message(na: str, nb: str) -> dict[str, Any]:
+    """B's answer to a ``share`` whose tag is wrong, bound to that attempt."""
+    return {"hs": "abort", "v": 1, "na": na, "nb": nb}
+
+
+def msg_inner(me: str, peer: str, epoch: str, out: Outgoing) -> dict[str, Any]:
+    """The plaintext of a chat message; its deadline is ``ts + ttl``."""
+    return {"k": "msg", "from": me, "to": peer, "e": epoch, "n": out.n, "ts": out.ts,
+            "ttl": out.ttl, "text": out.text}
 
 
 def parse_hs(body: str) -> dict[str, Any]:
