@@ -210,7 +210,7 @@ def test_a_flood_of_handshake_starts_under_tiny_rates_holds_one_answer():
         core.take_frames()
         core.next_deadline()
     assert core._sends.waiting() == 1  # only the newest attempt's answer waits
-    assert len(core._sends._heap) < 200  # dead entries are swept, not rescanned
+    assert core._sends.held() < 200  # dead entries are swept, not rescanned
 
 
 # -- item 13 (third part) and issue 14 item 8: bodies under unknown sessions ------------

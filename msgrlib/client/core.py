@@ -193,14 +193,12 @@ class ChatCore:
             out = entry.out
             if out is not None:
                 if self.outbox.get(out.n) is not out or out.state is not OutState.SENT:
-                    queue.pop()
                     queue.forget(entry.ref)  # settled while it waited
                     continue
                 left = math.ceil(out.deadline - now)  # the relay counts whole seconds
                 if left < max(self._ttl_min, 1):
                     # The relay would keep it for its minimum TTL, past the
                     # time we report it undelivered.
-                    queue.pop()
                     queue.forget(entry.ref)
                     if not out.ever_sent:
                         self._fail(out, f"too little of its {out.ttl} s TTL was left to send it")

@@ -7,7 +7,6 @@ Nothing here reads a clock: times are passed in.
 from __future__ import annotations
 
 import enum
-import heapq
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,10 +106,13 @@ class SendQueue:
     """Send frames by ``ref``: those waiting to go out (in ref order) and those
     handed out and not yet answered.
 
-    Every operation is O(log n) or O(1) amortized: waiting sends sit in a
-    heap, removals are lazy (an entry no longer in :attr:`refs`, or
-    cancelled, is skipped when it surfaces), and the heap is rebuilt when
-    dead entries outnumber live ones.
+    Work per event is O(1) amortized: fresh sends get increasing refs, so
+    they wait in a FIFO; a send the relay refused as too fast waits in a
+    second FIFO (the relay answers in order, so those come in ref order
+    too) and the next to go is the lower of the two heads. Removals are
+    lazy (an entry no longer in :attr:`refs`, or cancelled, is skipped when
+    it reaches a head), and the FIFOs are swept when dead entries outnumber
+    live ones.
     """
 
     def __init__(self, *, max_unanswered: int = MAX_UNANSWERED,
@@ -118,7 +120,8 @@ class SendQueue:
         self.max_unanswered = max_unanswered
         self.max_waiting_control = max_waiting_control
         self.refs: dict[int, Pending] = {}
-        self._heap: list[tuple[int, Pending]] = []
+        self._fresh: deque[Pending] = deque()
+        self._again: deque[Pending] = deque()
         self._dead = 0
         self._sent_order: deque[int] = deque()
         self._control: deque[Pending] = deque()  # waiting non-msg entries, oldest first
@@ -131,7 +134,7 @@ class SendQueue:
         ref = self._next_ref
         entry.frame = {"type": "send", "ref": ref, "to": to, **entry.frame}
         self.refs[ref] = entry
-        heapq.heappush(self._heap, (ref, entry))
+        self._fresh.append(entry)
         if entry.purpose == "hs":
             # A handshake message still waiting belongs to an attempt this
             # one replaces: it would only make the peer fail the new one.
@@ -159,23 +162,39 @@ class SendQueue:
         """A send the relay refused as too fast waits again, in its place."""
         entry.sent = False
         self.refs[entry.ref] = entry
-        heapq.heappush(self._heap, (entry.ref, entry))
+        again = self._again
+        if again and again[-1].ref > entry.ref:
+            # Answers out of order (not what a relay does): keep it sorted.
+            at = next(i for i, e in enumerate(again) if e.ref > entry.ref)
+            again.insert(at, entry)
+        else:
+            again.append(entry)
 
     def _live(self, entry: Pending) -> bool:
         return (not entry.cancelled and not entry.sent
                 and self.refs.get(entry.ref) is entry)
 
+    def _head(self, fifo: deque[Pending]) -> Pending | None:
+        while fifo and not self._live(fifo[0]):
+            fifo.popleft()
+            self._dead = max(0, self._dead - 1)
+        return fifo[0] if fifo else None
+
     def peek(self) -> Pending | None:
         """The first waiting entry, or None."""
-        heap = self._heap
-        while heap and not self._live(heap[0][1]):
-            heapq.heappop(heap)
-            self._dead = max(0, self._dead - 1)
-        return heap[0][1] if heap else None
+        fresh, again = self._head(self._fresh), self._head(self._again)
+        if fresh is None or (again is not None and again.ref < fresh.ref):
+            return again
+        return fresh
 
     def pop(self) -> Pending:
         """Remove the entry :meth:`peek` returned."""
-        return heapq.heappop(self._heap)[1]
+        entry = self.peek()
+        if entry is None:
+            raise IndexError("no waiting send")
+        if self._again and self._again[0] is entry:
+            return self._again.popleft()
+        return self._fresh.popleft()
 
     def mark_sent(self, entry: Pending) -> None:
         entry.sent = True
@@ -205,11 +224,16 @@ class SendQueue:
         return entry
 
     def waiting(self) -> int:
-        return sum(1 for _, e in self._heap if self._live(e))
+        """Live waiting entries (O(n): for tests and status)."""
+        return sum(1 for e in (*self._fresh, *self._again) if self._live(e))
+
+    def held(self) -> int:
+        """Entries kept in the FIFOs, dead or alive (O(1))."""
+        return len(self._fresh) + len(self._again)
 
     def _bury(self) -> None:
         self._dead += 1
-        if self._dead > 64 and self._dead > len(self._heap) // 2:
-            self._heap = [item for item in self._heap if self._live(item[1])]
-            heapq.heapify(self._heap)
+        if self._dead > 64 and self._dead > self.held() // 2:
+            self._fresh = deque(e for e in self._fresh if self._live(e))
+            self._again = deque(e for e in self._again if self._live(e))
             self._dead = 0
