@@ -265,3 +265,22 @@ def test_after_the_relays_handshake_limit_the_clients_retry_by_themselves():
     # The message outlived its 30 s TTL meanwhile: the reason is the real one.
     reasons = [u.reason for u in net.of("bob", chat.Undelivered) if u.n == n]
     assert reasons and "limits handshakes" in reasons[0], reasons
+
+
+def test_owed_receipts_and_acks_make_the_io_layer_send_now():
+    """Receipts are sealed together when frames are taken; the I/O layer
+    only wakes for next_deadline, so owing one must make that 'now' (found
+    with real clients: the receipt waited for the next heartbeat)."""
+    net = Net()
+    alice, bob = pair(net)
+    alice.send("x")
+    _, alice_client, _ = net.peers["alice"]
+    for frame in alice.take_frames():
+        net.relay.receive(alice_client, frame)
+    _, _, bob_link = net.peers["bob"]
+    for frame in bob_link.inbox:
+        bob.handle(frame)
+    bob_link.inbox.clear()
+    assert bob.next_deadline() is not None and bob.next_deadline() <= net.clock.now
+    assert [f["type"] for f in bob.take_frames()] == ["ack", "send"]
+    assert bob.next_deadline() is None

@@ -339,6 +339,11 @@ class ChatCore:
                          f"handled ({type(err).__name__})", "bad_frame", "warn")
 
     def next_deadline(self) -> float | None:
+        """When to call :meth:`tick` and :meth:`take_frames` next (monotonic);
+        now if frames are ready."""
+        self._mode.flush()  # owed receipts become sends the pacer can time
+        if self._acks or self._frames:
+            return self._clock()
         times = [self._verdict_time(o) for o in self.outbox.values()]
         times += self._mode.deadlines()
         if self._pacer is not None and self.connected:
