@@ -284,3 +284,12 @@ def test_owed_receipts_and_acks_make_the_io_layer_send_now():
     assert bob.next_deadline() is not None and bob.next_deadline() <= net.clock.now
     assert [f["type"] for f in bob.take_frames()] == ["ack", "send"]
     assert bob.next_deadline() is None
+
+
+def test_hostile_welcome_limits_are_ignored_not_raised():
+    core = Net().core("alice", "bob")
+    core.set_limits({"rate_messages": 10**400, "burst_messages": True, "ttl_min": 10**400,
+                     "rate_bytes": float("nan"), "max_frame": -1})
+    core.connected_to_relay()
+    core.send("still works")
+    assert [f["type"] for f in core.take_frames()] == ["watch"]  # waits for a session

@@ -54,6 +54,7 @@ from msgrlib.client.outbox import (  # noqa: F401 - re-exported
     Pacer,
     Pending,
     SendQueue,
+    number,
 )
 from msgrlib.client.ratchet_mode import (  # noqa: F401 - re-exported
     HANDSHAKE_TIMEOUT,
@@ -223,9 +224,9 @@ class ChatCore:
         if type(max_frame) is int and max_frame > 0:
             # Never above our own limit: the I/O layer encodes with it.
             self._max_frame = min(max_frame, framing.DEFAULT_MAX_FRAME)
-        ttl_min = limits.get("ttl_min")
-        if type(ttl_min) in (int, float) and 0 <= ttl_min <= 60:
-            self._ttl_min = float(ttl_min)
+        ttl_min = number(limits.get("ttl_min"))
+        if ttl_min is not None and 0 <= ttl_min <= 60:
+            self._ttl_min = ttl_min
 
     @property
     def max_text_bytes(self) -> int:

@@ -28,6 +28,16 @@ MAX_UNANSWERED = 4096
 MAX_WAITING_CONTROL = 4096
 
 
+def number(value: object) -> float | None:
+    """A JSON number (not a bool) as a float, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an integer too large for a float
+            return None
+    return None
+
+
 class OutState(enum.Enum):
     QUEUED = "queued"          # waiting for a session (or for the ratchet to allow sending)
     SENT = "sent"              # handed to the relay, no answer yet
@@ -76,9 +86,10 @@ class Pacer:
 
     def __init__(self, limits: dict[str, Any], now: float) -> None:
         def rate(name: str, default: float) -> float:
-            value = limits.get(name)
-            ok = type(value) in (int, float) and 0 < value < float("inf")
-            return value * RATE_MARGIN if ok else default  # type: ignore[operator]
+            value = number(limits.get(name))
+            if value is not None and 0 < value < float("inf"):
+                return value * RATE_MARGIN
+            return default
 
         self.msgs = TokenBucket(rate("rate_messages", 1e9), max(1.0, rate("burst_messages", 1e9)),
                                 now)
