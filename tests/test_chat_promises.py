@@ -293,3 +293,38 @@ def test_hostile_welcome_limits_are_ignored_not_raised():
     core.connected_to_relay()
     core.send("still works")
     assert [f["type"] for f in core.take_frames()] == ["watch"]  # waits for a session
+
+
+# -- the session's state table -----------------------------------------------------------
+
+def test_the_session_table_locks_for_good_and_every_phase_is_reachable():
+    from msgrlib.client.ratchet_mode import TRANSITIONS, Ev
+    assert not [key for key in TRANSITIONS if key[0] is Phase.LOCKED]
+    assert [key for key, target in TRANSITIONS.items() if target is Phase.LOCKED] == [
+        (Phase.RUNNING, Ev.LOCK)]
+    reached = {Phase.IDLE}
+    for _ in range(len(Phase)):
+        for (source, _event), target in TRANSITIONS.items():
+            if source in reached:
+                reached |= set(target) if isinstance(target, tuple) else {target}
+    assert reached == set(Phase)
+
+
+def test_an_abort_to_the_responder_or_before_our_tag_changes_nothing():
+    net = Net()
+    alice, bob = attached(net)
+    held: list[dict[str, Any]] = []
+    # Hold bob's resp: alice waits for it (no tag sent yet); bob waits for share.
+    net.pump(drop=lambda f: f.get("kind") == "hs" and f["from"] == "bob"
+             and chat._parse_hs(f["body"]).get("hs") == "resp" and not held.append(f))
+    assert alice.phase is Phase.RUNNING and bob.phase is Phase.RUNNING and held
+    resp = chat._parse_hs(held[0]["body"])
+    abort = hs_body({"hs": "abort", "v": 1, "na": resp["na"], "nb": resp["nb"]})
+    deliver(alice, abort, ident=60_001)              # bound, but alice sent no tag yet
+    deliver(bob, abort, ident=60_002, sender="alice")  # to the responder: never valid
+    for core in (alice, bob):
+        assert core.phase is Phase.RUNNING
+        assert not [e for e in core.take_events() if isinstance(e, chat.Notice)]
+    alice.handle(held[0])
+    net.pump()
+    assert alice.safety_number == bob.safety_number is not None
