@@ -190,7 +190,8 @@ class RatchetMode:
             left = max(0, round(self.retry_at - self.core._clock()))
             return f"no session: the relay limits handshakes; next try in {left} s"
         if phase is Phase.RUNNING:
-            return "starting a secure session"
+            return ("starting a new secure session (the current one stays up meanwhile)"
+                    if self.session is not None else "starting a secure session")
         if phase is Phase.ASKED:
             return f"asked {self.core.peer} to start a secure session"
         if self.session is not None:
