@@ -142,9 +142,9 @@ def test_recorded_session_holds_only_shares_tags_and_ciphertext():
             assert msg["hs"] in ("init", "resp", "share", "confirm", "req")
         else:
             assert re.fullmatch(r"r1\.[0-9a-f]{32}\.[A-Za-z0-9+/=]+", body), body
-    # Only nonces, shares, the associated data (names and a ratchet public key)
+    # Only nonces (nr: a req's), shares, the associated data (names and a ratchet public key)
     # and tags: no salt, no hash of the passcode, no static-key ciphertext.
-    assert handshake_fields <= {"hs", "v", "na", "nb", "Y", "ad", "tag"}
+    assert handshake_fields <= {"hs", "v", "na", "nb", "nr", "Y", "ad", "tag"}
     assert not any(b.startswith("s1.") for b in bodies)
 
 

@@ -17,6 +17,8 @@ import nacl.bindings
 
 import framing
 import kdf
+from msgrlib.client import ratchet_mode
+from msgrlib.client.outbox import Outgoing
 from msgrlib.crypto import handshake, ratchet
 from msgrlib.crypto import staticbox as e2e
 
@@ -102,7 +104,23 @@ def examples() -> dict[str, str]:
         f"message   = {first.hex()}",
         f"body      = r1.{keys_a.sid.hex()}.{base64.b64encode(first).decode()}",
     ])
+
+    # What the chat layer puts around the handshake and inside the ratchet.
+    epoch = base64.b64encode(pinned_rng("alice-epoch")(8)).decode()
+    typed = Outgoing(1, "hello bob", 30, 1767225600.0, 0.0)
+    inner = ratchet_mode.msg_inner(a, b, epoch, typed)
+    out["chat"] = "\n".join([
+        f"req      = {_compact(ratchet_mode.req_message(pinned_rng('bob-req')(16)))}",
+        f"abort    = {_compact(ratchet_mode.abort_message(m3['na'], m3['nb']))}",
+        f"msg      = {_compact(inner)}",
+        f"deadline = {inner['ts'] + inner['ttl']}",
+        f"rcpt     = {_compact({'k': 'rcpt', 'e': epoch, 'n': [1]})}",
+    ])
     return out
+
+
+def _compact(obj: object) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def main() -> None:

@@ -1,67 +1,80 @@
 """A chat between two people, sans-I/O: relay frames in, frames and events out.
 
-:class:`ChatCore` holds everything a chat client decides: the CPace handshake
-and the double ratchet (default mode) or the passcode box (``--static``), the
-outbox of messages not yet confirmed, receipts, replay and duplicate checks,
-and what to tell the user. The asyncio layer (``client.py``) feeds it relay
-frames and the passage of time, and sends what :meth:`ChatCore.take_frames`
-returns; a UI shows what :meth:`ChatCore.take_events` returns. Nothing here
-reads a clock, draws randomness or touches a socket on its own.
+:class:`ChatCore` holds everything a chat client decides, and delegates what
+differs between the two modes to one of two objects behind one interface:
+:class:`~msgrlib.client.ratchet_mode.RatchetMode` (default: the CPace
+handshake and the double ratchet, with the session's states and transitions
+as a table) or :class:`~msgrlib.client.static_mode.StaticMode` (``--static``:
+the passcode box). What both share lives here: the outbox of messages not yet
+confirmed (``outbox.py``), the paced queue of sends, receipts, the receive
+window that shows each message once, in order and before its deadline
+(``window.py``), and what to tell the user (``events.py``). The asyncio
+layer feeds it relay frames and the passage of time, and sends what
+:meth:`ChatCore.take_frames` returns; a UI shows what
+:meth:`ChatCore.take_events` returns. Nothing here reads a clock, draws
+randomness or touches a socket on its own.
 
-Default mode, in short (PROTOCOL.md has the details):
-
-* Both clients watch each other's presence at the relay. Roles are fixed:
-  the name that sorts first is always the CPace initiator. An initiator with
-  no session starts a handshake when its peer is online; a responder with no
-  session asks for one with a ``req``. An initiator never answers an
-  ``init``, so a man in the middle cannot make both people responders (which
-  would let it contribute the last share of both sessions and grind their
-  safety numbers towards each other; see handshake.py).
-* After the handshake the initiator sends a ``hi`` through the ratchet so the
-  responder can send too (a ratchet responder cannot send first).
-* Each message stays in the outbox until the peer's client returns a receipt
-  through the ratchet. When a new session replaces the old one (the peer
-  restarted), unconfirmed messages are sent again under it. A message whose
-  TTL ends unconfirmed is reported as not delivered.
-
-Static mode seals with :class:`e2e.StaticBox` and counts a message as sent once
-the relay has acknowledged it, as the original design did.
+Each message stays in the outbox until its fate is known: default mode,
+until the peer's client returns a receipt through the ratchet (when a new
+session replaces the old one, unconfirmed messages are sent again under it);
+static mode, until the relay holds it. A message carries its deadline (the
+time it was typed plus its TTL) inside its authenticated body; the receiver
+refuses it past that, and the sender reports an unconfirmed one as not
+delivered shortly after it (``window.VERDICT_DELAY``), so the two never
+disagree while the clocks agree within ``window.CLOCK_TOLERANCE``.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 import json
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import framing
-from msgrlib.crypto import handshake, ratchet
+from msgrlib.client import window as window_mod
+from msgrlib.client.events import (  # noqa: F401 - re-exported: the UI imports them from here
+    Accepted,
+    Delivered,
+    Event,
+    HandshakeRetry,
+    Notice,
+    Presence,
+    Received,
+    SessionStarted,
+    Undelivered,
+)
+from msgrlib.client.outbox import (  # noqa: F401 - re-exported
+    RATE_MARGIN,
+    Outgoing,
+    OutState,
+    Pacer,
+    Pending,
+    SendQueue,
+    number,
+)
+from msgrlib.client.ratchet_mode import (  # noqa: F401 - re-exported
+    HANDSHAKE_TIMEOUT,
+    MAX_HANDSHAKE_FAILURES,
+    MAX_HANDSHAKE_TIMEOUTS,
+    BadBody,
+    Phase,
+    RatchetMode,
+    Session,
+)
+from msgrlib.client.ratchet_mode import parse_hs as _parse_hs  # noqa: F401 - tests use it
+from msgrlib.client.static_mode import STATIC_GRACE, StaticMode
+from msgrlib.client.window import ReceiveWindow, Verdict
 from msgrlib.crypto import staticbox as e2e
 from msgrlib.errors import CryptoError, MsgrError
-from msgrlib.relay.rules import TokenBucket
 
-#: Consecutive failed handshakes after which a client stops answering new
-#: ones. Each attempt lets an active attacker test one passcode guess; three
-#: leaves room for a typo on the other side, and the user is told each time.
-MAX_HANDSHAKE_FAILURES = 3
-#: Seconds a handshake may take before it is abandoned.
-HANDSHAKE_TIMEOUT = 30.0
-#: How many times in a row a timed-out handshake is started again by itself.
-MAX_HANDSHAKE_TIMEOUTS = 3
-#: Static mode: seconds after a message's TTL to wait for the relay's
-#: "expired" report before forgetting the message.
-STATIC_GRACE = 5.0
-#: Relay ids and (epoch, n) pairs remembered to drop duplicates silently.
+#: Relay ids remembered to drop a delivery handed out again after a
+#: reconnect before opening it (an optimisation: the receive window is what
+#: guarantees a message is shown once).
 DEDUP_MEMORY = 4096
-#: Share of the relay's per-connection rates (from ``welcome``) the client
-#: allows itself, so that its sends are not refused as too fast.
-RATE_MARGIN = 0.9
 #: Times a send refused as too fast (``rate_limited``) is tried again.
 RATE_RETRIES = 3
 #: Most ids in one ``ack`` frame (the relay's limit, PROTOCOL.md).
@@ -74,144 +87,6 @@ FRAME_OVERHEAD = 512
 class Mode(enum.Enum):
     RATCHET = "ratchet"
     STATIC = "static"
-
-
-# -- events for the UI ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class Received:
-    """A message from the peer, shown once."""
-
-    sender: str
-    text: str
-    sent_at: float      # sender's Unix time
-    expires_at: float   # Unix time the relay forgets it; the UI hides it then
-    ttl: int
-
-
-@dataclass(frozen=True)
-class Notice:
-    """Something the user should know; ``level`` is info, warn or error."""
-
-    text: str
-    code: str = "info"
-    level: str = "info"
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """The relay holds message ``n`` (static mode: that is "sent")."""
-
-    n: int
-    expires_at: float
-
-
-@dataclass(frozen=True)
-class Delivered:
-    """The peer's client confirmed message ``n`` end to end."""
-
-    n: int
-
-
-@dataclass(frozen=True)
-class Undelivered:
-    """Message ``n`` did not reach the peer; ``reason`` says why."""
-
-    n: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Presence:
-    online: bool
-
-
-@dataclass(frozen=True)
-class SessionStarted:
-    """A handshake completed; compare ``safety_number`` out of band."""
-
-    safety_number: str
-    session_id: str
-    replaced: bool
-
-
-Event = Received | Notice | Accepted | Delivered | Undelivered | Presence | SessionStarted
-
-
-# -- internal state -------------------------------------------------------------
-
-class OutState(enum.Enum):
-    QUEUED = "queued"          # waiting for a session (or for the ratchet to allow sending)
-    SENT = "sent"              # handed to the relay, no answer yet
-    ACCEPTED = "accepted"      # the relay holds it
-    DELIVERED = "delivered"    # confirmed by the peer (default mode)
-    FAILED = "failed"          # reported as not delivered
-
-
-@dataclass
-class Outgoing:
-    n: int
-    text: str
-    ttl: int
-    ts: float
-    deadline: float                 # monotonic: when typed, plus its TTL
-    state: OutState = OutState.QUEUED
-    body: str | None = None         # the last ciphertext sent
-    ref: int | None = None
-    relay_id: int | None = None
-    blind: bool = False             # static: disconnected since accepted (see tick)
-    handed_live: bool = False       # accepted while the peer was online (handed over at once)
-
-
-@dataclass
-class Pending:
-    """A send frame, from when it is queued until the relay answers it."""
-
-    purpose: str                         # msg, ctl (hi), rcpt (receipt) or hs
-    frame: dict[str, Any]
-    out: Outgoing | None = None          # msg: the message it carries
-    inner: dict[str, Any] | None = None  # rcpt: sealed again after a reconnect
-    sent: bool = False                   # handed to the I/O layer
-    retries: int = 0
-
-
-class Pacer:
-    """Keeps sends under the relay's per-connection message and byte rates."""
-
-    def __init__(self, limits: dict[str, Any], now: float) -> None:
-        def rate(name: str, default: float) -> float:
-            value = limits.get(name)
-            ok = type(value) in (int, float) and 0 < value < float("inf")
-            return value * RATE_MARGIN if ok else default  # type: ignore[operator]
-
-        self.msgs = TokenBucket(rate("rate_messages", 1e9), max(1.0, rate("burst_messages", 1e9)),
-                                now)
-        self.bytes = TokenBucket(rate("rate_bytes", 1e12), rate("burst_bytes", 1e12), now)
-
-    def take(self, size: int, now: float) -> bool:
-        size = min(size, int(self.bytes.burst))  # larger than a burst: the relay decides
-        if self.msgs.level(now) < 1 or self.bytes.level(now) < size:
-            return False
-        return self.msgs.take(1, now) and self.bytes.take(size, now)
-
-    def ready_at(self, size: int, now: float) -> float:
-        size = min(size, int(self.bytes.burst))
-        wait = max((1 - self.msgs.level(now)) / self.msgs.rate,
-                   (size - self.bytes.level(now)) / self.bytes.rate, 0.0)
-        return now + wait
-
-    def empty(self, now: float) -> None:
-        """The relay said we were too fast: start again from no budget."""
-        self.msgs.tokens = self.bytes.tokens = 0.0
-        self.msgs.stamp = self.bytes.stamp = now
-
-
-@dataclass
-class Session:
-    keys: handshake.SessionKeys
-    ratchet: ratchet.Ratchet
-    sid: str
-    heard: bool = False  # a message from the peer opened under it
 
 
 class ChatCore:
@@ -232,42 +107,70 @@ class ChatCore:
         self._clock = clock
         self._wall = wallclock
         self._rng = rng
-        self.max_failures = max_failures
-        self.handshake_timeout = handshake_timeout
-        self._frames: list[dict[str, Any]] = []
+        self._frames: list[dict[str, Any]] = []   # frames that never wait (watch...)
         self._events: list[Event] = []
         self._acks: list[int] = []
-        self._refs: dict[int, Pending] = {}
+        self._sends = SendQueue()
         self._pacer: Pacer | None = None
-        self._redo_receipts: list[dict[str, Any]] = []
         self._relay: str | None = None  # the relay instance of the last welcome
         self._max_frame = framing.DEFAULT_MAX_FRAME  # the relay's, once welcomed
         self._ttl_min = 0.0  # the relay's shortest TTL, once welcomed
-        self._next_ref = 0
         self._next_n = 0
         # Messages whose fate is open. Settled ones leave it at once, so their
         # text does not linger in memory for the rest of the session.
         self.outbox: dict[int, Outgoing] = {}
         self._failed: list[int] = []
         self._seen_relay_ids: OrderedDict[int, None] = OrderedDict()
-        self._seen_msgs: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._window = ReceiveWindow()
         self.epoch = base64.b64encode(rng(8)).decode()
         self.connected = False
         self.peer_online: bool | None = None
         self.verified = False
-        # default mode
-        self.session: Session | None = None
-        self._previous: Session | None = None
-        self._hs: handshake.Initiator | handshake.Responder | None = None
-        self._hs_started = 0.0
-        self._req_at: float | None = None   # responder: when we last asked for a handshake
-        self.initiator = me < peer
-        self._hs_failures = 0
-        self._hs_timeouts = 0
-        self.locked = False
-        # static mode
-        self._box = (e2e.StaticBox(key, me, peer, rng=rng, wallclock=wallclock)
-                     if mode is Mode.STATIC else None)
+        self._mode: RatchetMode | StaticMode = (
+            StaticMode(self) if mode is Mode.STATIC else
+            RatchetMode(self, max_failures=max_failures, handshake_timeout=handshake_timeout))
+
+    # -- what the mode knows ----------------------------------------------------
+
+    @property
+    def session(self) -> Session | None:
+        return self._mode.session
+
+    @property
+    def locked(self) -> bool:
+        return self._mode.locked
+
+    @property
+    def initiator(self) -> bool:
+        return self._mode.initiator
+
+    @property
+    def phase(self) -> Phase | None:
+        """Default mode: the session's state (ratchet_mode.Phase)."""
+        return self._mode.phase if isinstance(self._mode, RatchetMode) else None
+
+    @property
+    def session_status(self) -> str:
+        """One line saying what the session is doing (for ``/status``)."""
+        return self._mode.status()
+
+    @property
+    def handshake_retry_at(self) -> float | None:
+        """Unix time of the next handshake try after the relay refused one, or None."""
+        return self._mode.retry_wall_time()
+
+    @property
+    def _box(self) -> e2e.StaticBox | None:
+        return self._mode.box if isinstance(self._mode, StaticMode) else None
+
+    @property
+    def safety_number(self) -> str | None:
+        session = self.session
+        return session.keys.safety_number if session else None
+
+    def _seal_and_submit(self, inner: dict[str, Any], out: Outgoing | None) -> None:
+        if isinstance(self._mode, RatchetMode):
+            self._mode.seal_and_submit(inner, out)
 
     # -- outputs --------------------------------------------------------------
 
@@ -277,38 +180,39 @@ class ChatCore:
         other frames (acks, watch) never wait behind them. A message's send
         carries what is left of its TTL, and is dropped if the message was
         settled meanwhile (reported undelivered: it must not arrive after)."""
+        self._mode.flush()
         acks, self._acks = self._acks, []
         frames = [{"type": "ack", "ids": acks[i:i + MAX_ACK_IDS]}
                   for i in range(0, len(acks), MAX_ACK_IDS)]
-        queue, self._frames = self._frames, []
+        frames += self._frames
+        self._frames = []
         pacer = self._pacer
         now = self._clock()
-        held: list[dict[str, Any]] = []
-        for frame in queue:
-            if frame["type"] != "send":
-                frames.append(frame)
-                continue
-            entry = self._refs.get(frame["ref"])
-            out = entry.out if entry is not None else None
+        queue = self._sends
+        while (entry := queue.peek()) is not None:
+            frame = entry.frame
+            out = entry.out
             if out is not None:
                 if self.outbox.get(out.n) is not out or out.state is not OutState.SENT:
-                    del self._refs[frame["ref"]]  # settled while it waited
+                    queue.forget(entry.ref)  # settled while it waited
                     continue
                 left = math.ceil(out.deadline - now)  # the relay counts whole seconds
                 if left < max(self._ttl_min, 1):
                     # The relay would keep it for its minimum TTL, past the
                     # time we report it undelivered.
-                    del self._refs[frame["ref"]]
-                    self._fail(out, f"too little of its {out.ttl} s TTL was left to send it")
+                    queue.forget(entry.ref)
+                    if not out.ever_sent:
+                        self._fail(out, f"too little of its {out.ttl} s TTL was left to send it")
+                    # else: a copy may still reach the peer; tick reports it.
                     continue
                 frame["ttl"] = min(out.ttl, left)
-            if held or (pacer is not None and not pacer.take(len(frame["body"]), now)):
-                held.append(frame)  # in order, behind the first that must wait
-                continue
-            if entry is not None:
-                entry.sent = True
+            if pacer is not None and not pacer.take(len(frame["body"]), now):
+                break  # in order: the rest wait behind the first that must
+            queue.pop()
+            queue.mark_sent(entry)
+            if out is not None:
+                out.ever_sent = True
             frames.append(frame)
-        self._frames = held + self._frames
         return frames
 
     def set_limits(self, limits: dict[str, Any]) -> None:
@@ -320,9 +224,9 @@ class ChatCore:
         if type(max_frame) is int and max_frame > 0:
             # Never above our own limit: the I/O layer encodes with it.
             self._max_frame = min(max_frame, framing.DEFAULT_MAX_FRAME)
-        ttl_min = limits.get("ttl_min")
-        if type(ttl_min) in (int, float) and 0 <= ttl_min <= 60:
-            self._ttl_min = float(ttl_min)
+        ttl_min = number(limits.get("ttl_min"))
+        if ttl_min is not None and 0 <= ttl_min <= 60:
+            self._ttl_min = ttl_min
 
     @property
     def max_text_bytes(self) -> int:
@@ -336,15 +240,9 @@ class ChatCore:
         events, self._events = self._events, []
         return events
 
-    @property
-    def safety_number(self) -> str | None:
-        return self.session.keys.safety_number if self.session else None
-
     def unsettled(self) -> list[Outgoing]:
         """Messages whose fate is not known yet (static mode: not yet held by the relay)."""
-        if self.mode is Mode.STATIC:
-            return [o for o in self.outbox.values() if o.state is not OutState.ACCEPTED]
-        return list(self.outbox.values())
+        return self._mode.unsettled(self.outbox)
 
     def failed(self) -> list[int]:
         """Numbers of the messages reported as not delivered, in order."""
@@ -397,53 +295,25 @@ class ChatCore:
         self._relay = relay
         self.connected = True
         self._frames.append({"type": "watch", "user": self.peer})
-        for out in list(self.outbox.values()):  # _submit may fail one
-            if self.mode is Mode.RATCHET and out.state in (OutState.SENT, OutState.ACCEPTED):
-                # The relay may have lost it (a frame in flight, or a relay
-                # restart). Seal it again under a fresh ratchet key: the peer
-                # shows each (epoch, n) once and simply confirms a copy.
-                out.state = OutState.QUEUED
-            elif out.state is OutState.SENT and out.body is not None or (
-                    restarted and out.state is OutState.ACCEPTED and not out.handed_live
-                    and self._clock() < out.deadline):
-                # Static mode: resend what the relay never acknowledged, and
-                # what a relay that restarted since lost before the peer was
-                # there to take it. The same body: the peer shows each once.
-                # (One the peer was online for was handed over at once; sent
-                # again, a restarted peer would show it twice. Its fate is
-                # then unknown, and said so at its end: see tick.)
-                out.blind = False
-                self._submit(out)
-            elif (out.state is OutState.ACCEPTED and not restarted
-                  and self._clock() < out.deadline):
-                out.blind = False  # back before its TTL ends: we will hear of an expiry
-            elif out.state is OutState.ACCEPTED and restarted:
-                out.blind = True  # the relay that held it is gone: no report will come
-        # Receipts the relay may not have stored: the peer would otherwise
-        # report as undelivered a message we showed. A copy is harmless.
-        redo, self._redo_receipts = self._redo_receipts, []
-        session = self.session
-        if session is not None and session.ratchet.can_send:
-            for inner in redo:
-                self._seal_and_submit(inner, None)
+        self._mode.on_connected(restarted)
         self._pump()
 
     def disconnected(self) -> None:
         self.connected = False
         self.peer_online = None
-        for out in self.outbox.values():
-            if out.state is OutState.ACCEPTED:
-                out.blind = True  # an "expired" report would not reach us now
         # Sends handed out on that connection get no answer on another one.
         # Messages are resent from the outbox (so their sends still waiting
         # here are dropped, not sent twice); receipts are sealed anew.
-        for ref, entry in list(self._refs.items()):
+        lost: list[dict[str, Any]] = []
+        queue = self._sends
+        for ref, entry in list(queue.refs.items()):
             if entry.sent or entry.purpose == "msg":
-                del self._refs[ref]
+                queue.forget(ref)
                 if entry.sent and entry.purpose == "rcpt" and entry.inner is not None:
-                    self._redo_receipts.append(entry.inner)
-        self._frames = [f for f in self._frames
-                        if f["type"] != "send" or f["ref"] in self._refs]
+                    lost.append(entry.inner)
+        self._mode.on_disconnected(None)
+        for inner in lost:
+            self._mode.on_disconnected(inner)
 
     def handle(self, frame: dict[str, Any]) -> None:
         """One frame from the relay (after welcome).
@@ -470,367 +340,91 @@ class ChatCore:
                          f"handled ({type(err).__name__})", "bad_frame", "warn")
 
     def next_deadline(self) -> float | None:
-        times = [o.deadline + (STATIC_GRACE if o.state is OutState.ACCEPTED else 0.0)
-                 for o in self.outbox.values()]
-        if self._hs is not None:
-            times.append(self._hs_started + self.handshake_timeout)
-        if self._req_at is not None:
-            times.append(self._req_at + self.handshake_timeout)
+        """When to call :meth:`tick` and :meth:`take_frames` next (monotonic);
+        now if frames are ready."""
+        self._mode.flush()  # owed receipts become sends the pacer can time
+        if self._acks or self._frames:
+            return self._clock()
+        times = [self._verdict_time(o) for o in self.outbox.values()]
+        times += self._mode.deadlines()
         if self._pacer is not None and self.connected:
-            held = next((f for f in self._frames if f["type"] == "send"), None)
+            held = self._sends.peek()
             if held is not None:
-                times.append(self._pacer.ready_at(len(held["body"]), self._clock()))
+                times.append(self._pacer.ready_at(len(held.frame["body"]), self._clock()))
         return min(times) if times else None
+
+    def _verdict_time(self, out: Outgoing) -> float:
+        if self.mode is Mode.STATIC:
+            return out.deadline + (STATIC_GRACE if out.state is OutState.ACCEPTED else 0.0)
+        # A copy handed to the relay may reach the peer until the deadline
+        # (its clock): the verdict waits for the clocks' tolerance.
+        return out.deadline + (window_mod.VERDICT_DELAY if out.ever_sent else 0.0)
 
     def tick(self) -> None:
         """Time passed: expire unconfirmed messages and stalled handshakes."""
         now = self._clock()
         for out in list(self.outbox.values()):
-            if now >= out.deadline:
-                if self.mode is Mode.STATIC and out.state is OutState.ACCEPTED:
-                    # The relay reports an unread expiry (as "expired") when
-                    # the TTL ends; after a grace period the fate is settled.
-                    if now >= out.deadline + STATIC_GRACE:
-                        del self.outbox[out.n]
-                        if out.blind:
-                            self._notice(
-                                f"message #{out.n}: its TTL ended while the connection to "
-                                f"the relay was down, so msgr cannot tell whether "
-                                f"{self.peer} read it", "fate_unknown", "warn")
-                    continue
-                if out.state is not OutState.QUEUED:
-                    why = f"{self.peer} did not confirm it"
-                elif not self.connected:
-                    why = "the relay could not be reached to send it"
-                elif self.mode is Mode.RATCHET:
-                    why = f"no secure session with {self.peer} came up to send it"
-                else:
-                    why = "it could not be sent"
-                self._fail(out, f"{why} within its {out.ttl} s TTL")
-        req_due = self._req_at is not None and now - self._req_at >= self.handshake_timeout
-        if req_due or (self._hs is not None and now - self._hs_started >= self.handshake_timeout):
-            self._hs = None
-            self._req_at = None
-            self._hs_timeouts += 1
-            self._notice(f"the handshake with {self.peer} timed out", "handshake_timeout",
-                         "warn")
-            self._maybe_initiate()
-
-    # -- relay frames -------------------------------------------------------------
-
-    def _on_deliver(self, frame: dict[str, Any]) -> None:
-        relay_id = frame.get("id")
-        body = frame.get("body")
-        if type(relay_id) is not int or not isinstance(body, str):
-            return
-        self._acks.append(relay_id)
-        if relay_id in self._seen_relay_ids:
-            return  # handed out again after a reconnect; already handled
-        _remember(self._seen_relay_ids, relay_id)
-        if frame.get("from") != self.peer:
-            self._notice(f"ignored a message from {str(frame.get('from'))[:32]!r}, who is "
-                         "not the peer of this chat", "stranger", "warn")
-            return
-        expires_at = _unix_time(frame.get("expires_at"), self._wall() + self.ttl)
-        try:
-            if self.mode is Mode.STATIC:
-                self._open_static(body, expires_at)
-            elif frame.get("kind") == "hs":
-                self._on_handshake(body)
+            if now < out.deadline:
+                continue
+            if isinstance(self._mode, StaticMode) and out.state is OutState.ACCEPTED:
+                self._mode.settle_accepted(out, now)
+                continue
+            if now < self._verdict_time(out):
+                continue
+            if out.state is not OutState.QUEUED or out.ever_sent:
+                why = self._mode.unconfirmed_reason(out)
+            elif not self.connected:
+                why = "the relay could not be reached to send it"
             else:
-                self._open_ratchet(body, expires_at)
-        except CryptoError as err:
-            self._notice(_explain(err, self.peer), err.code, "warn")
+                why = self._mode.queued_reason()
+            self._fail(out, f"{why} within its {out.ttl} s TTL")
+        self._mode.tick(now)
 
-    def _take_ref(self, frame: dict[str, Any]) -> Pending | None:
-        """The send this frame answers (``ref`` is ours: an int)."""
-        ref = frame.get("ref")
-        entry = self._refs.get(ref) if type(ref) is int else None
-        if entry is None or not entry.sent:
-            return None  # not ours, or not sent yet: a hostile relay's answer
-        del self._refs[ref]
-        return entry
+    # -- shared by both modes -----------------------------------------------------
 
-    def _on_accepted(self, frame: dict[str, Any]) -> None:
-        entry = self._take_ref(frame)
-        if entry is None or entry.out is None:
-            return
-        out = entry.out
-        if out.state is OutState.SENT:
-            out.state = OutState.ACCEPTED
-            out.handed_live = self.peer_online is True
-            out.relay_id = frame.get("id")  # type: ignore[assignment]
-            self._events.append(Accepted(out.n, _unix_time(frame.get("expires_at"), 0.0)))
+    def _admit(self, run: str, n: int, ts: float, ttl: int) -> Verdict:
+        """Whether message ``n`` of the peer's ``run`` is shown (see window.py);
+        says so to the user when it is not, or shown out of order."""
+        now = self._wall()
+        deadline = ts + ttl
+        verdict = self._window.check(run, n, ts, deadline, now)
+        if verdict in (Verdict.NEW, Verdict.LATE):
+            self._window.record(run, n, ts)
+        if verdict is Verdict.LATE:
+            self._notice(f"the next message from {self.peer} arrived late: it was written "
+                         "before one already shown", "late", "info")
+        elif verdict is Verdict.UNKNOWN:
+            self._notice(f"dropped a message from {self.peer} that may have been shown "
+                         "already (too many arrived out of order to tell)", "maybe_repeat",
+                         "warn")
+        elif verdict is Verdict.EXPIRED:
+            self._notice(f"refused a message from {self.peer} that arrived after its "
+                         f"deadline ({max(0, round(now - deadline))} s ago): {self.peer} is "
+                         "told it was not delivered (if this repeats, check both clocks)",
+                         "past_deadline", "warn")
+        elif verdict is Verdict.FUTURE:
+            self._notice(f"refused a message from {self.peer} dated in the future or with an "
+                         "impossible TTL (check both clocks)", "bad_deadline", "warn")
+        return verdict
 
-    def _on_error(self, frame: dict[str, Any]) -> None:
-        code = str(frame.get("code", "error"))
-        message = str(frame.get("message", "the relay refused a request"))[:300]
-        entry = self._take_ref(frame)
-        if (entry is not None and code == "rate_limited" and entry.retries < RATE_RETRIES
-                and (entry.out is None or entry.out.n in self.outbox)):
-            # Not stored by the relay: the same frame goes again, in its
-            # place among those waiting, once the budget allows (the peer
-            # never saw it, so it is no replay).
-            entry.retries += 1
-            entry.sent = False
-            ref = entry.frame["ref"]
-            self._refs[ref] = entry
-            queue = self._frames
-            at = next((i for i, f in enumerate(queue) if f.get("ref", ref) > ref), len(queue))
-            queue.insert(at, entry.frame)
-            if self._pacer is not None:
-                self._pacer.empty(self._clock())
-            return
-        if entry is not None and entry.out is not None and entry.out.n in self.outbox:
-            self._fail(entry.out, f"the relay refused it: {message}")
-        elif entry is not None and entry.purpose == "hs":
-            self._hs = None
-            self._notice(f"handshake message refused by the relay: {message}", code, "warn")
-        else:
-            self._notice(f"relay: {message}", code, "warn")
-
-    def _on_expired(self, frame: dict[str, Any]) -> None:
-        relay_id = frame.get("id")
-        for out in self.outbox.values():
-            if out.relay_id == relay_id and out.relay_id is not None:
-                self._fail(out, f"it expired at the relay before {self.peer} read it")
-                return
-
-    def _on_presence(self, frame: dict[str, Any]) -> None:
-        if frame.get("user") != self.peer:
-            return
-        online = frame.get("online") is True
-        if online != self.peer_online:
-            self.peer_online = online
-            self._events.append(Presence(online))
-            if online:
-                self._hs_timeouts = 0
-                # After a reconnect of either side: our last hi may have been
-                # lost with a connection, a relay restart, or expired unread.
-                self._say_hi()
-        self._maybe_initiate()
-
-    # -- static mode -----------------------------------------------------------
-
-    def _open_static(self, body: str, expires_at: float) -> None:
-        assert self._box is not None
-        opened = self._box.open(body)
-        self._events.append(Received(self.peer, opened.text, opened.ts, expires_at,
-                                     opened.ttl))
-
-    # -- default mode: handshake ----------------------------------------------
-
-    def _maybe_initiate(self) -> None:
-        if (self.mode is not Mode.RATCHET or not self.connected or not self.peer_online
-                or self.session is not None or self._hs is not None or self.locked
-                or self._hs_failures or self._hs_timeouts >= MAX_HANDSHAKE_TIMEOUTS):
-            return
-        if self.initiator:
-            self._initiate()
-        elif self._req_at is None:
-            self._req_at = self._clock()
-            self._send_hs({"hs": "req", "v": 1})
-
-    def _initiate(self) -> None:
-        initiator = handshake.Initiator(prs=self._key, me=self.me, peer=self.peer, rng=self._rng)
-        self._start_hs(initiator)
-        self._send_hs(initiator.start())
-
-    def _start_hs(self, hs: handshake.Initiator | handshake.Responder) -> None:
-        self._hs = hs
-        self._hs_started = self._clock()
-
-    def _send_hs(self, msg: dict[str, Any]) -> None:
-        body = "h1." + base64.b64encode(
-            json.dumps(msg, separators=(",", ":")).encode()).decode()
-        self._queue_send(Pending("hs", {"kind": "hs", "ttl": self.ttl, "body": body}))
-
-    def _on_handshake(self, body: str) -> None:
-        msg = _parse_hs(body)
-        kind = msg.get("hs") if msg.get("hs") in ("abort", "req") else handshake.kind_of(msg)
-        hs = self._hs
-        if kind in ("resp", "share", "confirm") and hs is not None and not hs.belongs(msg):
-            # From another attempt: a late answer to an earlier one (ours, or
-            # a previous run's), or a replay. Dropping it keeps this attempt
-            # alive; failing it would let anyone stall the handshake.
-            return
-        try:
-            if kind == "req":
-                # The peer has no session (it started or restarted): start one.
-                # Ours is of no use for sending any more (it stays readable as
-                # the previous one); new messages wait for the new session
-                # instead of going out under the old. Not when locked.
-                if self.initiator and hs is None and not self.locked:
-                    if self.session is not None:
-                        self._previous, self.session = self.session, None
-                    self._initiate()
-            elif kind == "init":
-                if self.locked:
-                    return
-                if self.initiator:
-                    self._notice(f"ignored a handshake start from {self.peer}: the name that "
-                                 "sorts first starts handshakes, and that is you",
-                                 "bad_handshake", "warn")
-                    return
-                self._req_at = None
-                responder = handshake.Responder(prs=self._key, me=self.me, peer=self.peer,
-                                                rng=self._rng)
-                self._start_hs(responder)
-                self._send_hs(responder.on_init(msg))
-            elif kind == "resp" and isinstance(hs, handshake.Initiator):
-                self._send_hs(hs.on_resp(msg))
-            elif kind == "share" and isinstance(hs, handshake.Responder):
-                reply, keys = hs.on_share(msg)
-                self._send_hs(reply)
-                self._establish(keys)
-            elif kind == "confirm" and isinstance(hs, handshake.Initiator):
-                self._establish(hs.on_confirm(msg))
-            elif kind == "abort" and hs is not None:
-                self._hs = None
-                self._handshake_failed("the peer could not confirm the handshake: passcode "
-                                       "mismatch, or someone is interfering")
-            # Anything else belongs to an attempt that is over: ignore it.
-        except handshake.PasscodeMismatch as err:
-            self._hs = None
-            if kind == "share":
-                self._send_hs({"hs": "abort", "v": 1})
-            self._handshake_failed(str(err))
-        except (CryptoError, handshake.HandshakeStateError) as err:
-            # Malformed or stale (an echo of an earlier attempt): not a guess.
-            self._notice(f"ignored a bad handshake message: {err}", "bad_handshake", "warn")
-
-    def _handshake_failed(self, reason: str) -> None:
-        self._hs_failures += 1
-        left = self.max_failures - self._hs_failures
-        if left <= 0:
-            self.locked = True
-            self._notice(f"{reason}. {self._hs_failures} failed handshakes in a row: this "
-                         "client no longer accepts new ones (each is a passcode guess); "
-                         "check the passcode with your peer and restart", "passcode_mismatch",
-                         "error")
-        else:
-            self._notice(f"{reason}. Not retrying by itself: check the passcode with your "
-                         f"peer, then one of you restarts ({left} more failure(s) and this "
-                         "client stops accepting handshakes)", "passcode_mismatch", "error")
-
-    def _establish(self, keys: handshake.SessionKeys) -> None:
-        self._hs = None
-        self._req_at = None
-        self._hs_failures = 0
-        self._hs_timeouts = 0
-        if keys.role == "initiator":
-            assert keys.peer_ratchet_pub is not None
-            rat = ratchet.Ratchet.initiator(keys.root_key, keys.peer_ratchet_pub, keys.ad,
-                                            rng=self._rng)
-        else:
-            assert keys.own_ratchet_priv is not None
-            rat = ratchet.Ratchet.responder(keys.root_key, keys.own_ratchet_priv, keys.ad,
-                                            rng=self._rng)
-        replaced = self.session is not None or self._previous is not None
-        if self.session is not None:
-            self._previous = self.session
-        self.session = Session(keys, rat, keys.sid.hex())
-        self.verified = False
-        self._events.append(SessionStarted(keys.safety_number, keys.sid.hex(), replaced))
-        self._say_hi()
-        # Everything not yet confirmed goes out again under the new session.
-        for out in self.outbox.values():
-            out.state = OutState.QUEUED
-        self._pump()
-
-    def _say_hi(self) -> None:
-        """Initiator: send ``hi`` through the ratchet, which lets the responder
-        send (a ratchet responder cannot send first). Again each time the peer
-        is seen coming online, until it is heard from: a lost
-        ``hi`` (relay restart, refused, expired while the peer was away) would
-        leave the responder unable to send for the rest of the session."""
-        session = self.session
-        if (session is not None and not session.heard and self.connected
-                and session.keys.role == "initiator" and session.ratchet.can_send):
-            self._seal_and_submit({"k": "hi"}, None)
-
-    # -- default mode: messages -----------------------------------------------
-
-    def _open_ratchet(self, body: str, expires_at: float) -> None:
-        sid, data = _parse_ratchet_body(body)
-        session = None
-        for candidate in (self.session, self._previous):
-            if candidate is not None and candidate.sid == sid:
-                session = candidate
-                break
-        if session is None:
-            self._notice(f"a message from {self.peer} belongs to an earlier session and "
-                         "cannot be read; it is sent again once the new session is up",
-                         "old_session")
-            self._maybe_initiate()
-            return
-        could_send = session.ratchet.can_send
-        plaintext = session.ratchet.decrypt(data)
-        session.heard = True
-        inner = _parse_inner(plaintext)
-        kind = inner["k"]
-        if kind == "msg":
-            if inner["from"] != self.peer or inner["to"] != self.me:
-                # The ratchet's associated data already binds both names; this
-                # is the explicit check the sealed fields allow.
-                raise BadBody("a message names the wrong sender or recipient; rejected")
-            self._receipt(session, inner)
-            key = (inner["e"], inner["n"])
-            if key not in self._seen_msgs:
-                _remember(self._seen_msgs, key)
-                self._events.append(Received(self.peer, inner["text"], inner["ts"],
-                                             expires_at, inner["ttl"]))
-        elif kind == "rcpt":
-            if inner["e"] == self.epoch:
-                for n in inner["n"]:
-                    out = self.outbox.pop(n, None)
-                    if out is not None:
-                        out.state = OutState.DELIVERED
-                        self._events.append(Delivered(n))
-        if not could_send and session.ratchet.can_send:
-            self._pump()  # the responder may send from now on
-
-    def _receipt(self, session: Session, inner: dict[str, Any]) -> None:
-        # Under the session the message came in, even if a req has retired
-        # it since: the peer may still have it (a req can be stale or forged).
-        if session.ratchet.can_send:
-            self._seal_and_submit({"k": "rcpt", "e": inner["e"], "n": [inner["n"]]}, None,
-                                  session=session)
+    def _confirmed(self, numbers: list[int]) -> None:
+        for n in numbers:
+            out = self.outbox.pop(n, None)
+            if out is not None:
+                out.state = OutState.DELIVERED
+                self._events.append(Delivered(n))
 
     def _pump(self) -> None:
         """Send every queued message that can go out now."""
         if not self.connected:
             return
+        mode = self._mode
         for out in list(self.outbox.values()):  # _submit may fail one
             if out.state is not OutState.QUEUED:
                 continue
-            if self.mode is Mode.STATIC:
-                assert self._box is not None
-                out.body = self._box.seal(out.text, out.ttl)
-                self._submit(out)
-                continue
-            session = self.session
-            if session is None or not session.ratchet.can_send:
+            if not mode.can_seal():
                 return
-            inner = {"k": "msg", "from": self.me, "to": self.peer, "e": self.epoch, "n": out.n,
-                     "ts": out.ts, "ttl": out.ttl, "text": out.text}
-            self._seal_and_submit(inner, out)
-
-    def _seal_and_submit(self, inner: dict[str, Any], out: Outgoing | None, *,
-                         session: Session | None = None) -> None:
-        session = session or self.session
-        assert session is not None
-        plaintext = json.dumps(inner, ensure_ascii=False, separators=(",", ":")).encode()
-        body = ("r1." + session.sid + "."
-                + base64.b64encode(session.ratchet.encrypt(plaintext)).decode())
-        if out is None:
-            receipt = inner["k"] == "rcpt"
-            self._queue_send(Pending("rcpt" if receipt else "ctl",
-                                     {"ttl": self.ttl, "body": body},
-                                     inner=inner if receipt else None))
-        else:
-            out.body = body
-            self._submit(out)
+            mode.seal(out)
 
     def _submit(self, out: Outgoing) -> None:
         if out.body is not None and len(out.body) > self._max_frame - FRAME_OVERHEAD:
@@ -844,16 +438,7 @@ class ChatCore:
 
     def _queue_send(self, entry: Pending) -> int:
         """Queue ``entry``'s send frame (given its fields), numbered by a fresh ref."""
-        self._next_ref += 1
-        ref = self._next_ref
-        entry.frame = {"type": "send", "ref": ref, "to": self.peer, **entry.frame}
-        self._refs[ref] = entry
-        if len(self._refs) > DEDUP_MEMORY:  # answers that never came: forget the oldest
-            oldest = next((r for r, e in self._refs.items() if e.sent), None)
-            if oldest is not None:
-                del self._refs[oldest]
-        self._frames.append(entry.frame)
-        return ref
+        return self._sends.add(entry, self.peer)
 
     def _fail(self, out: Outgoing, reason: str) -> None:
         out.state = OutState.FAILED
@@ -863,6 +448,80 @@ class ChatCore:
 
     def _notice(self, text: str, code: str = "info", level: str = "info") -> None:
         self._events.append(Notice(text, code, level))
+
+    # -- relay frames -------------------------------------------------------------
+
+    def _on_deliver(self, frame: dict[str, Any]) -> None:
+        relay_id = frame.get("id")
+        body = frame.get("body")
+        if type(relay_id) is not int or not isinstance(body, str):
+            return
+        self._acks.append(relay_id)
+        if relay_id in self._seen_relay_ids:
+            return  # handed out again after a reconnect; already handled
+        self._seen_relay_ids[relay_id] = None
+        if len(self._seen_relay_ids) > DEDUP_MEMORY:
+            self._seen_relay_ids.popitem(last=False)
+        if frame.get("from") != self.peer:
+            self._notice(f"ignored a message from {str(frame.get('from'))[:32]!r}, who is "
+                         "not the peer of this chat", "stranger", "warn")
+            return
+        expires_at = _unix_time(frame.get("expires_at"), self._wall() + self.ttl)
+        try:
+            self._mode.open(frame, body, expires_at)
+        except CryptoError as err:
+            self._notice(_explain(err, self.peer), err.code, "warn")
+
+    def _on_accepted(self, frame: dict[str, Any]) -> None:
+        entry = self._sends.take_answered(frame.get("ref"))
+        if entry is None or entry.out is None:
+            return
+        out = entry.out
+        if out.state is OutState.SENT:
+            out.state = OutState.ACCEPTED
+            out.handed_live = self.peer_online is True
+            out.relay_id = frame.get("id")  # type: ignore[assignment]
+            self._events.append(Accepted(out.n, _unix_time(frame.get("expires_at"), 0.0)))
+
+    def _on_error(self, frame: dict[str, Any]) -> None:
+        code = str(frame.get("code", "error"))
+        message = str(frame.get("message", "the relay refused a request"))[:300]
+        entry = self._sends.take_answered(frame.get("ref"))
+        if (entry is not None and code == "rate_limited" and entry.retries < RATE_RETRIES
+                and (entry.out is None or entry.out.n in self.outbox)):
+            # Not stored by the relay: the same frame goes again, in its
+            # place among those waiting, once the budget allows (the peer
+            # never saw it, so it is no replay).
+            entry.retries += 1
+            self._sends.requeue(entry)
+            if self._pacer is not None:
+                self._pacer.empty(self._clock())
+            return
+        if entry is not None and entry.out is not None and entry.out.n in self.outbox:
+            self._fail(entry.out, f"the relay refused it: {message}")
+        elif entry is not None and self._mode.on_send_refused(entry, code, message):
+            pass
+        else:
+            self._notice(f"relay: {message}", code, "warn")
+
+    def _on_expired(self, frame: dict[str, Any]) -> None:
+        relay_id = frame.get("id")
+        if relay_id is None:
+            return
+        for out in self.outbox.values():
+            if out.relay_id == relay_id:
+                self._mode.on_expired(out)
+                return
+
+    def _on_presence(self, frame: dict[str, Any]) -> None:
+        if frame.get("user") != self.peer:
+            return
+        online = frame.get("online") is True
+        changed = online != self.peer_online
+        if changed:
+            self.peer_online = online
+            self._events.append(Presence(online))
+        self._mode.on_presence(online, changed)
 
 
 #: What a rejected message means, in words a user can act on.
@@ -894,59 +553,3 @@ def _unix_time(value: object, default: float) -> float:
     if type(value) is int and -1e15 < value < 1e15:  # type: ignore[operator]
         return float(value)  # type: ignore[arg-type]
     return default
-
-
-def _remember(memory: OrderedDict[Any, None], key: Any) -> None:
-    memory[key] = None
-    if len(memory) > DEDUP_MEMORY:
-        memory.popitem(last=False)
-
-
-class BadBody(CryptoError):
-    code = "bad_message"
-
-
-def _parse_hs(body: str) -> dict[str, Any]:
-    if not body.startswith("h1."):
-        raise BadBody("a handshake message has an unknown format")
-    try:
-        # Strict, depth-limited JSON (framing.decode_body): anyone who can
-        # send to us writes this, before any key is known.
-        return framing.decode_body(base64.b64decode(body[3:], validate=True))
-    except (binascii.Error, ValueError, framing.FramingError):
-        raise BadBody("a handshake message is not valid") from None
-
-
-def _parse_ratchet_body(body: str) -> tuple[str, bytes]:
-    if body.startswith("s1."):
-        raise BadBody("the peer is in --static mode; both sides must use the same mode")
-    parts = body.split(".")
-    if len(parts) != 3 or parts[0] != "r1" or len(parts[1]) != 32:
-        raise BadBody("a message has an unknown format")
-    try:
-        return parts[1], base64.b64decode(parts[2], validate=True)
-    except (binascii.Error, ValueError):
-        raise BadBody("a message is not valid base64") from None
-
-
-def _parse_inner(plaintext: bytes) -> dict[str, Any]:
-    try:
-        inner = framing.decode_body(plaintext)
-    except framing.FramingError:
-        raise BadBody("a message decrypted but is not a valid JSON object") from None
-    kind = inner.get("k")
-    ok = False
-    if kind == "msg":
-        ok = (isinstance(inner.get("from"), str) and isinstance(inner.get("to"), str)
-              and isinstance(inner.get("e"), str) and type(inner.get("n")) is int
-              and type(inner.get("ts")) in (int, float) and type(inner.get("ttl")) is int
-              and isinstance(inner.get("text"), str))
-    elif kind == "rcpt":
-        ns = inner.get("n")
-        ok = (isinstance(inner.get("e"), str) and isinstance(ns, list) and len(ns) <= 1024
-              and all(type(n) is int for n in ns))
-    elif kind == "hi":
-        ok = True
-    if not ok:
-        raise BadBody("a message decrypted but its fields are wrong")
-    return inner
