@@ -45,6 +45,7 @@ import asyncio
 import base64
 import bisect
 import gc
+import hashlib
 import itertools
 import json
 import os
@@ -243,6 +244,18 @@ class Conn(asyncio.Protocol):
         self.send_obj({"type": "hello", "v": 1, "user": self.name,
                        "key": base64.b64encode(bytes(self.key.verify_key)).decode()})
 
+    def _auth_message(self, nonce: bytes, relay_id: Any) -> bytes:
+        """PROTOCOL.md 3.2: the signature names the relay (certificate or id)."""
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            der = ssl_object.getpeercert(binary_form=True)
+            digest = hashlib.sha256(der).hexdigest().upper()
+            binding = "tls:SHA256:" + ":".join(digest[i:i + 2] for i in range(0, 64, 2))
+        else:
+            binding = f"id:{relay_id}"
+        bound = binding.encode()
+        return AUTH_LABEL + nonce + struct.pack(">I", len(bound)) + bound + self.name.encode()
+
     def send_obj(self, obj: dict[str, Any]) -> None:
         self.transport.write(self.codec.encode(
             json.dumps(obj, separators=(",", ":")).encode()))
@@ -268,7 +281,7 @@ class Conn(asyncio.Protocol):
             kind = msg.get("type")
             if kind == "challenge" and self.state == "hello":
                 nonce = base64.b64decode(msg["nonce"])
-                sig = self.key.sign(AUTH_LABEL + nonce + self.name.encode()).signature
+                sig = self.key.sign(self._auth_message(nonce, msg.get("relay"))).signature
                 self.state = "auth"
                 self.send_obj({"type": "auth", "sig": base64.b64encode(sig).decode()})
             elif kind == "welcome" and self.state == "auth":

@@ -60,8 +60,9 @@ class RawClient:
         challenge = await self.recv()
         if challenge["type"] != "challenge":
             return challenge
-        nonce = base64.b64decode(challenge["nonce"])
-        sig = self.key.sign(relay.AUTH_LABEL + nonce + user.encode()).signature
+        tls = getattr(self, "tls", None)  # test_tlsconn's client runs its own TLS object
+        ssl_object = tls if tls is not None else self.writer.get_extra_info("ssl_object")
+        sig = self.key.sign(auth_message(challenge, user, ssl_object)).signature
         await self.send({"type": "auth", "sig": base64.b64encode(sig).decode()})
         return await self.recv()
 
@@ -105,6 +106,20 @@ class RawClient:
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
+
+
+def auth_message(challenge: dict[str, Any], user: str, ssl_object: Any = None) -> bytes:
+    """What a client signs to answer ``challenge``: bound to the relay's
+    certificate when ``ssl_object`` (the connection's TLS) is given, else to its id."""
+    from msgrlib import protocol
+    from msgrlib.tls import x509
+
+    nonce = base64.b64decode(challenge["nonce"])
+    if ssl_object is not None:
+        binding = protocol.tls_binding(x509.fingerprint(ssl_object.getpeercert(True)))
+    else:
+        binding = protocol.id_binding(challenge["relay"])
+    return protocol.auth_message(nonce, binding, user)
 
 
 def tls_contexts(directory: Any) -> tuple[Any, Any]:

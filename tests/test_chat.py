@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import pytest
+from helpers import auth_message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
@@ -71,8 +72,7 @@ class Net:
         key = key or self.keys.setdefault(core.me, SigningKey.generate())
         self.relay.receive(client, {"type": "hello", "v": 1, "user": core.me,
                                     "key": base64.b64encode(bytes(key.verify_key)).decode()})
-        nonce = base64.b64decode(link.inbox.pop()["nonce"])
-        sig = key.sign(relay.AUTH_LABEL + nonce + core.me.encode()).signature
+        sig = key.sign(auth_message(link.inbox.pop(), core.me)).signature
         self.relay.receive(client, {"type": "auth", "sig": base64.b64encode(sig).decode()})
         welcome = link.inbox.pop(0)
         assert welcome["type"] == "welcome"

@@ -18,6 +18,7 @@ import os
 import random
 from typing import Any
 
+from helpers import auth_message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -84,8 +85,7 @@ class RelayMachine(RuleBasedStateMachine):
                                     "key": base64.b64encode(bytes(key.verify_key)).decode()})
         if link.closed:
             return
-        nonce = base64.b64decode(link.frames[-1]["nonce"])
-        sig = key.sign(relay.AUTH_LABEL + nonce + name.encode()).signature
+        sig = key.sign(auth_message(link.frames[-1], name)).signature
         self.relay.receive(client, {"type": "auth", "sig": base64.b64encode(sig).decode()})
         if not link.closed:
             old = self.conns.get(name)

@@ -15,8 +15,11 @@ import json
 
 import nacl.bindings
 
+from nacl.signing import SigningKey
+
 import framing
 import kdf
+from msgrlib import protocol
 from msgrlib.client import ratchet_mode
 from msgrlib.client.outbox import Outgoing
 from msgrlib.crypto import handshake, ratchet
@@ -52,6 +55,25 @@ def examples() -> dict[str, str]:
     out: dict[str, str] = {}
     frame = {"type": "send", "ref": 1, "to": "bob", "ttl": 30, "body": "s1.AAAA"}
     out["frame"] = hexdump(framing.encode_frame(frame))
+
+    # Name ownership (3.2): a pinned key, nonce, relay id and certificate.
+    owner = SigningKey(pinned_rng("identity")(32))
+    nonce = pinned_rng("nonce")(32)
+    relay_id = pinned_rng("relay")(8).hex()
+    cert_fp = "SHA256:" + ":".join(f"{x:02X}" for x in pinned_rng("certificate")(32))
+    lines = [f"seed (private key) = {bytes(owner).hex()}",
+             f"public key (hello) = {base64.b64encode(bytes(owner.verify_key)).decode()}",
+             f"nonce (challenge)  = {base64.b64encode(nonce).decode()}",
+             f"relay (challenge)  = {relay_id}"]
+    for name, binding in (("without TLS", protocol.id_binding(relay_id)),
+                          ("with TLS", protocol.tls_binding(cert_fp))):
+        signed = protocol.auth_message(nonce, binding, "alice")
+        if name == "with TLS":
+            lines.append(f"certificate        = {cert_fp}")
+        lines += [f"{name}: binding = {binding}",
+                  f"  signed bytes = {signed.hex()}",
+                  f"  sig (auth)   = {base64.b64encode(owner.sign(signed).signature).decode()}"]
+    out["auth"] = "\n".join(lines)
 
     passcode, a, b = "correct horse battery staple", "alice", "bob"
     salt = kdf.pair_salt(a, b)

@@ -34,7 +34,9 @@ import time
 from typing import Any
 
 import framing
+from msgrlib import protocol
 from msgrlib.relay import rules as relay
+from msgrlib.tls import x509 as tls_x509
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,7 +108,10 @@ class Peer:
         challenge = await framing.read_frame(reader)
         assert challenge and challenge["type"] == "challenge", challenge
         nonce = base64.b64decode(challenge["nonce"])
-        sig = self.key.sign(relay.AUTH_LABEL + nonce + self.name.encode()).signature
+        ssl_object = writer.get_extra_info("ssl_object")
+        binding = (protocol.tls_binding(tls_x509.fingerprint(ssl_object.getpeercert(True)))
+                   if ssl_object is not None else protocol.id_binding(challenge["relay"]))
+        sig = self.key.sign(protocol.auth_message(nonce, binding, self.name)).signature
         writer.write(framing.encode_frame({"type": "auth",
                                            "sig": base64.b64encode(sig).decode()}))
         welcome = await framing.read_frame(reader)

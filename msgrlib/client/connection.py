@@ -32,9 +32,10 @@ from typing import Any
 from nacl.signing import SigningKey
 
 import framing
-from msgrlib.client.core import ChatCore, Event, Mode, Received
+from msgrlib import protocol
+from msgrlib.client.core import ChatCore, Event, Mode, Notice, Received
+from msgrlib.client.session import Ended, ForChat, Ignored, Ready, RelaySession, SessionEvent
 from msgrlib.errors import MsgrError
-from msgrlib.relay.rules import AUTH_LABEL  # the one definition; relay.py imports no crypto
 from msgrlib.util.safetext import escape
 
 #: Seconds to open the TCP connection and finish TLS.
@@ -48,10 +49,8 @@ BACKOFF_STABLE = 5.0
 #: Largest frame read from a relay that announces a larger max_frame than
 #: ours (its own limit is what a peer can send us through it).
 MAX_READ_FRAME = 16 * 1024 * 1024
-#: Relay codes after which reconnecting cannot help.
-FATAL_CODES = frozenset({"name_owned", "bad_name", "version", "bad_signature", "replaced",
-                         "protocol", "bad_frame", "frame_too_large"})
-
+#: Relay codes after which reconnecting cannot help (defined with the protocol).
+FATAL_CODES = protocol.PERMANENT_CODES
 
 
 class ClientError(MsgrError):
@@ -63,9 +62,16 @@ class ConnectFailed(ClientError):
 
 
 class RelayRefused(ClientError):
-    def __init__(self, code: str, message: str) -> None:
+    """The relay ended the session (an error frame, ``shutdown``), or broke
+    the protocol (``code`` ``protocol``); ``permanent`` if reconnecting with
+    the same name and key cannot help."""
+
+    remote = True
+
+    def __init__(self, code: str, message: str, *, permanent: bool | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.permanent = code in FATAL_CODES if permanent is None else permanent
 
 
 class WrongTransport(ClientError):
@@ -194,6 +200,7 @@ class ChatClient:
         self.stable_after = BACKOFF_STABLE
         self._read_limit = max_frame + 1024
         self._ssl_context: ssl.SSLContext | None = None
+        self._session_io: RelaySession | None = None  # this connection's relay session
 
     @property
     def address(self) -> str:
@@ -252,9 +259,11 @@ class ChatClient:
         self._closed = True
         self._wake.set()
         if self._writer is not None:
-            # Say bye so the relay frees our name at once for a next run.
-            if self._ready.is_set() and not self._writer.is_closing():
-                self._writer.write(framing.encode_frame({"type": "bye"}))
+            session = self._session_io
+            if session is not None:
+                session.close()  # says bye when signed in: the relay may free our name
+                if not self._writer.is_closing():
+                    self._write_frames(self._writer, session.frames_to_send())
             self._writer.close()
 
     def poke(self) -> None:
@@ -271,7 +280,7 @@ class ChatClient:
                 try:
                     await self._session(first)
                 except RelayRefused as err:
-                    if err.code in FATAL_CODES or (first and not self._ready.is_set()):
+                    if err.permanent or (first and not self._ready.is_set()):
                         raise
                     self._status("disconnected", f"relay: {err}")
                 except (ConnectFailed, WrongTransport):
@@ -311,17 +320,21 @@ class ChatClient:
                      + (" with TLS" if self.tls else ""))
         reader, writer = await self._open()
         self._writer = writer
+        session = RelaySession(self.core.me, self.identity,
+                               tls_fingerprint=self.fingerprint if self.tls else None)
+        self._session_io = session
         try:
-            await self._authenticate(reader, writer)
+            await self._authenticate(session, reader, writer)
             self._ready.set()
             self._ready_at = asyncio.get_running_loop().time()
             self._status("connected", f"connected to {self.address}"
                          + (" (TLS)" if self.tls else " (no TLS)"), self.fingerprint)
             self.core.set_limits(self.limits)
             self.core.connected_to_relay(self.relay_instance)
-            await self._pump(reader, writer)
+            await self._pump(session, reader, writer)
         finally:
             self._writer = None
+            self._session_io = None
             writer.close()
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -389,33 +402,20 @@ class ChatClient:
             self._status("trust", f"trusting the relay's certificate {fp} for {self.address} "
                          "(first use; compare it with the fingerprint the relay printed)", fp)
 
-    async def _authenticate(self, reader: asyncio.StreamReader,
+    async def _authenticate(self, session: RelaySession, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
-        key = base64.b64encode(bytes(self.identity.verify_key)).decode()
-        await framing.write_frame(writer, {"type": "hello", "v": 1, "user": self.core.me,
-                                           "key": key})
-        challenge = await self._expect(reader, "challenge")
-        try:
-            nonce = base64.b64decode(challenge.get("nonce", ""), validate=True)
-        except (ValueError, TypeError):
-            raise RelayRefused("protocol", "the relay sent a malformed challenge") from None
-        signature = self.identity.sign(AUTH_LABEL + nonce + self.core.me.encode()).signature
-        await framing.write_frame(writer, {"type": "auth",
-                                           "sig": base64.b64encode(signature).decode()})
-        welcome = await self._expect(reader, "welcome")
-        instance = welcome.get("relay")
-        self.relay_instance = instance if isinstance(instance, str) else None
-        limits = welcome.get("limits")
-        if isinstance(limits, dict):
-            self.limits = limits
-            relay_max = limits.get("max_frame")
-            if type(relay_max) is int and relay_max > 0:
-                self._read_limit = max(self.max_frame, min(relay_max, MAX_READ_FRAME)) + 1024
-            beat = limits.get("heartbeat")
-            if type(beat) in (int, float) and 1 <= beat <= 600:
-                self.heartbeat = float(beat)
+        """hello, challenge, auth, welcome: until the session is READY."""
+        session.start()
+        self._write_frames(writer, session.frames_to_send())
+        while not session.ready:
+            frame = await self._read_before_welcome(reader)
+            for event in session.receive(frame):
+                self._on_session_event(event)
+            self._write_frames(writer, session.frames_to_send())
+            await writer.drain()
 
-    async def _expect(self, reader: asyncio.StreamReader, kind: str) -> dict[str, Any]:
+    async def _read_before_welcome(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        """The next frame, with the reasons a connection fails at this stage."""
         try:
             frame = await asyncio.wait_for(framing.read_frame(reader, max_size=self.max_frame),
                                            self.connect_timeout)
@@ -431,19 +431,37 @@ class ChatClient:
             hint = ("" if self.tls else ": if the relay runs with --tls, add --tls")
             raise WrongTransport(f"the relay at {self.address} closed the connection during "
                                  f"hello{hint}")
-        if frame.get("type") == "error":
-            raise RelayRefused(str(frame.get("code")), _relay_message(frame))
-        if frame.get("type") != kind:
-            raise RelayRefused("protocol", f"the relay sent {str(frame.get('type'))[:20]!r} "
-                               f"instead of {kind!r}")
         return frame
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _on_session_event(self, event: SessionEvent) -> None:
+        """Act on what the session made of a relay frame (raises when it ended)."""
+        if isinstance(event, ForChat):
+            self.core.handle(event.raw)
+            self._wake.set()
+        elif isinstance(event, Ready):
+            self.relay_instance = event.relay
+            limits = event.limits
+            self.limits = limits.to_json()
+            if limits.max_frame is not None:
+                self._read_limit = max(self.max_frame,
+                                       min(limits.max_frame, MAX_READ_FRAME)) + 1024
+            if limits.heartbeat is not None:
+                self.heartbeat = float(limits.heartbeat)
+        elif isinstance(event, Ignored):
+            self._emit(Notice(f"ignored a {escape(event.kind)!r} frame from the relay that "
+                              f"breaks the protocol: {escape(event.reason)[:200]}",
+                              "bad_frame", "warn"))
+        elif isinstance(event, Ended):
+            raise RelayRefused(str(event.code), escape(event.message[:300]),
+                               permanent=event.permanent)
+
+    async def _pump(self, session: RelaySession, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
         """Read frames and act on them; send what the core wants; heartbeat."""
         loop = asyncio.get_running_loop()
-        reading = loop.create_task(self._read_loop(reader))
+        reading = loop.create_task(self._read_loop(session, reader))
         try:
-            await self._pump_until_lost(loop, reading, writer)
+            await self._pump_until_lost(loop, session, reading, writer)
         except (OSError, asyncio.IncompleteReadError):
             # Writing found the connection gone ("Connection lost"); what the
             # relay said last (a shutdown notice, an error) may still sit in
@@ -462,7 +480,8 @@ class ChatClient:
             if not reading.cancelled():
                 reading.exception()  # retrieved: the connection is over either way
 
-    async def _pump_until_lost(self, loop: asyncio.AbstractEventLoop, reading: asyncio.Task[None],
+    async def _pump_until_lost(self, loop: asyncio.AbstractEventLoop, session: RelaySession,
+                               reading: asyncio.Task[None],
                                writer: asyncio.StreamWriter) -> None:
         """Send, heartbeat and tick until the connection ends (raises why)."""
         last_beat = loop.time()
@@ -476,7 +495,8 @@ class ChatClient:
             self._flush_events()
             now = loop.time()
             if now - last_beat >= self.heartbeat:
-                await framing.write_frame(writer, {"type": "ping"})
+                session.ping()
+                self._write_frames(writer, session.frames_to_send())
                 last_beat = now
             wake_at = last_beat + self.heartbeat
             deadline = self.core.next_deadline()
@@ -494,7 +514,7 @@ class ChatClient:
                 waiter.cancel()
             self.core.tick()
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+    async def _read_loop(self, session: RelaySession, reader: asyncio.StreamReader) -> None:
         silence = self.heartbeat * 3
         while True:
             try:
@@ -505,18 +525,14 @@ class ChatClient:
                     f"no answer from the relay for {silence:g} s") from None
             if frame is None:
                 raise ConnectionResetError("the relay closed the connection")
-            kind = frame.get("type")
-            if kind == "pong":
-                continue
-            if kind == "shutdown":
-                raise ConnectionResetError("the relay is shutting down")
-            if kind == "error" and frame.get("fatal"):
-                raise RelayRefused(str(frame.get("code")), _relay_message(frame))
-            self.core.handle(frame)
-            self._wake.set()
+            for event in session.receive(frame):
+                self._on_session_event(event)
 
     def _send_pending(self, writer: asyncio.StreamWriter) -> None:
-        frames = self.core.take_frames()
+        self._write_frames(writer, self.core.take_frames())
+
+    @staticmethod
+    def _write_frames(writer: asyncio.StreamWriter, frames: list[dict[str, Any]]) -> None:
         if frames:
             writer.write(b"".join(framing.encode_frame(f) for f in frames))
 
@@ -573,12 +589,6 @@ def _raise_if_cancelled() -> None:
     cancelling = getattr(task, "cancelling", None)
     if cancelling is not None and cancelling():
         raise asyncio.CancelledError
-
-
-def _relay_message(frame: dict[str, Any]) -> str:
-    """The relay's sentence, made safe to print: a hostile relay must not be
-    able to send terminal escape sequences through our error messages."""
-    return escape(str(frame.get("message") or frame.get("code") or "refused")[:300])
 
 
 def _reason(err: BaseException) -> str:

@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from msgrlib.relay.rules import TokenBucket
+from msgrlib.ratelimit import TokenBucket
 
 #: Share of the relay's per-connection rates (from ``welcome``) the client
 #: allows itself, so that its sends are not refused as too fast.

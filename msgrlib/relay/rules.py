@@ -23,8 +23,6 @@ Per-connection states (failure is terminal)::
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import heapq
 import ipaddress
@@ -36,19 +34,16 @@ from json.encoder import encode_basestring as _json_string
 from typing import Any, Protocol
 
 import framing
+from msgrlib import protocol
 from msgrlib.errors import MsgrError
+from msgrlib.protocol import AUTH_LABEL, PROTOCOL_VERSION, ErrorCode  # noqa: F401 (re-exported)
+from msgrlib.ratelimit import TokenBucket
 from msgrlib.relay.config import RelayConfig
 from msgrlib.relay.store import MemoryStore, MessageStore, StoreError
 from msgrlib.util.names import is_valid_name
 
 log = logging.getLogger("msgr.relay")
 
-PROTOCOL_VERSION = 1
-
-#: What a client signs to prove it owns its name (with the relay's nonce and
-#: the name appended). The label keeps this signature from meaning anything
-#: anywhere else.
-AUTH_LABEL = b"msgr/v1/relay-auth\x00"
 
 
 class RelayError(MsgrError):
@@ -60,16 +55,16 @@ class RelayError(MsgrError):
 class ProtocolViolation(RelayError):
     """The client broke the protocol; the connection is closed."""
 
-    code = "protocol"
+    code = ErrorCode.PROTOCOL
     fatal = True
 
 
 class Refused(RelayError):
     """A valid request the relay will not serve; the connection stays."""
 
-    def __init__(self, code: str, message: str, *, fatal: bool = False) -> None:
+    def __init__(self, code: ErrorCode | str, message: str, *, fatal: bool = False) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = ErrorCode(code)  # one of the codes PROTOCOL.md lists, or a bug here
         self.fatal = fatal
 
 
@@ -90,34 +85,6 @@ class State(enum.Enum):
     AUTH = "auth"
     READY = "ready"
     CLOSED = "closed"
-
-
-class TokenBucket:
-    """A token bucket: ``rate`` tokens per second up to ``burst``."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def level(self, now: float) -> float:
-        """The tokens there are at ``now``, without taking any."""
-        tokens = self.tokens + (now - self.stamp) * self.rate
-        return tokens if tokens < self.burst else self.burst
-
-    def take(self, amount: float, now: float) -> bool:
-        tokens = self.tokens + (now - self.stamp) * self.rate
-        if tokens > self.burst:
-            tokens = self.burst
-        self.stamp = now
-        if tokens < amount:
-            self.tokens = tokens
-            return False
-        self.tokens = tokens - amount
-        return True
 
 
 class Client:
@@ -188,18 +155,6 @@ def _utc_time(wall: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall))
 
 
-def _b64decode(value: object, size: int, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise ProtocolViolation(f"{what} must be a base64 string")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolViolation(f"{what} is not valid base64") from None
-    if len(raw) != size:
-        raise ProtocolViolation(f"{what} must be {size} bytes, got {len(raw)}")
-    return raw
-
-
 def deliver_frame(msg_id: int, sender: str, kind: str, ttl: int, expires_at: str, body: str,
                   *, max_size: int = framing.DEFAULT_MAX_FRAME) -> bytes:
     """The deliver frame, formatted directly: with accepted_frame, the relay's
@@ -239,7 +194,8 @@ class Relay:
                  clock: Callable[[], float], wallclock: Callable[[], float],
                  rng: Callable[[int], bytes],
                  arm: Callable[[float], None] = lambda deadline: None,
-                 store: MessageStore | None = None) -> None:
+                 store: MessageStore | None = None,
+                 tls_fingerprint: str | None = None) -> None:
         self.config = config = config or RelayConfig()
         self.clock = clock
         self.wallclock = wallclock
@@ -270,6 +226,10 @@ class Relay:
         #: Told to clients in welcome: a client that reconnects to a
         #: different one knows the messages it left here are gone.
         self.instance = rng(8).hex()
+        #: What a client's name-ownership signature names this relay by: the
+        #: certificate's fingerprint with TLS, else the id in ``challenge``.
+        self.binding = (protocol.tls_binding(tls_fingerprint) if tls_fingerprint
+                        else protocol.id_binding(self.instance))
         self._expiry_ms = -1  # see _expiry_json
         self._expiry_text = ""
 
@@ -416,31 +376,30 @@ class Relay:
     # -- handlers --------------------------------------------------------------
 
     def _on_hello(self, client: Client, msg: dict[str, Any]) -> None:
-        if msg.get("v") != PROTOCOL_VERSION:
-            raise Refused("version", f"this relay speaks protocol version {PROTOCOL_VERSION}; "
-                          "upgrade msgr", fatal=True)
-        user = msg.get("user")
-        if not is_valid_name(user):
-            raise Refused("bad_name", "invalid username: use 1-32 characters from a-z, 0-9, "
-                          "'.', '_' and '-', starting with a letter or digit", fatal=True)
+        try:
+            hello = protocol.parse_hello(msg)
+        except protocol.FrameError as err:
+            raise Refused(err.code, str(err), fatal=True) from None
         if self.closing:
             raise Refused("shutting_down", "the relay is shutting down", fatal=True)
-        client.key = _b64decode(msg.get("key"), 32, "key")
-        client.user = user
+        client.key = hello.key
+        client.user = hello.user
         client.nonce = self.rng(32)
         client.state = State.AUTH
-        self._write(client, {"type": "challenge",
-                             "nonce": base64.b64encode(client.nonce).decode()})
+        self._write(client, protocol.Challenge(client.nonce, self.instance).to_json())
 
     def _on_auth(self, client: Client, msg: dict[str, Any]) -> None:
-        sig = _b64decode(msg.get("sig"), 64, "sig")
+        try:
+            sig = protocol.parse_auth(msg).sig
+        except protocol.FrameError as err:
+            raise Refused(err.code, str(err), fatal=True) from None
         user, key, nonce = client.user, client.key, client.nonce
         assert user is not None and key is not None and nonce is not None  # set by hello
         from nacl.exceptions import BadSignatureError
         from nacl.signing import VerifyKey
 
         try:
-            VerifyKey(key).verify(AUTH_LABEL + nonce + user.encode(), sig)
+            VerifyKey(key).verify(protocol.auth_message(nonce, self.binding, user), sig)
         except (BadSignatureError, ValueError, TypeError):
             raise Refused("bad_signature", "the name-ownership signature does not verify",
                           fatal=True) from None

@@ -266,10 +266,11 @@ class Connection(asyncio.Protocol):
 class RelayServer:
     """A relay listening on a socket. Use :func:`start_relay` to make one."""
 
-    def __init__(self, config: RelayConfig, *, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: RelayConfig, *, loop: asyncio.AbstractEventLoop,
+                 tls_fingerprint: str | None = None) -> None:
         self.loop = loop
         self.relay = Relay(config, clock=loop.time, wallclock=time.time, rng=os.urandom,
-                           arm=self._arm)
+                           arm=self._arm, tls_fingerprint=tls_fingerprint)
         self.connections: set[Connection] = set()
         self.per_address: dict[str, int] = {}
         #: Bytes of partly received frames held by all connections.
@@ -400,7 +401,11 @@ async def start_relay(config: RelayConfig | None = None, *,
     """
     loop = asyncio.get_running_loop()
     config = config or RelayConfig()
-    relay_server = RelayServer(config, loop=loop)
+    fingerprint = None
+    if ssl_context is not None:
+        from msgrlib.tls import contexts  # signatures name the relay by its certificate
+        fingerprint = contexts.served_fingerprint(ssl_context)
+    relay_server = RelayServer(config, loop=loop, tls_fingerprint=fingerprint)
     relay_server.tls = ssl_context is not None
     factory: Callable[[], asyncio.BaseProtocol]
     if ssl_context is None:

@@ -53,6 +53,7 @@ __all__ = [
     "client_context",
     "ensure_certificate",
     "peer_certificate",
+    "served_fingerprint",
     "server_context",
     "unknown_certificate",
     "verify_peer",
@@ -232,6 +233,44 @@ def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> bytes:
     if not der:
         raise TlsError("the relay presented no TLS certificate")
     return der
+
+
+def served_fingerprint(context: ssl.SSLContext) -> str:
+    """The fingerprint of the certificate a server ``context`` presents.
+
+    ``SSLContext`` does not say which certificate it was loaded with, so this
+    runs one TLS handshake with itself in memory (no socket; about 1 ms) and
+    reads what a client would see. The relay binds name-ownership signatures
+    to this value (PROTOCOL.md 3.2). Raises :class:`TlsError` if the
+    handshake cannot complete (a context with no certificate loaded).
+    """
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE  # we only read the certificate, never trust it
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    cli = client.wrap_bio(c_in, c_out, server_side=False)
+    srv = context.wrap_bio(s_in, s_out, server_side=True)
+    done = [False, False]
+    for _ in range(10):
+        for i, (obj, out, peer_in) in enumerate(((cli, c_out, s_in), (srv, s_out, c_in))):
+            if not done[i]:
+                try:
+                    obj.do_handshake()
+                    done[i] = True
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLError as err:
+                    raise TlsError(f"the TLS context cannot serve a certificate: "
+                                   f"{err.reason or err}") from None
+            data = out.read()
+            if data:
+                peer_in.write(data)
+        if done[0]:
+            break
+    der = cli.getpeercert(binary_form=True)
+    if not der:
+        raise TlsError("the TLS context presents no certificate")
+    return fingerprint(der)
 
 
 def verify_peer(

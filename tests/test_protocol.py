@@ -1,0 +1,223 @@
+"""msgrlib.protocol: frames parsed once, one error-code enum, the signed string.
+
+Parsers are fuzzed (their only exception is FrameError); the relay's
+hand-formatted hot frames are checked against them; the relay-binding of the
+ownership signature and the integer-only hello are checked on a real relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import os
+import re
+
+import pytest
+from helpers import ROOT, RawClient, relay_running, run, tls_contexts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+import framing
+import kdf
+from msgrlib import protocol
+from msgrlib.client import connection as client
+from msgrlib.protocol import ErrorCode, FrameError
+from msgrlib.relay import rules, store
+
+EXAMPLES = int(os.environ.get("MSGR_FUZZ_EXAMPLES", "300"))
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**64, 2**64)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                               max_size=4),
+    max_leaves=10)
+FIELDS = ["type", "v", "user", "key", "sig", "to", "body", "ttl", "kind", "ref", "id", "ids",
+          "t", "nonce", "relay", "limits", "expires_at", "from", "online", "code", "message",
+          "fatal"]
+KINDS = ["hello", "auth", "send", "ack", "watch", "ping", "bye", "challenge", "welcome",
+         "accepted", "deliver", "expired", "presence", "pong", "error", "shutdown", "x"]
+objects = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=8).flatmap(
+    lambda d: st.sampled_from(KINDS).map(lambda kind: {**d, "type": kind}))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.one_of(objects, st.dictionaries(st.text(max_size=6), json_values, max_size=4)))
+def test_fuzz_parsers_raise_frame_error_only(obj):
+    for parse in (protocol.parse_client_frame, protocol.parse_relay_frame):
+        try:
+            frame = parse(obj)
+        except FrameError as err:
+            assert isinstance(err.code, ErrorCode)
+        else:
+            assert frame.__dataclass_params__.frozen
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(json_values)
+def test_fuzz_limits_never_raise_and_stay_in_bounds(obj):
+    limits = protocol.Limits.from_json(obj if not isinstance(obj, list) else {})
+    for name, value in limits.to_json().items():
+        assert type(value) in (int, float) and math.isfinite(value) and value >= 0, name
+    if limits.heartbeat is not None:
+        assert 1 <= limits.heartbeat <= 600
+    if limits.max_frame is not None:
+        assert type(limits.max_frame) is int and limits.max_frame > 0
+
+
+def test_limits_keep_what_the_relay_advertises():
+    table = rules.RelayConfig().limits_table()
+    assert protocol.Limits.from_json(table).to_json() == table
+    assert protocol.Limits.from_json({"heartbeat": 0.01, "max_frame": True,
+                                      "rate_bytes": -1, "ttl_min": 1e9}) == protocol.Limits()
+
+
+@pytest.mark.parametrize("v,code", [(True, ErrorCode.PROTOCOL), (1.0, ErrorCode.PROTOCOL),
+                                    ("1", ErrorCode.PROTOCOL), (None, ErrorCode.PROTOCOL),
+                                    (2, ErrorCode.VERSION), (0, ErrorCode.VERSION)])
+def test_hello_version_is_the_integer_1(v, code):
+    key = base64.b64encode(bytes(32)).decode()
+    with pytest.raises(FrameError) as err:
+        protocol.parse_hello({"type": "hello", "v": v, "user": "alice", "key": key})
+    assert err.value.code is code
+    assert protocol.parse_hello({"type": "hello", "v": 1, "user": "alice", "key": key}).v == 1
+
+
+def test_round_trips():
+    for frame in (protocol.Hello("alice", bytes(32)), protocol.Auth(bytes(64)),
+                  protocol.Send("bob", "s1.x", ttl=30, kind="hs", ref=7),
+                  protocol.Send("bob", "s1.x"), protocol.Ack((1, 2)), protocol.Watch("bob"),
+                  protocol.Ping(), protocol.Ping(1.5), protocol.Bye()):
+        assert protocol.parse_client_frame(frame.to_json()) == frame
+    assert protocol.parse_relay_frame(protocol.Challenge(bytes(32), "ab").to_json()) == \
+        protocol.Challenge(bytes(32), "ab")
+
+
+names = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,31}", fullmatch=True)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.integers(1, 2**53 - 1), names, st.sampled_from(["msg", "hs"]), st.integers(5, 60),
+       st.floats(0, 4e9, allow_nan=False), st.text(max_size=50), st.integers(0, 2**53 - 1))
+def test_the_relays_hand_formatted_frames_parse_as_the_protocol_says(
+        msg_id, sender, kind, ttl, wall, body, ref):
+    expires = repr(int(wall * 1000) / 1000)
+    deliver = framing.decode_body(rules.deliver_frame(msg_id, sender, kind, ttl, expires,
+                                                      body)[4:])
+    assert protocol.parse_relay_frame(deliver) == protocol.Deliver(
+        msg_id, sender, kind, ttl, float(expires), body)
+    accepted = framing.decode_body(rules.accepted_frame(ref, msg_id, ttl, expires)[4:])
+    assert protocol.parse_relay_frame(accepted) == protocol.Accepted(msg_id, ttl, float(expires),
+                                                                      ref)
+
+
+def test_one_error_enum_for_both_sides_and_the_spec():
+    """Every code either side uses is an ErrorCode, and PROTOCOL.md's table
+    lists exactly those (truncated_frame is only logged: section 2)."""
+    for cls in (framing.FrameTooLarge, framing.MalformedFrame, framing.TruncatedFrame):
+        assert ErrorCode(cls.code)
+    for cls in store.StoreError.__subclasses__():
+        assert ErrorCode(cls.code)
+    assert rules.ProtocolViolation("x").code is ErrorCode.PROTOCOL
+    assert rules.Refused("rate_limited", "x").code is ErrorCode.RATE_LIMITED
+    with pytest.raises(ValueError):
+        rules.Refused("made_up", "x")
+    with open(os.path.join(ROOT, "PROTOCOL.md"), encoding="utf-8") as f:
+        spec = f.read()
+    table = spec.split("### 3.5 Error codes", 1)[1].split("\n## ", 1)[0]
+    listed = {code for row in table.splitlines() if row.startswith("| `")
+              for code in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+    assert listed == {c.value for c in ErrorCode} - {"truncated_frame"}
+    assert "`truncated_frame`" in spec
+    assert client.FATAL_CODES == protocol.PERMANENT_CODES
+
+
+# -- on a real relay -------------------------------------------------------------------
+
+async def _hello(port: int, v: object) -> dict:
+    raw = await RawClient.connect(port)
+    key = SigningKey.generate()
+    await raw.send({"type": "hello", "v": v, "user": "alice",
+                    "key": base64.b64encode(bytes(key.verify_key)).decode()})
+    answer = await raw.recv()
+    closed = await raw.closed(2)
+    await raw.close()
+    return {**answer, "closed": closed}
+
+
+@pytest.mark.parametrize("v", [True, 1.0])
+def test_relay_refuses_a_hello_whose_version_is_not_an_integer(v):
+    """Issue 13 item 13: the relay took "v": true and "v": 1.0 for 1."""
+    async def main():
+        async with relay_running() as srv:
+            answer = await _hello(srv.address[1], v)
+            assert answer["type"] == "error" and answer["code"] == "protocol", answer
+            assert answer["fatal"] is True and answer["closed"]
+            assert (await _hello(srv.address[1], 1))["type"] == "challenge"
+    run(main())
+
+
+def test_a_signature_for_one_relays_id_does_not_sign_in_at_another():
+    async def main():
+        async with relay_running() as one, relay_running() as two:
+            key = SigningKey.generate()
+            first = await RawClient.connect(one.address[1])
+            await first.send(protocol.Hello("alice", bytes(key.verify_key)).to_json())
+            id_one = (await first.recv())["relay"]
+            raw = await RawClient.connect(two.address[1])
+            await raw.send(protocol.Hello("alice", bytes(key.verify_key)).to_json())
+            challenge = protocol.parse_relay_frame(await raw.recv())
+            assert challenge.relay == two.relay.instance != id_one
+            wrong = protocol.auth_message(challenge.nonce, protocol.id_binding(id_one), "alice")
+            await raw.send(protocol.Auth(key.sign(wrong).signature).to_json())
+            answer = await raw.recv()
+            assert answer["code"] == "bad_signature", answer
+            for c in (first, raw):
+                await c.close()
+    run(main())
+
+
+def test_a_hostile_tls_relay_cannot_forward_another_relays_challenge(tmp_path):
+    """Issue 13 item 11: a relay the client trusts (its own certificate) passes
+    hello, challenge and auth on to another relay to sign in there as the
+    client. The signature names the certificate the client saw: refused."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "evil").mkdir()
+    real_server, real_client = tls_contexts(tmp_path / "real")
+    evil_server, _ = tls_contexts(tmp_path / "evil")
+    answers: list[dict] = []
+
+    async def forward(reader, writer, port):
+        up_reader, up_writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=real_client, server_hostname="localhost")
+        try:
+            for _ in range(2):  # hello -> challenge, auth -> welcome or error
+                frame = await framing.read_frame(reader)
+                up_writer.write(framing.encode_frame(frame))
+                answer = await framing.read_frame(up_reader)
+                answers.append(answer)
+                writer.write(framing.encode_frame(answer))
+                await writer.drain()
+        finally:
+            up_writer.close()
+            writer.close()
+
+    async def main():
+        async with relay_running(ssl_context=real_server) as real:
+            evil = await asyncio.start_server(
+                lambda r, w: forward(r, w, real.address[1]), "127.0.0.1", 0, ssl=evil_server)
+            port = evil.sockets[0].getsockname()[1]
+            try:
+                with pytest.raises(client.RelayRefused) as err:
+                    await client.open_chat(
+                        server=f"127.0.0.1:{port}", user="alice", peer="bob", passcode="pw",
+                        tls=client.TlsOptions(cafile=str(tmp_path / "evil" / "cert.pem")),
+                        kdf_params=kdf.KdfParams(time_cost=1, memory_kib=8, parallelism=1))
+                assert err.value.code == "bad_signature"
+                assert [a["type"] for a in answers] == ["challenge", "error"], answers
+                assert "alice" not in real.relay.claims
+            finally:
+                evil.close()
+    run(main())
