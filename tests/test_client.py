@@ -227,3 +227,52 @@ def test_a_relay_with_larger_frames_than_ours_causes_no_reconnect_loop():
                 bob.send("x" * 60_000)
             await bob.aclose()
     run(main())
+
+
+def test_reconnect_waits_are_capped_well_below_the_shortest_ttl():
+    """Issue 14 item 3: the wait doubled up to 30 s (the default TTL): a relay
+    down for 15 s was rejoined after 33 s, and a message typed meanwhile was
+    reported as not delivered. Now no wait exceeds 5 s, jitter included."""
+    assert client.BACKOFF_MAX <= 5.0
+    delay, waits = client.BACKOFF_FIRST, []
+    for _ in range(40):
+        waits.append(client.backoff_wait(min(delay, client.BACKOFF_MAX)))
+        delay = min(delay * 2, client.BACKOFF_MAX)
+    assert max(waits) <= 5.0 and len({round(w, 6) for w in waits}) > 30  # jittered
+    assert client.backoff_wait(4.0, rng=lambda lo, hi: hi) == pytest.approx(4.0 * 0.7)
+    assert client.backoff_wait(4.0, rng=lambda lo, hi: lo) == 4.0
+
+
+def test_reconnect_now_after_a_relay_restart_delivers_what_was_typed_meanwhile():
+    """Issue 14 item 3: the screen binds reconnect_now() to a key. A real relay
+    is stopped and restarted on the same port; alice waits a long backoff
+    (30 s here) until asked to try now, then her message typed during the
+    outage reaches bob, who came back on his own (5 s cap)."""
+    def is_status(state):
+        return lambda e: isinstance(e, client.Status) and e.state == state
+
+    async def main():
+        async with relay_running() as srv:
+            port = srv.address[1]
+            alice = await _open(port, "alice", "bob")
+            bob = await _open(port, "bob", "alice")
+            alice_events, bob_events = alice.events(), bob.events()
+            await _until(alice_events, lambda e: isinstance(e, chat.SessionStarted))
+            await _until(bob_events, lambda e: isinstance(e, chat.SessionStarted))
+            assert alice.reconnect_now() is False  # connected: nothing to cut short
+            alice.backoff_first = alice.backoff_max = 30.0
+            alice.stable_after = 0.0  # so the backoff starts from backoff_first
+        waiting = await _until(alice_events, is_status("reconnecting"))
+        assert float(waiting.detail.split(" in ")[1].split()[0]) >= 20
+        n = alice.send("typed while the relay was down")
+        async with relay_running(port=port):
+            assert alice.reconnect_now() is True
+            await _until(alice_events, is_status("connected"), timeout=10)
+            got = await _until(bob_events, lambda e: isinstance(e, chat.Received), timeout=15)
+            assert got.text == "typed while the relay was down"
+            done = await _until(alice_events, lambda e: isinstance(e, (chat.Delivered,
+                                                                       chat.Undelivered)))
+            assert isinstance(done, chat.Delivered) and done.n == n
+            await alice.aclose()
+            await bob.aclose()
+    run(main(), timeout=60)

@@ -40,12 +40,25 @@ from msgrlib.util.safetext import escape
 
 #: Seconds to open the TCP connection and finish TLS.
 CONNECT_TIMEOUT = 10.0
-#: Reconnect backoff: first wait, cap, and the jitter fraction (so a relay
-#: restart is not met by every client in the same millisecond).
+#: Reconnect backoff: the first wait, doubled after each failed attempt up to
+#: the cap. The cap is well below the shortest TTL a user can pick (5 s) and
+#: far below the default (30 s): a message typed while the relay restarts
+#: must get there before its TTL ends (issue 14 item 3: with a 30 s cap a
+#: relay down for 15 s was rejoined after 33 s). Each wait is shortened by a
+#: random fraction up to the jitter, so a relay restart is not met by every
+#: client in the same millisecond, and no wait ever exceeds the cap.
 BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
+BACKOFF_MAX = 5.0
 BACKOFF_JITTER = 0.3
+#: Seconds a connection must last for the backoff to start again from the first wait.
 BACKOFF_STABLE = 5.0
+
+
+def backoff_wait(delay: float, *, jitter: float = BACKOFF_JITTER,
+                 rng: Callable[[float, float], float] = random.uniform) -> float:
+    """The wait before the next attempt: ``delay`` shortened by a random
+    fraction (at most ``jitter``); never more than ``delay``."""
+    return delay * (1 - rng(0.0, jitter))
 #: Largest frame read from a relay that announces a larger max_frame than
 #: ours (its own limit is what a peer can send us through it).
 MAX_READ_FRAME = 16 * 1024 * 1024
@@ -176,7 +189,9 @@ class ChatClient:
                  tls: TlsOptions | None = None, identity: SigningKey | None = None,
                  on_event: Callable[[Event | Status], None] | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT,
-                 max_frame: int = framing.DEFAULT_MAX_FRAME) -> None:
+                 max_frame: int = framing.DEFAULT_MAX_FRAME,
+                 backoff_first: float = BACKOFF_FIRST,
+                 backoff_max: float = BACKOFF_MAX) -> None:
         self.core = core
         self.host = host
         self.port = port
@@ -184,6 +199,9 @@ class ChatClient:
         self.identity = identity or _default_identity(self.address, core.me)
         self.connect_timeout = connect_timeout
         self.max_frame = max_frame
+        self.backoff_first = backoff_first
+        self.backoff_max = backoff_max
+        self._reconnect_now = False
         self.fingerprint: str | None = None
         self.heartbeat = 20.0
         self.limits: dict[str, Any] = {}
@@ -201,6 +219,7 @@ class ChatClient:
         self._read_limit = max_frame + 1024
         self._ssl_context: ssl.SSLContext | None = None
         self._session_io: RelaySession | None = None  # this connection's relay session
+        self._waiting = False  # between connections (see reconnect_now)
 
     @property
     def address(self) -> str:
@@ -270,10 +289,24 @@ class ChatClient:
         """Tell the client that the core changed (e.g. after a /ttl command)."""
         self._kick()
 
+    def reconnect_now(self) -> bool:
+        """Try the relay again at once, if the client is waiting to reconnect.
+
+        For a key in the chat screen: cuts the current wait short and starts
+        the backoff again from its first step. Returns False (and does
+        nothing) while connected, connecting or closed; call it from the
+        event loop's thread.
+        """
+        if self._closed or not self._waiting:
+            return False
+        self._reconnect_now = True
+        self._kick()
+        return True
+
     async def run(self) -> None:
         """Connect and serve until :meth:`close`. Raises ClientError/TlsError
         when the first connection fails or the relay refuses us for good."""
-        delay = BACKOFF_FIRST
+        delay = self.backoff_first
         first = True
         try:
             while not self._closed:
@@ -299,16 +332,17 @@ class ChatClient:
                     # We were connected for a while: start the backoff afresh.
                     # (Not after a short one: a relay that drops us at once,
                     # every time, would get a tight loop of reconnects.)
-                    delay = BACKOFF_FIRST
+                    delay = self.backoff_first
                 self._ready.clear()
                 self.core.disconnected()
                 self._flush_events()
                 if self._closed:
                     break
-                wait = delay * (1 + random.uniform(-BACKOFF_JITTER, BACKOFF_JITTER))
+                wait = backoff_wait(min(delay, self.backoff_max))
                 self._status("reconnecting", f"reconnecting to {self.address} in {wait:.1f} s")
-                await self._sleep(wait)
-                delay = min(delay * 2, BACKOFF_MAX)
+                delay = min(delay * 2, self.backoff_max)
+                if await self._sleep(wait):
+                    delay = self.backoff_first  # asked to try now: start the backoff afresh
         finally:
             self._closed = True
             self._queue.put_nowait(None)
@@ -554,15 +588,27 @@ class ChatClient:
         if self._on_event is None or self._iterating:
             self._queue.put_nowait(item)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float) -> bool:
         """Wait between connections; time still passes for the core: messages
-        whose TTL ends meanwhile are reported when it ends, not at reconnect."""
+        whose TTL ends meanwhile are reported when it ends, not at reconnect.
+        Returns True if :meth:`reconnect_now` cut the wait short."""
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
+        self._reconnect_now = False
+        self._waiting = True
+        try:
+            return await self._sleep_until(loop, end)
+        finally:
+            self._waiting = False
+
+    async def _sleep_until(self, loop: asyncio.AbstractEventLoop, end: float) -> bool:
         while not self._closed:
+            if self._reconnect_now:
+                self._reconnect_now = False
+                return True
             now = loop.time()
             if now >= end:
-                return
+                return False
             wake_at = end
             deadline = self.core.next_deadline()
             if deadline is not None:
@@ -575,6 +621,7 @@ class ChatClient:
             _raise_if_cancelled()
             self.core.tick()
             self._flush_events()
+        return False
 
 
 def _raise_if_cancelled() -> None:
