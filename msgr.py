@@ -347,6 +347,11 @@ def _chat(args: argparse.Namespace) -> int:
             raise UsageError(f"--ttl {args.ttl} is out of range: use 5 to 60 seconds")
         if args.wait is not None and not 0 <= args.wait < 86400:
             raise UsageError(f"--wait {args.wait:g} is out of range: use 0 to 86399 seconds")
+        host, port, url_tls = parse_server(args.server)  # wss:// and msgrs:// mean --tls
+        if url_tls is False and args.tls:
+            raise UsageError(f"--server {args.server} names a relay without TLS, but --tls is "
+                             "given: use wss:// or msgrs://, or drop --tls")
+        args.tls = args.tls or bool(url_tls)
         if (args.cafile or args.pin) and not args.tls:
             raise UsageError("--cafile and --pin only make sense with --tls")
         if args.cafile and args.pin:
@@ -354,7 +359,6 @@ def _chat(args: argparse.Namespace) -> int:
         if args.pin:
             from msgrlib.tls import x509
             args.pin = x509.normalize_fingerprint(args.pin)
-        host, port = parse_server(args.server)
     except UsageError:
         raise
     except MsgrError as err:

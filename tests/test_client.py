@@ -276,3 +276,62 @@ def test_reconnect_now_after_a_relay_restart_delivers_what_was_typed_meanwhile()
             await alice.aclose()
             await bob.aclose()
     run(main(), timeout=60)
+
+
+@pytest.mark.parametrize("text,want", [
+    ("relay.example:9000", ("relay.example", 9000, None)),
+    ("[::1]:9000", ("::1", 9000, None)),
+    ("ws://localhost:8765", ("localhost", 8765, False)),
+    ("msgr://localhost", ("localhost", 8765, False)),
+    ("wss://relay.example:443/", ("relay.example", 443, True)),
+    ("MSGRS://[::1]:7000", ("::1", 7000, True)),
+])
+def test_parse_server_takes_host_port_and_urls(text, want):
+    assert tuple(client.parse_server(text)) == want
+
+
+@pytest.mark.parametrize("text,hint", [
+    ("http://localhost:8765", "wss://"),
+    ("https://relay.example", "msgrs://"),
+    ("ws://localhost:8765/chat", "nothing more"),
+    ("ws://alice@localhost:8765", "nothing more"),
+    ("wss://localhost:99999", "1-65535"),
+])
+def test_a_url_msgr_cannot_use_gets_a_one_line_hint_never_about_ipv6(text, hint):
+    """Issue 14 item 4a: ws://localhost:8765 was answered with "write an IPv6
+    address in brackets: [ws://localhost]:8765"."""
+    with pytest.raises(client.ClientError) as err:
+        client.parse_server(text)
+    assert hint in str(err.value) and "IPv6" not in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_wss_url_on_the_command_line_means_tls(tmp_path):
+    """The original's users type --server wss://HOST:PORT: a real line-mode
+    client reaches a real TLS relay with it, no --tls needed; ws:// with
+    --tls is a contradiction, said in one line (exit 2)."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT, Chat
+
+    server_ctx, _ = tls_contexts(tmp_path)
+    cafile = str(tmp_path / "cert.pem")
+
+    async def main():
+        async with relay_running(ssl_context=server_ctx) as srv:
+            port = srv.address[1]
+            alice = await Chat.start(port, "alice", "bob", "--cafile", cafile,
+                                     host="wss://127.0.0.1")
+            line = await alice.wait_for("connected to|refused|error|cannot", stream="stderr")
+            assert "(TLS)" in line, alice.stderr
+            await alice.end_input()
+            assert await alice.exit_code() == 0, alice.stderr
+    run(main())
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "msgr.py"), "chat", "--server",
+                          "ws://127.0.0.1:1", "--tls", "--user", "a", "--peer", "b"],
+                         capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "MSGR_PASSCODE": "x"})
+    assert bad.returncode == 2 and "wss://" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -14,7 +14,6 @@ import hashlib
 import json
 
 import nacl.bindings
-
 from nacl.signing import SigningKey
 
 import framing

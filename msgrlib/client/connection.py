@@ -1,20 +1,26 @@
-"""The chat client's asyncio layer: connect, prove the name, pump frames, reconnect.
+"""The chat client's asyncio layer: connect, check TLS, pump frames, reconnect.
 
-Thin glue around :class:`chat.ChatCore`: it opens TCP or TLS to the relay,
-checks the relay's certificate (``--cafile``, ``--pin`` or trust on first use),
-answers the relay's name-ownership challenge, feeds relay frames to the core,
-sends what the core wants sent, sends heartbeats, and reconnects with backoff
-and jitter when the relay goes away. Events for the user come out of
-:meth:`ChatClient.events` (an async iterator) or the ``on_event`` callback.
+Thin glue, as the relay's ``server.py`` is: it opens TCP or TLS to the relay,
+checks the relay's certificate (``--cafile``, ``--pin`` or trust on first
+use), runs one :class:`~msgrlib.client.session.RelaySession` per connection
+(hello, the name-ownership challenge, welcome, heartbeats, shutdown and fatal
+errors, sans-I/O), feeds the chat frames it passes on to the
+:class:`~msgrlib.client.core.ChatCore`, sends what the core wants sent, and
+reconnects with a capped, jittered backoff when the relay goes away
+(:meth:`ChatClient.reconnect_now` cuts a wait short). Timeouts live here.
+Events for the user come out of :meth:`ChatClient.events` (an async
+iterator) or the ``on_event`` callback. Nothing here imports the relay.
 
 Client errors::
 
     MsgrError
     └── ClientError
         ├── ConnectFailed     the relay cannot be reached (refused, DNS, timeout)
-        ├── RelayRefused      the relay said no (name owned, bad name, version...)
+        ├── RelayRefused      remote: the relay said no (name owned, bad name,
+        │                     version...), ended the session, or broke the protocol
         └── WrongTransport    TLS against a plain port, or plain against TLS
-    (certificate problems are msgrlib.tls.errors.TlsError)
+    (certificate problems are msgrlib.tls.errors.TlsError; misuse of a session is
+    session.SessionError)
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from nacl.signing import SigningKey
 
@@ -109,12 +115,55 @@ class TlsOptions:
     trust_on_first_use: bool = True
 
 
-def parse_server(text: str, default_port: int = 8765) -> tuple[str, int]:
-    """``HOST:PORT``, ``HOST`` or ``[v6]:PORT`` -> (host, port)."""
+#: URL schemes --server accepts, and whether each means TLS. ws:// and wss://
+#: are what the original proof of concept's users type; msgr does not speak
+#: WebSocket, the scheme only chooses plain TCP or TLS.
+SERVER_SCHEMES = {"msgr": False, "ws": False, "msgrs": True, "wss": True}
+DEFAULT_PORT = 8765
+
+
+class ServerAddress(NamedTuple):
+    """Where the relay is; ``tls`` is True or False when a URL scheme said so,
+    None for a plain ``HOST:PORT`` (then ``--tls`` decides)."""
+
+    host: str
+    port: int
+    tls: bool | None = None
+
+
+def parse_server(text: str, default_port: int = DEFAULT_PORT) -> ServerAddress:
+    """``HOST:PORT``, ``HOST``, ``[v6]:PORT``, or a URL ``SCHEME://HOST[:PORT][/]``
+    with a scheme of :data:`SERVER_SCHEMES` (``wss`` and ``msgrs`` mean TLS).
+
+    Raises :class:`ClientError` with a one-line hint for anything else.
+    """
     text = text.strip()
+    scheme, sep, rest = text.partition("://")
+    tls = None
+    if sep:
+        tls = SERVER_SCHEMES.get(scheme.lower())
+        schemes = ", ".join(f"{name}://" for name in SERVER_SCHEMES)
+        if tls is None:
+            raise ClientError(f"bad --server {text!r}: use HOST:PORT, or a URL starting with "
+                              f"{schemes} (wss:// and msgrs:// mean TLS)")
+        rest = rest[:-1] if rest.endswith("/") else rest
+        if not rest or any(c in rest for c in "/?#@"):
+            raise ClientError(f"bad --server {text!r}: write {scheme}://HOST:PORT and nothing "
+                              "more (no user, path or query)")
+        if rest.count(":") > 1 and not rest.startswith("["):
+            raise ClientError(f"bad --server {text!r}: in a URL an IPv6 address goes in "
+                              f"brackets: {scheme}://[ADDRESS]:PORT")
+        host, port = _host_port(rest, text, default_port)
+        return ServerAddress(host, port, tls)
+    return ServerAddress(*_host_port(text, text, default_port))
+
+
+def _host_port(text: str, shown: str, default_port: int) -> tuple[str, int]:
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ClientError(f"bad --server {shown!r}: expected [ADDRESS]:PORT")
+        port_text = rest[1:]
     elif text.count(":") == 1:
         host, port_text = text.split(":")
     else:
@@ -122,15 +171,15 @@ def parse_server(text: str, default_port: int = 8765) -> tuple[str, int]:
         head, _, last = text.rpartition(":")
         if head and last.isdigit() and len(last) <= 5 and not text.endswith("::" + last):
             # "::1:8765": an IPv6 address, or one with a port? Ask.
-            raise ClientError(f"bad --server {text!r}: write an IPv6 address in brackets, "
+            raise ClientError(f"bad --server {shown!r}: write an IPv6 address in brackets, "
                               f"the port after them: [{head}]:{last} (or [{text}] if all of "
                               "it is the address)")
-    if not host:
-        raise ClientError(f"bad --server {text!r}: expected HOST:PORT")
+    if not host or "/" in host:
+        raise ClientError(f"bad --server {shown!r}: expected HOST:PORT")
     try:
         port = int(port_text) if port_text else default_port
     except ValueError:
-        raise ClientError(f"bad port in --server {text!r}: expected a number") from None
+        raise ClientError(f"bad port in --server {shown!r}: expected a number") from None
     if not 0 < port < 65536:
         raise ClientError(f"bad port {port}: expected 1-65535")
     return host, port
@@ -663,7 +712,12 @@ async def open_chat(*, server: str, user: str, peer: str, passcode: str,
     check_name(peer, what="peer name")
     if type(ttl) is not int or not 5 <= ttl <= 60:
         raise ClientError(f"ttl {ttl!r} is out of range: use 5 to 60 seconds")
-    host, port = parse_server(server)
+    host, port, url_tls = parse_server(server)
+    if url_tls and tls is None:
+        tls = TlsOptions()
+    elif url_tls is False and tls is not None:
+        raise ClientError(f"server {server!r} names a plain relay, but tls options were given: "
+                          "use wss:// or msgrs://")
     params = kdf_params or kdf.DEFAULT_PARAMS
     key = await asyncio.to_thread(kdf.derive_passcode_key, passcode, user, peer, params=params)
     core = ChatCore(me=user, peer=peer, key=key, mode=Mode.STATIC if static else Mode.RATCHET,
