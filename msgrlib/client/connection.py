@@ -26,7 +26,6 @@ Client errors::
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import random
 import ssl
@@ -40,6 +39,12 @@ from nacl.signing import SigningKey
 import framing
 from msgrlib import protocol
 from msgrlib.client.core import ChatCore, Event, Mode, Notice, Received
+from msgrlib.client.identity import (  # noqa: F401 (load_identity: re-exported for the UI)
+    IdentityError,
+    default_identity_path,
+    load_identity,
+    load_or_create,
+)
 from msgrlib.client.session import Ended, ForChat, Ignored, Ready, RelaySession, SessionEvent
 from msgrlib.errors import MsgrError
 from msgrlib.util.safetext import escape
@@ -185,54 +190,14 @@ def _host_port(text: str, shown: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
-def load_identity(path: str | None) -> SigningKey | None:
-    """The Ed25519 key that owns our name at the relay.
-
-    With no path, None: :class:`ChatClient` then uses the key kept for the
-    relay and name (msgrlib.client.identity). With a path, the key is read
-    from it, or created there (owner-only permissions) if the file does not exist.
-    """
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as f:
-            text = f.read().strip()
-    except FileNotFoundError:
-        key = SigningKey.generate()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as err:
-            raise ClientError(f"cannot create identity file {path}: {err.strerror}") from None
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"msgr-identity-v1 " + base64.b64encode(bytes(key)) + b"\n")
-        return key
-    except OSError as err:
-        raise ClientError(f"cannot read identity file {path}: {err.strerror}") from None
-    label, _, b64 = text.partition(b" ")
-    try:
-        if label != b"msgr-identity-v1":
-            raise ValueError
-        return SigningKey(base64.b64decode(b64, validate=True))
-    except ValueError:
-        raise ClientError(f"identity file {path} is not a msgr identity "
-                          "(delete it to make a new one)") from None
-
-
-def _default_identity(address: str, user: str) -> SigningKey:
-    """The name key kept for this relay and name (msgrlib.client.identity);
-    a fresh one if it cannot be read or created there."""
-    from msgrlib.client.identity import default_identity_path
-
-    try:
-        key = load_identity(os.fspath(default_identity_path(address, user)))
-    except (ClientError, OSError):
-        key = None
-    return key if key is not None else SigningKey.generate()
-
-
 class ChatClient:
-    """Run a :class:`ChatCore` over a relay connection, reconnecting as needed."""
+    """Run a :class:`ChatCore` over a relay connection, reconnecting as needed.
+
+    ``identity`` is the key that owns the name at the relay; None means the
+    one kept for this relay and name (:mod:`msgrlib.client.identity`),
+    created on first use. Pass ``SigningKey.generate()`` for one that is
+    never written anywhere.
+    """
 
     def __init__(self, core: ChatCore, *, host: str, port: int,
                  tls: TlsOptions | None = None, identity: SigningKey | None = None,
@@ -245,7 +210,10 @@ class ChatClient:
         self.host = host
         self.port = port
         self.tls = tls
-        self.identity = identity or _default_identity(self.address, core.me)
+        self._identity_notice: str | None = None
+        if identity is None:
+            identity = self._default_identity()
+        self.identity = identity
         self.connect_timeout = connect_timeout
         self.max_frame = max_frame
         self.backoff_first = backoff_first
@@ -269,6 +237,19 @@ class ChatClient:
         self._ssl_context: ssl.SSLContext | None = None
         self._session_io: RelaySession | None = None  # this connection's relay session
         self._waiting = False  # between connections (see reconnect_now)
+
+    def _default_identity(self) -> SigningKey:
+        """The key kept for this relay and name (created on first use), so a
+        next run gets the name back at once; a key for this run only if the
+        state directory cannot be written."""
+        path = default_identity_path(self.address, self.core.me)
+        try:
+            return load_or_create(path)
+        except IdentityError as err:
+            self._identity_notice = (f"{err}; using a key for this run only, so the name "
+                                     "may be refused for a while after it ends (--identity "
+                                     "FILE chooses where to keep one)")
+            return SigningKey.generate()
 
     @property
     def address(self) -> str:
@@ -357,6 +338,9 @@ class ChatClient:
         when the first connection fails or the relay refuses us for good."""
         delay = self.backoff_first
         first = True
+        if self._identity_notice is not None:
+            self._emit(Notice(escape(self._identity_notice), "identity", "warn"))
+            self._identity_notice = None
         try:
             while not self._closed:
                 try:
