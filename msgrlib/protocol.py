@@ -308,7 +308,7 @@ def _parse_send(obj: dict[str, Any]) -> Send:
     body = _str(obj, "body", "send")
     to = _name(obj, "to", "send")
     ttl = obj.get("ttl")
-    if ttl is not None and type(ttl) is not int:
+    if "ttl" in obj and type(ttl) is not int:  # left out: the relay's default; null: no
         raise FrameError("send: 'ttl' must be an integer number of seconds", kind="send")
     kind = obj.get("kind", "msg")
     if kind != "msg" and kind != "hs":

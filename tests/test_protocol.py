@@ -221,3 +221,56 @@ def test_a_hostile_tls_relay_cannot_forward_another_relays_challenge(tmp_path):
             finally:
                 evil.close()
     run(main())
+
+
+class _Link:
+    address = "test"
+
+    def __init__(self) -> None:
+        self.decoder = framing.FrameDecoder(max_size=1 << 20)
+        self.frames: list[dict] = []
+
+    def write(self, data: bytes) -> None:
+        self.frames.extend(self.decoder.feed(data))
+
+    def close(self) -> None:
+        pass
+
+
+def _relay_verdict(obj: dict) -> str | None:
+    """The error code the relay core answers ``obj`` with, from a signed-in
+    client (None: served). Send and ack are checked inline there, for speed."""
+    core = rules.Relay(clock=lambda: 0.0, wallclock=lambda: 0.0, rng=os.urandom)
+    link, key = _Link(), SigningKey.generate()
+    conn = core.connect(link)
+    core.receive(conn, protocol.Hello("alice", bytes(key.verify_key)).to_json())
+    challenge = protocol.parse_relay_frame(link.frames.pop())
+    sig = key.sign(protocol.auth_message(challenge.nonce, core.binding, "alice")).signature
+    core.receive(conn, protocol.Auth(sig).to_json())
+    link.frames.clear()
+    core.receive(conn, obj)
+    errors = [f["code"] for f in link.frames if f["type"] == "error"]
+    return errors[0] if errors else None
+
+
+send_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(["send", "ack"])},
+    optional={"to": st.sampled_from(["bob", "Bob", "", 5, None]),
+              "body": st.sampled_from(["s1.x", 5, None, ""]),
+              "ttl": st.sampled_from([30, 30.0, True, None, "30", -1]),
+              "kind": st.sampled_from(["msg", "hs", "x", None]),
+              "ref": st.sampled_from([1, 2**60, 1.0, True, None, "1"]),
+              "id": st.sampled_from([1, "1", None, 1.5]),
+              "ids": st.sampled_from([[1, 2], [], [1, "2"], "1", None, [True],
+                                      list(range(1025))])})
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(send_like)
+def test_the_relays_inline_send_and_ack_checks_agree_with_the_protocol(obj):
+    try:
+        protocol.parse_client_frame(obj)
+        expected = None
+    except FrameError as err:
+        expected = err.code
+    assert _relay_verdict(obj) == expected, obj
