@@ -33,7 +33,7 @@ import math
 import re
 import struct
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeGuard
 
 from msgrlib.errors import MsgrError
 from msgrlib.util.names import MAX_NAME_LENGTH, is_valid_name
@@ -152,9 +152,14 @@ def _opt_int(obj: dict[str, Any], key: str, kind: str) -> int | None:
     return None if obj.get(key) is None else _int(obj, key, kind)
 
 
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """A finite JSON number (``true`` and ``false`` are not numbers here)."""
+    return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
+
+
 def _number(obj: dict[str, Any], key: str, kind: str) -> float:
     value = obj.get(key)
-    if type(value) not in (int, float) or not math.isfinite(value):
+    if not _is_number(value):
         raise FrameError(f"{kind}: {key!r} must be a number", kind=kind)
     return float(value)
 
@@ -386,7 +391,7 @@ class Limits:
         values: dict[str, Any] = {}
         for f in fields(cls):
             value = obj.get(f.name)
-            if type(value) not in (int, float) or not math.isfinite(value):
+            if not _is_number(value):
                 continue
             if f.name in ("max_frame", "mailbox_messages"):
                 ok = type(value) is int and value > 0
@@ -519,7 +524,7 @@ def _parse_error(obj: dict[str, Any]) -> Error:
 
 def _parse_pong(obj: dict[str, Any]) -> Pong:
     t = obj.get("t")
-    return Pong(t=float(t) if type(t) in (int, float) else None)
+    return Pong(t=float(t) if _is_number(t) else None)
 
 
 def _parse_shutdown(obj: dict[str, Any]) -> Shutdown:
