@@ -335,3 +335,35 @@ def test_wss_url_on_the_command_line_means_tls(tmp_path):
                          env={**os.environ, "MSGR_PASSCODE": "x"})
     assert bad.returncode == 2 and "wss://" in bad.stderr, bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_relay_frame_that_breaks_the_protocol_after_welcome_is_dropped_with_a_notice():
+    """A fake relay (the attacker) welcomes the client, then sends a deliver
+    whose id is a string: the session drops it, the user is told, the
+    connection and the chat go on."""
+    from msgrlib import protocol
+
+    async def fake_relay(reader, writer):
+        hello = protocol.parse_hello(await framing.read_frame(reader))
+        writer.write(framing.encode_frame(protocol.Challenge(bytes(32), "fake").to_json()))
+        await framing.read_frame(reader)  # auth: not checked, we are the attacker
+        writer.write(framing.encode_frame({"type": "welcome", "user": hello.user, "v": 1,
+                                           "relay": "fake", "limits": {"heartbeat": 1e9}}))
+        writer.write(framing.encode_frame({"type": "deliver", "id": "1\x1b[2J", "from": "bob",
+                                           "kind": "msg", "ttl": 5, "expires_at": 1.0,
+                                           "body": "x"}))
+        writer.write(framing.encode_frame({"type": "presence", "user": "bob", "online": False}))
+        await writer.drain()
+        await reader.read()  # until the client goes
+
+    async def main():
+        server = await asyncio.start_server(fake_relay, "127.0.0.1", 0)
+        async with server:
+            alice = await _open(server.sockets[0].getsockname()[1], "alice", "bob")
+            events = alice.events()
+            notice = await _until(events, lambda e: isinstance(e, chat.Notice))
+            assert "'deliver' frame" in notice.text and "\x1b" not in notice.text, notice
+            assert alice.heartbeat == 20.0  # 1e9 s is out of range: the default stays
+            await _until(events, lambda e: isinstance(e, chat.Presence))  # still connected
+            await alice.aclose()
+    run(main())
