@@ -142,7 +142,10 @@ def demo() -> None:
         try:
             relay, port, fingerprint = start_relay(tmp, output, deadline)
             processes.append(relay)
-            env = {**os.environ, "MSGR_PASSCODE": secrets.token_urlsafe(12)}
+            # The name keys of this throwaway relay go with the temporary
+            # directory, not to the user's state directory.
+            env = {**os.environ, "MSGR_PASSCODE": secrets.token_urlsafe(12),
+                   "XDG_STATE_HOME": os.path.join(tmp, "state")}
             output.say("demo", "alice and bob share a random passcode (MSGR_PASSCODE) and pin "
                        "the relay's certificate with --pin")
             clients = {name: start_client(name, peer, port, fingerprint, tmp, env, output)
