@@ -274,3 +274,31 @@ def test_the_relays_inline_send_and_ack_checks_agree_with_the_protocol(obj):
     except FrameError as err:
         expected = err.code
     assert _relay_verdict(obj) == expected, obj
+
+
+def _imports(relpath: str) -> set[str]:
+    import ast
+
+    with open(os.path.join(ROOT, relpath), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_the_client_imports_nothing_from_the_relay_and_the_cores_no_io():
+    client_dir = os.path.join(ROOT, "msgrlib", "client")
+    for name in sorted(os.listdir(client_dir)):
+        if name.endswith(".py"):
+            found = _imports(os.path.join("msgrlib", "client", name))
+            assert not {m for m in found if m.startswith("msgrlib.relay")}, name
+    for relpath in ("msgrlib/protocol.py", "msgrlib/ratelimit.py", "msgrlib/client/session.py",
+                    "msgrlib/client/identity.py"):
+        found = _imports(relpath)
+        assert not found & {"asyncio", "socket", "ssl", "curses"}, relpath
+        assert not {m for m in found if m.startswith(("msgrlib.relay", "msgrlib.ui"))}, relpath
