@@ -28,18 +28,16 @@ def _client(host: str, port: int, user: str = "alice") -> client.ChatClient:
 def test_the_default_path_follows_xdg_and_separates_relays_and_names():
     env = {"XDG_STATE_HOME": "/state", "HOME": "/home/u"}
     path = identity.default_identity_path("[::1]:8765", "alice", env)
-    assert str(path) == "/state/msgr/identities/%5B%3A%3A1%5D%3A8765/alice.key"
+    assert str(path) == "/state/msgr/names/[__1]_8765/alice.key"
     relative = {"XDG_STATE_HOME": "state", "HOME": "/home/u"}
-    assert str(identity.default_identity_dir(relative)) == "/home/u/.local/state/msgr/identities"
-    assert identity.default_identity_path("Relay:1", "a", env) == \
-        identity.default_identity_path("relay:1", "a", env)
+    assert str(identity.default_identity_dir(relative)) == "/home/u/.local/state/msgr/names"
     assert identity.default_identity_path("relay:1", "a", env) != \
         identity.default_identity_path("relay:2", "a", env)
 
 
 def test_a_client_keeps_one_key_per_relay_and_name(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    first = _client("Relay.example", 8765)
+    first = _client("Relay.example", 8765)  # ChatClient.address lower-cases the host
     again = _client("relay.example", 8765)
     assert bytes(first.identity) == bytes(again.identity)
     assert bytes(_client("relay.example", 8766).identity) != bytes(first.identity)

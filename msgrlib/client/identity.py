@@ -6,7 +6,7 @@ handshake, never from this file. By default msgr keeps one key per relay and
 name, created on first use, owner-only (0600, in a 0700 directory) under the
 user's state directory::
 
-    $XDG_STATE_HOME/msgr/identities/<relay address, %-encoded>/<name>.key
+    $XDG_STATE_HOME/msgr/names/<relay host_port>/<name>.key
     (~/.local/state/msgr/... when XDG_STATE_HOME is unset or relative)
 
 so a run that follows another at once finds its name still bound to the
@@ -24,15 +24,16 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import quote
 
 from nacl.signing import SigningKey
 
 from msgrlib.errors import MsgrError
 
 LABEL = b"msgr-identity-v1"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._\[\]-]")
 
 
 class IdentityError(MsgrError):
@@ -42,22 +43,23 @@ class IdentityError(MsgrError):
 
 
 def default_identity_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """``$XDG_STATE_HOME/msgr/identities``, else ``~/.local/state/msgr/identities``.
+    """``$XDG_STATE_HOME/msgr/names``, else ``~/.local/state/msgr/names``.
 
     A relative ``XDG_STATE_HOME`` is ignored, as the XDG spec asks."""
     state = environ.get("XDG_STATE_HOME", "")
     if not os.path.isabs(state):
         home = environ.get("HOME") or os.path.expanduser("~")
         state = os.path.join(home, ".local", "state")
-    return Path(state) / "msgr" / "identities"
+    return Path(state) / "msgr" / "names"
 
 
 def default_identity_path(address: str, user: str,
                           environ: Mapping[str, str] = os.environ) -> Path:
     """Where the key for ``user`` at the relay ``address`` (``host:port``,
-    ``[v6]:port``) is kept by default. One directory per relay, so the same
-    name at two relays has two keys."""
-    return default_identity_dir(environ) / quote(address.lower(), safe="") / f"{user}.key"
+    ``[v6]:port``, as :attr:`ChatClient.address` writes it) is kept by
+    default. One directory per relay, so the same name at two relays has two
+    keys; characters a file name cannot hold everywhere (``:``) become ``_``."""
+    return default_identity_dir(environ) / _UNSAFE.sub("_", address) / f"{user}.key"
 
 
 def load_identity(path: str | os.PathLike[str] | None) -> SigningKey | None:
