@@ -347,7 +347,9 @@ def _chat(args: argparse.Namespace) -> int:
             raise UsageError(f"--ttl {args.ttl} is out of range: use 5 to 60 seconds")
         if args.wait is not None and not 0 <= args.wait < 86400:
             raise UsageError(f"--wait {args.wait:g} is out of range: use 0 to 86399 seconds")
-        host, port, url_tls = parse_server(args.server)  # wss:// and msgrs:// mean --tls
+        server = parse_server(args.server)
+        host, port = server
+        url_tls = server.tls  # wss:// and msgrs:// mean --tls, ws:// and msgr:// not
         if url_tls is False and args.tls:
             raise UsageError(f"--server {args.server} names a relay without TLS, but --tls is "
                              "given: use wss:// or msgrs://, or drop --tls")

@@ -287,7 +287,9 @@ def test_reconnect_now_after_a_relay_restart_delivers_what_was_typed_meanwhile()
     ("MSGRS://[::1]:7000", ("::1", 7000, True)),
 ])
 def test_parse_server_takes_host_port_and_urls(text, want):
-    assert tuple(client.parse_server(text)) == want
+    address = client.parse_server(text)
+    host, port = address  # as before URLs: a (host, port) pair
+    assert (host, port, address.tls) == want == (address.host, address.port, address.tls)
 
 
 @pytest.mark.parametrize("text,hint", [

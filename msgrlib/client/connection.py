@@ -32,7 +32,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from nacl.signing import SigningKey
 
@@ -127,13 +127,28 @@ SERVER_SCHEMES = {"msgr": False, "ws": False, "msgrs": True, "wss": True}
 DEFAULT_PORT = 8765
 
 
-class ServerAddress(NamedTuple):
-    """Where the relay is; ``tls`` is True or False when a URL scheme said so,
-    None for a plain ``HOST:PORT`` (then ``--tls`` decides)."""
+class ServerAddress(tuple):  # type: ignore[type-arg]
+    """Where the relay is: a ``(host, port)`` pair (so ``host, port =
+    parse_server(text)`` works), and ``tls``: True or False when a URL scheme
+    said so, None for a plain ``HOST:PORT`` (then ``--tls`` decides)."""
 
-    host: str
-    port: int
-    tls: bool | None = None
+    tls: bool | None
+
+    def __new__(cls, host: str, port: int, tls: bool | None = None) -> ServerAddress:
+        self = super().__new__(cls, (host, port))
+        self.tls = tls
+        return self
+
+    @property
+    def host(self) -> str:
+        return str(self[0])
+
+    @property
+    def port(self) -> int:
+        return int(self[1])
+
+    def __repr__(self) -> str:
+        return f"ServerAddress(host={self.host!r}, port={self.port}, tls={self.tls})"
 
 
 def parse_server(text: str, default_port: int = DEFAULT_PORT) -> ServerAddress:
@@ -696,7 +711,9 @@ async def open_chat(*, server: str, user: str, peer: str, passcode: str,
     check_name(peer, what="peer name")
     if type(ttl) is not int or not 5 <= ttl <= 60:
         raise ClientError(f"ttl {ttl!r} is out of range: use 5 to 60 seconds")
-    host, port, url_tls = parse_server(server)
+    address = parse_server(server)
+    host, port = address
+    url_tls = address.tls
     if url_tls and tls is None:
         tls = TlsOptions()
     elif url_tls is False and tls is not None:
