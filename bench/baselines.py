@@ -56,7 +56,8 @@ def _deliver(msg: dict[str, Any], msg_id: int, sender: str, wall: float) -> dict
 
 
 def _challenge() -> dict[str, Any]:
-    return {"type": "challenge", "nonce": base64.b64encode(os.urandom(32)).decode()}
+    return {"type": "challenge", "nonce": base64.b64encode(os.urandom(32)).decode(),
+            "relay": os.urandom(8).hex()}  # as msgr's, which clients sign over
 
 
 def _welcome(user: str) -> dict[str, Any]:
