@@ -38,7 +38,8 @@ from nacl.signing import SigningKey
 
 import framing
 from msgrlib import protocol
-from msgrlib.client.core import ChatCore, Event, Mode, Notice, Received
+from msgrlib.client.core import ChatCore, Mode
+from msgrlib.client.events import Event, Notice, Received
 from msgrlib.client.identity import (  # noqa: F401 (load_identity: re-exported for the UI)
     IdentityError,
     default_identity_path,
