@@ -175,7 +175,7 @@ class Stats:
 
 async def soak(args: argparse.Namespace) -> int:
     tls_dir = args.tls_dir
-    child = subprocess.Popen([sys.executable, __file__, "--relay-child",
+    child = subprocess.Popen([sys.executable, "-m", "tools.soak", "--relay-child",
                               *(["--tls", tls_dir] if tls_dir else [])], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert child.stdin is not None and child.stdout is not None
