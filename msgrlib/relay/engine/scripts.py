@@ -1,0 +1,442 @@
+"""The engine's Lua scripts: each relay step is one atomic script on one shard.
+
+A script runs on one Redis/Valkey primary (a *shard*) and sees nothing else
+run while it does, so each step below is all or nothing. The Python side
+(:mod:`msgrlib.relay.engine.backend`) loads them once with ``SCRIPT LOAD``,
+calls them with ``EVALSHA`` and loads them again after ``NOSCRIPT`` (the
+engine restarted or someone ran ``SCRIPT FLUSH``).
+
+Calling convention (every script but ``init``)::
+
+    ARGV[1] prefix   every key starts with it (default "msgr")
+    ARGV[2] epoch    what the caller believes the shard's epoch is; on a
+                     mismatch the script changes nothing and fails with
+                     "EPOCH <current epoch or empty>": the engine was wiped
+    ARGV[3] now      milliseconds; empty means the engine's own clock (TIME),
+                     so every relay of a deployment shares one clock. Tests
+                     pass a fake clock here.
+    ARGV[4...]       the script's own arguments, listed above each script
+
+Numbers are written into keys and replies through ``string.format('%.0f')``:
+Lua 5.1 numbers are doubles and ``tostring`` (which ``redis.call`` uses for
+number arguments) keeps 14 significant digits, which would round message ids
+(up to 2**53) silently.
+
+Keys (``P`` is the prefix; names are ``[a-z0-9._-]``, so never contain braces)::
+
+    per name, hash tag {name}
+    P:{name}:q          ZSET  mailbox: score = message id, member = record
+    P:{name}:b          STR   ciphertext bytes waiting (with per-message overhead)
+    P:{name}:c          HASH  claim: key, since, node, conn, released, bye
+    P:{name}:w          SET   nodes with a connection watching the name
+    P:{a}:hs:{b}        HASH  handshake bucket of the pair a < b (tokens, stamp)
+    per shard
+    P:epoch             STR   random; set once, gone when the engine is wiped
+    P:ids               STR   the message id counter, seeded at random
+    P:bytes             STR   ciphertext bytes held on this shard (the budget)
+    P:exp               ZSET  expiry index: score = expiry ms, member = "%016d id:recipient"
+    P:lapse             ZSET  released claims: score = when they may lapse, member = name
+    P:claims            SET   names claimed on this shard (max_names)
+    P:nodes             ZSET  node leases: score = lease end ms, member = node id
+    P:node:<id>:names   SET   names claimed through that node's connections
+    P:node:<id>:watch   SET   names that node watches
+    P:share:<share>     STR   bytes held under one store share (sender address, name...)
+    channels
+    P:n:<node id>       one per relay node on every shard; payloads below
+
+A message record (the member of ``P:{name}:q``), fields separated by newlines,
+the body last (it may itself hold newlines)::
+
+    id, sender, kind, ttl (s), expires (ms), size, shares ("a|b", may be empty), body
+
+Published payloads (newline-separated; the node routes them to its connections)::
+
+    d <conn> <recipient> <record>  deliver a new message to connection conn
+    x <conn> <id> <recipient>   message id to recipient expired unread (to its sender)
+    r <conn>                    conn was replaced by a newer connection with the same key
+    p <name> <0|1>              presence of name changed (to every watching node)
+
+Pub/sub only wakes a node; the keys hold the truth. A node re-reads the
+mailboxes of its connected names after every (re)subscribe.
+
+Redis Cluster: per-name keys carry the ``{name}`` hash tag, but a send
+touches the recipient's keys and the shard's budget and expiry index
+together, and a reap walks names that are not declared in ``KEYS``; so the
+scripts run on standalone primaries only (several of them make several
+shards). A Cluster port would tag the per-shard keys with a per-slot shard.
+"""
+
+from __future__ import annotations
+
+# Helpers shared by the scripts. ``chk`` is the epoch guard every script runs
+# first, before it changes anything.
+PRELUDE = r"""
+local P = ARGV[1]
+local function S(n) return string.format('%.0f', n) end
+local function now_ms()
+  if ARGV[3] ~= '' then return tonumber(ARGV[3]) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local current = redis.call('GET', P .. ':epoch')
+if current ~= ARGV[2] then
+  return redis.error_reply('EPOCH ' .. (current or ''))
+end
+local NOW = now_ms()
+local function K(name, what) return P .. ':{' .. name .. '}:' .. what end
+local function parse(rec)
+  local id, sender, kind, ttl, exp, size, shares, body =
+    string.match(rec, '^(%d+)\n([^\n]*)\n([^\n]*)\n(%d+)\n(%d+)\n(%d+)\n([^\n]*)\n(.*)$')
+  return {id = id, sender = sender, kind = kind, ttl = ttl, exp = tonumber(exp),
+          size = tonumber(size), shares = shares, body = body}
+end
+local function exp_member(id, to)
+  return string.format('%016.0f', tonumber(id)) .. ':' .. to
+end
+local function publish(node, payload)
+  if node and node ~= '' then redis.call('PUBLISH', P .. ':n:' .. node, payload) end
+end
+local function presence(name, online)
+  local nodes = redis.call('SMEMBERS', K(name, 'w'))
+  for _, node in ipairs(nodes) do
+    publish(node, 'p\n' .. name .. '\n' .. online)
+  end
+end
+-- Forget one stored message (its record is rec): mailbox, bytes, shares, index.
+local function forget(to, rec)
+  local m = parse(rec)
+  local q = K(to, 'q')
+  redis.call('ZREMRANGEBYSCORE', q, m.id, m.id)
+  if redis.call('ZCARD', q) == 0 then
+    redis.call('DEL', K(to, 'b'))
+  else
+    redis.call('DECRBY', K(to, 'b'), S(m.size))
+  end
+  if redis.call('DECRBY', P .. ':bytes', S(m.size)) <= 0 then
+    redis.call('DEL', P .. ':bytes')
+  end
+  if m.shares ~= '' then
+    for share in string.gmatch(m.shares, '[^|]+') do
+      local key = P .. ':share:' .. share
+      if redis.call('DECRBY', key, S(m.size)) <= 0 then redis.call('DEL', key) end
+    end
+  end
+  redis.call('ZREM', P .. ':exp', exp_member(m.id, to))
+  return m
+end
+-- Mark a claim released at NOW (no connection); it may lapse claim_ttl later.
+local function release(name, bye, claim_ttl)
+  redis.call('HSET', K(name, 'c'), 'node', '', 'conn', '', 'released', S(NOW), 'bye', bye)
+  redis.call('ZADD', P .. ':lapse', S(NOW + claim_ttl), name)
+  presence(name, '0')
+end
+-- Release every name a node holds and forget what it watches (lease lapsed or node left).
+local function drop_node(node, claim_ttl)
+  local names_key = P .. ':node:' .. node .. ':names'
+  local released = {}
+  for _, name in ipairs(redis.call('SMEMBERS', names_key)) do
+    if redis.call('HGET', K(name, 'c'), 'node') == node then
+      release(name, '0', claim_ttl)
+      released[#released + 1] = name
+    end
+  end
+  redis.call('DEL', names_key)
+  local watch_key = P .. ':node:' .. node .. ':watch'
+  for _, name in ipairs(redis.call('SMEMBERS', watch_key)) do
+    redis.call('SREM', K(name, 'w'), node)
+  end
+  redis.call('DEL', watch_key)
+  redis.call('ZREM', P .. ':nodes', node)
+  return released
+end
+"""
+
+#: Create the shard's epoch and id counter unless they exist; reply the epoch.
+#: ARGV: prefix, new epoch, first id. No epoch guard: this is how a relay
+#: learns the epoch, and how a wiped engine gets a new one.
+INIT = r"""
+local P = ARGV[1]
+redis.call('SET', P .. ':epoch', ARGV[2], 'NX')
+redis.call('SET', P .. ':ids', ARGV[3], 'NX')
+return redis.call('GET', P .. ':epoch')
+"""
+
+#: Claim a name for a connection whose key signature the relay has checked.
+#: ARGV[4..]: name, key (base64), node, conn, claim_ttl ms, max_names.
+#: Replies:
+#:   {'ok', since, old_node, old_conn}   claimed; old_* is the connection with
+#:                                      the same key it replaced ('' if none);
+#:                                      that node got "r old_conn" already
+#:   {'owned', connected 0/1, since, released, bye 0/1, waiting}
+#:                                      another key holds it
+#:   {'full'}                           max_names claims on this shard
+CLAIM = PRELUDE + r"""
+local name, key, node, conn = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local claim_ttl, max_names = tonumber(ARGV[8]), tonumber(ARGV[9])
+local ck = K(name, 'c')
+local c = redis.call('HMGET', ck, 'key', 'since', 'node', 'conn', 'released', 'bye')
+local exists = c[1] ~= false
+if exists and c[1] ~= key then
+  local waiting = redis.call('ZCARD', K(name, 'q'))
+  if c[4] == '' and NOW - tonumber(c[5]) >= claim_ttl and waiting == 0 then
+    redis.call('DEL', ck)
+    redis.call('SREM', P .. ':claims', name)
+    redis.call('ZREM', P .. ':lapse', name)
+    exists = false
+  else
+    return {'owned', c[4] ~= '' and 1 or 0, c[2], c[5], c[6], waiting}
+  end
+end
+local since, old_node, old_conn = S(NOW), '', ''
+if not exists then
+  if redis.call('SCARD', P .. ':claims') >= max_names then return {'full'} end
+  redis.call('SADD', P .. ':claims', name)
+else
+  since = c[2]
+  if c[4] ~= '' then
+    old_node, old_conn = c[3], c[4]
+    redis.call('SREM', P .. ':node:' .. old_node .. ':names', name)
+    if old_node ~= node then publish(old_node, 'r\n' .. old_conn) end
+  end
+  redis.call('ZREM', P .. ':lapse', name)
+end
+redis.call('HSET', ck, 'key', key, 'since', since, 'node', node, 'conn', conn,
+           'released', '0', 'bye', '0')
+redis.call('SADD', P .. ':node:' .. node .. ':names', name)
+presence(name, '1')
+return {'ok', since, old_node, old_conn}
+"""
+
+#: A connection ended: release its name, only if it still holds it.
+#: ARGV[4..]: name, node, conn, bye (0/1), claim_ttl ms. Reply 1 if released.
+RELEASE = PRELUDE + r"""
+local name, node, conn = ARGV[4], ARGV[5], ARGV[6]
+local c = redis.call('HMGET', K(name, 'c'), 'node', 'conn')
+if c[1] ~= node or c[2] ~= conn or conn == '' then return 0 end
+redis.call('SREM', P .. ':node:' .. node .. ':names', name)
+release(name, ARGV[7], tonumber(ARGV[8]))
+return 1
+"""
+
+#: Store a message, or refuse it with nothing changed.
+#: ARGV[4..]: sender, recipient, kind, ttl s, size, body, mailbox_messages,
+#: mailbox_bytes, store_bytes, then pairs (share, limit) for each store share.
+#: Replies {1, id, expires ms} or {0, why, have, limit[, share]} where why is
+#: 'mailbox_messages', 'mailbox_bytes', 'store_bytes' or 'share' (checked in
+#: that order, as MemoryStore does). The recipient's node gets "d conn record"
+#: when the recipient is connected.
+SEND = PRELUDE + r"""
+local sender, to, kind = ARGV[4], ARGV[5], ARGV[6]
+local ttl, size, body = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local q, b = K(to, 'q'), K(to, 'b')
+local count = redis.call('ZCARD', q)
+if count >= tonumber(ARGV[10]) then return {0, 'mailbox_messages', count, ARGV[10]} end
+local waiting = tonumber(redis.call('GET', b) or '0')
+if waiting + size > tonumber(ARGV[11]) then return {0, 'mailbox_bytes', waiting, ARGV[11]} end
+local total = tonumber(redis.call('GET', P .. ':bytes') or '0')
+if total + size > tonumber(ARGV[12]) then return {0, 'store_bytes', total, ARGV[12]} end
+local shares = {}
+for i = 13, #ARGV - 1, 2 do
+  local held = tonumber(redis.call('GET', P .. ':share:' .. ARGV[i]) or '0')
+  if held + size > tonumber(ARGV[i + 1]) then
+    return {0, 'share', held, ARGV[i + 1], ARGV[i]}
+  end
+  shares[#shares + 1] = ARGV[i]
+end
+local id = redis.call('INCR', P .. ':ids')
+local exp = NOW + ttl * 1000
+local rec = S(id) .. '\n' .. sender .. '\n' .. kind .. '\n' .. S(ttl) .. '\n' .. S(exp) ..
+  '\n' .. S(size) .. '\n' .. table.concat(shares, '|') .. '\n' .. body
+redis.call('ZADD', q, S(id), rec)
+redis.call('INCRBY', b, S(size))
+redis.call('INCRBY', P .. ':bytes', S(size))
+for _, share in ipairs(shares) do redis.call('INCRBY', P .. ':share:' .. share, S(size)) end
+redis.call('ZADD', P .. ':exp', S(exp), exp_member(id, to))
+local c = redis.call('HMGET', K(to, 'c'), 'node', 'conn')
+if c[2] and c[2] ~= '' then publish(c[1], 'd\n' .. c[2] .. '\n' .. to .. '\n' .. rec) end
+return {1, id, exp}
+"""
+
+#: Acknowledge delivered messages: delete them and release their bytes.
+#: Idempotent: unknown ids, ids of others and expired ones are skipped (an
+#: expired message is the expirer's, which tells its sender).
+#: ARGV[4..]: name, node, conn, ids... Reply: how many were deleted, or -1 if
+#: that connection no longer holds the name (nothing changed).
+ACK = PRELUDE + r"""
+local name = ARGV[4]
+local c = redis.call('HMGET', K(name, 'c'), 'node', 'conn')
+if c[1] ~= ARGV[5] or c[2] ~= ARGV[6] or ARGV[6] == '' then return -1 end
+local q, n = K(name, 'q'), 0
+for i = 7, #ARGV do
+  local recs = redis.call('ZRANGE', q, ARGV[i], ARGV[i], 'BYSCORE')
+  if recs[1] then
+    local m = parse(recs[1])
+    if m.exp > NOW then
+      forget(name, recs[1])
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+
+#: The messages waiting for a name and not yet expired, oldest first: what a
+#: connection is handed when it signs in, resumes, or its node resubscribes.
+#: ARGV[4..]: name, node, conn. Reply: records, or -1 if that connection
+#: does not hold the name.
+FETCH = PRELUDE + r"""
+local name = ARGV[4]
+local c = redis.call('HMGET', K(name, 'c'), 'node', 'conn')
+if c[1] ~= ARGV[5] or c[2] ~= ARGV[6] or ARGV[6] == '' then return -1 end
+local out = {}
+for _, rec in ipairs(redis.call('ZRANGE', K(name, 'q'), 0, -1)) do
+  if parse(rec).exp > NOW then out[#out + 1] = rec end
+end
+return out
+"""
+
+#: Messages waiting for a name (expired or not): for name_owned explanations.
+#: ARGV[4]: name.
+COUNT = PRELUDE + r"""
+return redis.call('ZCARD', K(ARGV[4], 'q'))
+"""
+
+#: Pop what is due, at most ``limit`` messages and ``limit`` claims per call.
+#: Expired messages are deleted and their sender's node is told "x conn id
+#: recipient" when the sender's claim lives on this shard and is connected.
+#: Released claims whose claim_ttl has passed are deleted, unless messages
+#: still wait for them (then they are looked at again ttl_max later).
+#: ARGV[4..]: limit, ttl_max ms, claim_ttl ms.
+#: Reply: {now, next deadline ms or -1, n, id1, sender1, recipient1,
+#: told1, ...} where told is 1 if the sender's node was published to.
+EXPIRE = PRELUDE + r"""
+local limit, ttl_max, claim_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local out = {}
+local due = redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', S(NOW), 'LIMIT', 0, limit)
+for _, member in ipairs(due) do
+  local id, to = string.match(member, '^(%d+):(.*)$')
+  local recs = redis.call('ZRANGE', K(to, 'q'), id, id, 'BYSCORE')
+  redis.call('ZREM', P .. ':exp', member)
+  if recs[1] then
+    local m = forget(to, recs[1])
+    local s = redis.call('HMGET', K(m.sender, 'c'), 'node', 'conn')
+    local told = 0
+    if s[2] and s[2] ~= '' then
+      publish(s[1], 'x\n' .. s[2] .. '\n' .. m.id .. '\n' .. to)
+      told = 1
+    end
+    out[#out + 1] = m.id
+    out[#out + 1] = m.sender
+    out[#out + 1] = to
+    out[#out + 1] = told
+  end
+end
+local lapsed = redis.call('ZRANGEBYSCORE', P .. ':lapse', '-inf', S(NOW), 'LIMIT', 0, limit)
+for _, name in ipairs(lapsed) do
+  local c = redis.call('HMGET', K(name, 'c'), 'conn', 'released')
+  if c[1] == false or c[1] ~= '' then
+    redis.call('ZREM', P .. ':lapse', name)
+  elseif NOW - tonumber(c[2]) < claim_ttl then
+    redis.call('ZADD', P .. ':lapse', S(tonumber(c[2]) + claim_ttl), name)
+  elseif redis.call('ZCARD', K(name, 'q')) > 0 then
+    redis.call('ZADD', P .. ':lapse', S(NOW + ttl_max), name)
+  else
+    redis.call('DEL', K(name, 'c'))
+    redis.call('SREM', P .. ':claims', name)
+    redis.call('ZREM', P .. ':lapse', name)
+  end
+end
+local nxt = -1
+local e = redis.call('ZRANGE', P .. ':exp', 0, 0, 'WITHSCORES')
+if e[2] then nxt = tonumber(e[2]) end
+local l = redis.call('ZRANGE', P .. ':lapse', 0, 0, 'WITHSCORES')
+if l[2] and (nxt < 0 or tonumber(l[2]) < nxt) then nxt = tonumber(l[2]) end
+local reply = {NOW, nxt, #out / 4}
+for _, v in ipairs(out) do reply[#reply + 1] = v end
+return reply
+"""
+
+#: Tell a sender whose claim lives on this shard that its message expired
+#: (the expirer of another shard forwards here). ARGV[4..]: sender, id,
+#: recipient. Reply 1 if its node was published to.
+NOTIFY = PRELUDE + r"""
+local s = redis.call('HMGET', K(ARGV[4], 'c'), 'node', 'conn')
+if s[2] and s[2] ~= '' then
+  publish(s[1], 'x\n' .. s[2] .. '\n' .. ARGV[5] .. '\n' .. ARGV[6])
+  return 1
+end
+return 0
+"""
+
+#: Start or stop watching a name's presence from a node.
+#: ARGV[4..]: name, node, '1' to watch or '0' to stop. Reply: 1 if the name
+#: is connected now.
+WATCH = PRELUDE + r"""
+local name, node = ARGV[4], ARGV[5]
+if ARGV[6] == '1' then
+  redis.call('SADD', K(name, 'w'), node)
+  redis.call('SADD', P .. ':node:' .. node .. ':watch', name)
+else
+  redis.call('SREM', K(name, 'w'), node)
+  redis.call('SREM', P .. ':node:' .. node .. ':watch', name)
+end
+local conn = redis.call('HGET', K(name, 'c'), 'conn')
+return (conn and conn ~= '') and 1 or 0
+"""
+
+#: Take one token from the handshake bucket of a pair of names (a < b): the
+#: same token bucket as the relay's TokenBucket, kept in the engine so every
+#: node shares it. ARGV[4..]: a, b, rate per s, burst. Reply 1 or 0.
+HANDSHAKE = PRELUDE + r"""
+local key = K(ARGV[4], 'hs:' .. ARGV[5])
+local rate, burst = tonumber(ARGV[6]), tonumber(ARGV[7])
+local h = redis.call('HMGET', key, 'tokens', 'stamp')
+local tokens = burst
+if h[1] then
+  tokens = tonumber(h[1]) + (NOW - tonumber(h[2])) / 1000 * rate
+  if tokens > burst then tokens = burst end
+end
+local ok = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  ok = 1
+end
+redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'stamp', S(NOW))
+-- A full bucket is the same as no bucket: let the key go once it would be full.
+redis.call('PEXPIRE', key, S(math.ceil((burst - tokens) / rate * 1000) + 1000))
+return ok
+"""
+
+#: Renew this node's lease, then release the names of nodes whose lease lapsed.
+#: ARGV[4..]: node, lease ms, mode, reap limit, claim_ttl ms. Mode 'join'
+#: registers the node, 'renew' fails with {-1} if the node is not registered
+#: (its lease lapsed and another node released its names), 'leave' drops the
+#: node now (clean shutdown). Reply {1, reaped node, n names, names..., ...}.
+LEASE = PRELUDE + r"""
+local node, lease, mode = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local limit, claim_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
+if mode == 'leave' then
+  local names = drop_node(node, claim_ttl)
+  local reply = {1, node, #names}
+  for _, name in ipairs(names) do reply[#reply + 1] = name end
+  return reply
+end
+if mode == 'renew' and not redis.call('ZSCORE', P .. ':nodes', node) then return {-1} end
+redis.call('ZADD', P .. ':nodes', S(NOW + lease), node)
+local reply = {1}
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', P .. ':nodes', '-inf', '(' .. S(NOW),
+                                 'LIMIT', 0, limit)) do
+  local names = drop_node(dead, claim_ttl)
+  reply[#reply + 1] = dead
+  reply[#reply + 1] = #names
+  for _, name in ipairs(names) do reply[#reply + 1] = name end
+end
+return reply
+"""
+
+#: Every script by name, as the backend loads them.
+SCRIPTS: dict[str, str] = {
+    "init": INIT, "claim": CLAIM, "release": RELEASE, "send": SEND, "ack": ACK,
+    "fetch": FETCH, "count": COUNT, "expire": EXPIRE, "notify": NOTIFY, "watch": WATCH,
+    "handshake": HANDSHAKE, "lease": LEASE,
+}
