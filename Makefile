@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: install test lint serve demo bench bench-quick fuzz soak churn clean
 
 $(STAMP): requirements.txt requirements-dev.txt
+	@command -v redis-server >/dev/null 2>&1 || echo "note: redis-server is not installed;" \
+		"the engine tests will be skipped (apt-get install redis-server; .ci/run does)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
