@@ -89,6 +89,10 @@ async def node(urls: str | list[str], *, clock: Clock | None = None, run_tasks: 
                            socket_timeout=socket_timeout)
     await backend.start()
     try:
+        if run_tasks:
+            # Subscribed on every shard: publications from now on reach us.
+            for shard in range(len(backend.shards)):
+                await events.wait_for(lambda e, shard=shard: e == Resync(shard))
         yield backend, events
     finally:
         await backend.close()
@@ -383,20 +387,23 @@ def test_deliveries_and_presence_reach_the_right_node(engine):
         clock = Clock()
         async with node(engine.url, clock=clock, run_tasks=True) as (a, a_events), \
                 node(engine.url, clock=clock, run_tasks=True) as (b, b_events):
-            await a_events.wait_for(lambda e: isinstance(e, Resync))
-            await b_events.wait_for(lambda e: isinstance(e, Resync))
             assert not await b.watch("alice")
             await a.claim("alice", KEY_A, "1")
             assert await b_events.wait_for(lambda e: isinstance(e, Presence)) == \
                 Presence("alice", True)
             assert await b.watch("alice")  # a second watcher on b: online
+            b_events.clear()
+            await a.claim("alice", KEY_A, "2")  # the same key again: offline, then online
+            await b_events.wait_for(lambda e: Presence("alice", True) in b_events)
+            assert [e for e in b_events if isinstance(e, Presence)] == [
+                Presence("alice", False), Presence("alice", True)]
             await b.claim("bob", KEY_B, "5")
             held = await a.send("alice", "bob", "hello", "msg", 30)
             event = await b_events.wait_for(lambda e: isinstance(e, Deliver))
             assert event == Deliver("5", held)
             b_events.clear()
             await b.unwatch("alice")  # one watcher left on b: still told
-            await a.release("alice", "1")
+            await a.release("alice", "2")
             assert await b_events.wait_for(lambda e: isinstance(e, Presence)) == \
                 Presence("alice", False)
             await b.unwatch("alice")
@@ -475,7 +482,6 @@ def test_a_wiped_engine_is_a_reset_with_a_new_epoch():
 def test_pubsub_reconnects_and_asks_for_a_resync(engine):
     async def main():
         async with node(engine.url, clock=Clock(), run_tasks=True) as (be, events):
-            await events.wait_for(lambda e: isinstance(e, Resync))
             events.clear()
             engine.command("CLIENT", "KILL", "TYPE", "pubsub")
             assert await events.wait_for(lambda e: isinstance(e, Resync)) == Resync(0)

@@ -703,7 +703,13 @@ class RedisBackend:
             shard.wake.clear()
             while shard.queue:
                 batch, shard.queue = shard.queue, []
-                await self._run_batch(shard, batch)
+                try:
+                    await self._run_batch(shard, batch)
+                except Exception as err:  # noqa: BLE001 - the writer must outlive any batch
+                    log.error("engine-batch-failed", extra={"fields": {"error": repr(err)}})
+                    for _script, _args, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(EngineUnavailable(f"engine error: {err!r}"))
 
     async def _run_batch(self, shard: _Shard,
                          batch: list[tuple[str, tuple[str, ...], asyncio.Future[Any]]]) -> None:

@@ -197,6 +197,8 @@ else
     old_node, old_conn = c[3], c[4]
     redis.call('SREM', P .. ':node:' .. old_node .. ':names', name)
     if old_node ~= node then publish(old_node, 'r\n' .. old_conn) end
+    -- As the in-memory relay: the old connection leaves, the new one comes.
+    presence(name, '0')
   end
   redis.call('ZREM', P .. ':lapse', name)
 end
