@@ -298,6 +298,51 @@ def test_expired_reaches_the_senders_node(engine):
     run(main())
 
 
+def test_expiry_reports_wait_for_a_sender_between_connections(engine):
+    async def main():
+        clock = Clock()
+        async with node(engine.url, clock=clock) as (be, events):
+            await be.claim("alice", KEY_A, "1")
+            held = await be.send("alice", "bob", "x", "msg", 5)
+            await be.release("alice", "1")  # alice's connection drops
+            clock.advance(5)
+            assert (await be.expire_once(0))[2] == [(held.id, "alice", "bob")]
+            await be.claim("alice", KEY_A, "2")  # back, on any node
+            assert await be.fetch("alice", "2") == []
+            assert events == [Expired("2", held.id, "bob")]
+            assert await be.fetch("alice", "2") == []  # taken once
+            assert events == [Expired("2", held.id, "bob")]
+    run(main())
+
+
+def test_a_new_key_does_not_get_the_old_keys_reports(engine):
+    async def main():
+        clock = Clock()
+        async with node(engine.url, clock=clock, claim_ttl=5) as (be, events):
+            await be.claim("alice", KEY_A, "1")
+            await be.send("alice", "bob", "x", "msg", 5)
+            await be.release("alice", "1")
+            clock.advance(5)
+            await be.expire_once(0)
+            await be.claim("alice", KEY_B, "2")  # lapsed: another key takes the name
+            assert await be.fetch("alice", "2") == [] and events == []
+    run(main())
+
+
+def test_expiry_reports_missed_by_pubsub_come_with_the_next_fetch(engine):
+    async def main():
+        clock = Clock()
+        async with node(engine.url, clock=clock) as (be, events):  # no listener at all
+            await be.claim("alice", KEY_A, "1")
+            held = await be.send("alice", "bob", "x", "msg", 5)
+            clock.advance(5)
+            await be.expire_once(0)
+            assert events == []
+            await be.fetch("alice", "1")  # what a node does after it resubscribes
+            assert events == [Expired("1", held.id, "bob")]
+    run(main())
+
+
 # -- claims -------------------------------------------------------------------------
 
 
@@ -388,7 +433,9 @@ def test_deliveries_and_presence_reach_the_right_node(engine):
         async with node(engine.url, clock=clock, run_tasks=True) as (a, a_events), \
                 node(engine.url, clock=clock, run_tasks=True) as (b, b_events):
             assert not await b.watch("alice")
+            assert not await a.online("alice")
             await a.claim("alice", KEY_A, "1")
+            assert await a.online("alice")
             assert await b_events.wait_for(lambda e: isinstance(e, Presence)) == \
                 Presence("alice", True)
             assert await b.watch("alice")  # a second watcher on b: online
@@ -580,6 +627,16 @@ def test_two_shards_route_names_and_forward_expired_reports():
                 clock.advance(5)
                 event = await events.wait_for(lambda e: isinstance(e, Expired))
                 assert event == Expired("1", held.id, recipient)
+                # The sender offline when it expires: the report waits on its shard.
+                second = await be.send(sender, recipient, "y", "msg", 5)
+                await be.release(sender, "1")
+                events.clear()
+                clock.advance(5)
+                await asyncio.sleep(0.3)  # the expirers run
+                assert not any(isinstance(e, Expired) for e in events)
+                await be.claim(sender, KEY_A, "3")
+                await be.fetch(sender, "3")
+                assert Expired("3", second.id, recipient) in events
         run(main())
 
 

@@ -43,11 +43,18 @@ shares=)``                  with nothing kept; returns the :class:`Held`
                             None if ``conn`` no longer holds the name.
 ``fetch(name, conn)``       what waits for the name, unexpired, oldest first
                             (on sign-in, resume, :class:`Resync`); None if
-                            ``conn`` no longer holds the name.
+                            ``conn`` no longer holds the name. Expiry reports
+                            kept for the name as a sender come out as
+                            :class:`Expired` events first (pub/sub may have
+                            missed them, or the sender was between two
+                            connections); so an ``Expired`` may repeat, which
+                            clients ignore.
 ``count_for(name)``         messages waiting (for name_owned explanations).
 ``watch(name)`` /           this node starts/stops watching a name (counted:
 ``unwatch(name)``           the engine hears the first watch and the last
                             unwatch); ``watch`` returns whether it is online.
+``online(name)``            whether it is online (to refresh watchers after
+                            :class:`Resync`).
 ``epoch``                   what ``welcome.relay`` says: changes only when the
                             engine was wiped (:class:`Reset`).
 =========================  ===================================================
@@ -556,7 +563,11 @@ class RedisBackend:
         reply = await self._call(self.shard_of(name), "fetch", name, self.node, conn)
         if reply == -1:
             return None
-        return [_held(name, rec) for rec in reply]
+        records, reports = reply
+        for report in reports:
+            msg_id, recipient = report.split("\n", 1)
+            self.on_event(Expired(conn, int(msg_id), recipient))
+        return [_held(name, rec) for rec in records]
 
     async def count_for(self, name: str) -> int:
         return int(await self._call(self.shard_of(name), "count", name))
@@ -565,6 +576,11 @@ class RedisBackend:
         """This node watches ``name`` once more; whether it is connected now."""
         self._watching[name] = self._watching.get(name, 0) + 1
         return bool(await self._call(self.shard_of(name), "watch", name, self.node, "1"))
+
+    async def online(self, name: str) -> bool:
+        """Whether ``name`` is connected now (after :class:`Resync`, presence
+        changes published meanwhile may have been missed)."""
+        return bool(await self._call(self.shard_of(name), "watch", name, self.node, "?"))
 
     async def unwatch(self, name: str) -> None:
         count = self._watching.get(name, 0) - 1
@@ -591,7 +607,8 @@ class RedisBackend:
             home = self.shard_of(sender)
             if not int(told) and home != shard:
                 with contextlib.suppress(EngineError):
-                    await self._call(home, "notify", sender, str(msg_id), recipient)
+                    await self._call(home, "notify", sender, str(msg_id), recipient,
+                                     _ms(lim.claim_ttl))
         return now, (None if nxt < 0 else nxt), out
 
     async def renew_once(self, shard: int, *, mode: str = "renew") -> list[str]:

@@ -29,6 +29,8 @@ Keys (``P`` is the prefix; names are ``[a-z0-9._-]``, so never contain braces)::
     P:{name}:b          STR   ciphertext bytes waiting (with per-message overhead)
     P:{name}:c          HASH  claim: key, since, node, conn, released, bye
     P:{name}:w          SET   nodes with a connection watching the name
+    P:{name}:x          LIST  expiry reports for the name as a sender ("id\nrecipient"),
+                              until its connection fetches them (at most claim_ttl)
     P:{a}:hs:{b}        HASH  handshake bucket of the pair a < b (tokens, stamp)
     per shard
     P:epoch             STR   random; set once, gone when the engine is wiped
@@ -124,6 +126,17 @@ local function forget(to, rec)
   redis.call('ZREM', P .. ':exp', exp_member(m.id, to))
   return m
 end
+-- Keep an expiry report for the sender (whose claim is on this shard, as c:
+-- {node, conn}) until its connection fetches, and publish it to its node now if
+-- it is connected. Kept for keep ms: pub/sub may miss it, and a sender between
+-- two connections would never hear of it otherwise.
+local function report(sender, id, to, c, keep)
+  local key = K(sender, 'x')
+  redis.call('RPUSH', key, id .. '\n' .. to)
+  redis.call('LTRIM', key, -10000, -1)
+  redis.call('PEXPIRE', key, S(keep))
+  if c[2] and c[2] ~= '' then publish(c[1], 'x\n' .. c[2] .. '\n' .. id .. '\n' .. to) end
+end
 -- Mark a claim released at NOW (no connection); it may lapse claim_ttl later.
 local function release(name, bye, claim_ttl)
   redis.call('HSET', K(name, 'c'), 'node', '', 'conn', '', 'released', S(NOW), 'bye', bye)
@@ -191,6 +204,7 @@ local since, old_node, old_conn = S(NOW), '', ''
 if not exists then
   if redis.call('SCARD', P .. ':claims') >= max_names then return {'full'} end
   redis.call('SADD', P .. ':claims', name)
+  redis.call('DEL', K(name, 'x'))  -- a previous key's reports are not this key's business
 else
   since = c[2]
   if c[4] ~= '' then
@@ -282,10 +296,11 @@ end
 return n
 """
 
-#: The messages waiting for a name and not yet expired, oldest first: what a
-#: connection is handed when it signs in, resumes, or its node resubscribes.
-#: ARGV[4..]: name, node, conn. Reply: records, or -1 if that connection
-#: does not hold the name.
+#: The messages waiting for a name and not yet expired, oldest first, and the
+#: expiry reports kept for it (taken: deleted): what a connection is handed
+#: when it signs in, resumes, or its node resubscribes.
+#: ARGV[4..]: name, node, conn. Reply: {records, reports ("id\nrecipient")},
+#: or -1 if that connection does not hold the name.
 FETCH = PRELUDE + r"""
 local name = ARGV[4]
 local c = redis.call('HMGET', K(name, 'c'), 'node', 'conn')
@@ -294,7 +309,9 @@ local out = {}
 for _, rec in ipairs(redis.call('ZRANGE', K(name, 'q'), 0, -1)) do
   if parse(rec).exp > NOW then out[#out + 1] = rec end
 end
-return out
+local reports = redis.call('LRANGE', K(name, 'x'), 0, -1)
+redis.call('DEL', K(name, 'x'))
+return {out, reports}
 """
 
 #: Messages waiting for a name (expired or not): for name_owned explanations.
@@ -304,13 +321,15 @@ return redis.call('ZCARD', K(ARGV[4], 'q'))
 """
 
 #: Pop what is due, at most ``limit`` messages and ``limit`` claims per call.
-#: Expired messages are deleted and their sender's node is told "x conn id
-#: recipient" when the sender's claim lives on this shard and is connected.
+#: Expired messages are deleted; when the sender's claim lives on this shard,
+#: a report is kept for it (see ``report``) and its node is told "x conn id
+#: recipient" if it is connected.
 #: Released claims whose claim_ttl has passed are deleted, unless messages
 #: still wait for them (then they are looked at again ttl_max later).
 #: ARGV[4..]: limit, ttl_max ms, claim_ttl ms.
 #: Reply: {now, next deadline ms or -1, n, id1, sender1, recipient1,
-#: told1, ...} where told is 1 if the sender's node was published to.
+#: told1, ...} where told is 1 if the sender's claim is on this shard (else
+#: the caller forwards the report with ``notify`` to the sender's shard).
 EXPIRE = PRELUDE + r"""
 local limit, ttl_max, claim_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local out = {}
@@ -323,8 +342,8 @@ for _, member in ipairs(due) do
     local m = forget(to, recs[1])
     local s = redis.call('HMGET', K(m.sender, 'c'), 'node', 'conn')
     local told = 0
-    if s[2] and s[2] ~= '' then
-      publish(s[1], 'x\n' .. s[2] .. '\n' .. m.id .. '\n' .. to)
+    if s[1] then  -- the sender's claim lives on this shard
+      report(m.sender, m.id, to, s, claim_ttl)
       told = 1
     end
     out[#out + 1] = m.id
@@ -358,27 +377,27 @@ for _, v in ipairs(out) do reply[#reply + 1] = v end
 return reply
 """
 
-#: Tell a sender whose claim lives on this shard that its message expired
-#: (the expirer of another shard forwards here). ARGV[4..]: sender, id,
-#: recipient. Reply 1 if its node was published to.
+#: Report to a sender whose claim lives on this shard that its message
+#: expired (the expirer of another shard forwards here). ARGV[4..]: sender,
+#: id, recipient, claim_ttl ms. Reply 1 if the sender has a claim here.
 NOTIFY = PRELUDE + r"""
 local s = redis.call('HMGET', K(ARGV[4], 'c'), 'node', 'conn')
-if s[2] and s[2] ~= '' then
-  publish(s[1], 'x\n' .. s[2] .. '\n' .. ARGV[5] .. '\n' .. ARGV[6])
+if s[1] then
+  report(ARGV[4], ARGV[5], ARGV[6], s, tonumber(ARGV[7]))
   return 1
 end
 return 0
 """
 
-#: Start or stop watching a name's presence from a node.
-#: ARGV[4..]: name, node, '1' to watch or '0' to stop. Reply: 1 if the name
-#: is connected now.
+#: Start or stop watching a name's presence from a node, or only ask.
+#: ARGV[4..]: name, node, '1' to watch, '0' to stop, '?' to ask. Reply: 1 if
+#: the name is connected now.
 WATCH = PRELUDE + r"""
 local name, node = ARGV[4], ARGV[5]
 if ARGV[6] == '1' then
   redis.call('SADD', K(name, 'w'), node)
   redis.call('SADD', P .. ':node:' .. node .. ':watch', name)
-else
+elseif ARGV[6] == '0' then
   redis.call('SREM', K(name, 'w'), node)
   redis.call('SREM', P .. ':node:' .. node .. ':watch', name)
 end
