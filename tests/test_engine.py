@@ -193,7 +193,7 @@ def test_mailbox_bytes_store_bytes_and_shares(engine):
                 await be.send("alice", "bob", "x", "msg", 5)
             await be.send("alice", "carol", "x" * 10, "msg", 5)  # exactly the store budget
             with pytest.raises(memstore.StoreFull) as info:
-                await be.send("alice", "dave", "", "msg", 5)
+                await be.send("alice", "dave", "", "msg", 5, size=1)  # one byte over
             assert not isinstance(info.value, ShareFull)
             assert engine.command("GET", "msgr:bytes") == b"$3\r\n%d\r\n" % (3 * (over + 10))
     run(main())
@@ -260,9 +260,11 @@ def test_expiry_pops_in_order_and_returns_the_next_deadline(engine):
             clock.advance(5)  # due exactly now: popped (expires_at <= now)
             assert await be.expire_once(0) == (T0 + 5000, T0 + 7000,
                                                [(m5.id, "carol", "bob")])
-            clock.advance(1)
-            # Past its expiry but not popped yet: never handed out, never acked.
-            clock.advance(4.5)
+            clock.advance(5)
+            # Due (exactly now) but not popped yet: never handed out, never acked.
+            assert await be.ack("bob", "1", [m10.id]) == 0
+            assert await be.fetch("bob", "1") == []
+            clock.advance(0.5)
             assert await be.ack("bob", "1", [m10.id]) == 0
             assert await be.fetch("bob", "1") == []
             _, nxt, popped = await be.expire_once(0)
@@ -485,6 +487,17 @@ def test_a_lapsed_lease_releases_the_nodes_names(engine):
     run(main())
 
 
+def test_release_is_refused_for_the_same_connection_id_on_another_node(engine):
+    async def main():
+        async with node(engine.url, clock=Clock()) as (a, _), \
+                node(engine.url, clock=Clock()) as (b, _):
+            await a.claim("bob", KEY_B, "1")
+            assert not await b.release("bob", "1")  # ids are per node
+            assert await b.fetch("bob", "1") is None and await b.ack("bob", "1", [1]) is None
+            assert await a.release("bob", "1")
+    run(main())
+
+
 def test_a_clean_close_releases_the_nodes_names_at_once(engine):
     async def main():
         clock = Clock()
@@ -645,12 +658,16 @@ def test_two_shards_route_names_and_forward_expired_reports():
 NAMES = ["alice", "bob", "carol"]
 LIMITS = {"mailbox_messages": 4, "mailbox_bytes": 3 * (memstore.OVERHEAD_BYTES + 20),
           "store_bytes": 7 * (memstore.OVERHEAD_BYTES + 20)}
+# Bodies of a few lengths, so that the byte limits are met exactly, and any
+# text now and then; two recipients, so that mailboxes fill up.
+bodies = st.one_of(st.sampled_from(["", "x" * 10, "x" * 20, "é\n" * 5]), st.text(max_size=40))
 operations = st.lists(st.one_of(
-    st.tuples(st.just("send"), st.sampled_from(NAMES), st.sampled_from(NAMES),
-              st.text(max_size=40), st.sampled_from(["msg", "hs"]), st.integers(5, 60)),
+    st.tuples(st.just("send"), st.sampled_from(NAMES), st.sampled_from(NAMES[1:])
+              | st.sampled_from(NAMES), bodies, st.sampled_from(["msg", "hs"]),
+              st.sampled_from([5, 10, 30, 60]) | st.integers(5, 60)),
     st.tuples(st.just("ack"), st.sampled_from(NAMES), st.integers(0, 30)),
-    st.tuples(st.just("wait"), st.integers(0, 30)),
-), max_size=40)
+    st.tuples(st.just("wait"), st.sampled_from([5, 10, 30]) | st.integers(0, 30)),
+), min_size=4, max_size=40)
 
 
 @pytest.fixture(scope="module")
@@ -710,4 +727,94 @@ def test_engine_matches_the_memory_store(shared_engine, ops):
                         [(h.id, h.body, h.kind, h.ttl) for h in mem.waiting(name)]
                 raw = await be.shards[0].redis.get("msgr:bytes")
                 assert int(raw or 0) == mem.bytes
+    run(main())
+
+
+# One name: names are independent of each other in the engine, and one name
+# makes the rare sequences (release, send, wait to the boundary, claim with
+# another key) common enough to be found.
+claim_operations = st.lists(st.one_of(
+    st.tuples(st.just("claim"), st.sampled_from(NAMES[:1]), st.integers(0, 1)),
+    # Mostly from the connection holding the name; sometimes from a stale one.
+    st.tuples(st.just("release"), st.sampled_from(NAMES[:1]),
+              st.sampled_from(["holder", "holder", "holder", "stale"]), st.booleans()),
+    st.tuples(st.just("send"), st.sampled_from([5, 10, 20]).flatmap(
+        lambda ttl: st.tuples(st.just("send"), st.sampled_from(NAMES[:1]), st.just(ttl)))),
+    # Whole multiples of 5 s: claim_ttl and TTL boundaries are met exactly.
+    st.tuples(st.just("wait"), st.sampled_from([5, 10]), st.booleans()),
+), min_size=4, max_size=40)
+
+
+@settings(max_examples=int(os.environ.get("MSGR_FUZZ_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(ops=claim_operations)
+def test_claims_follow_the_relays_rules(shared_engine, ops):
+    """Random claims, releases, messages and time against a model of the
+    relay's rules: a name is bound to its key while connected, for claim_ttl
+    after its last connection ends, and while messages wait for it (when the
+    expirer looks, the claim goes as the in-memory relay's tick deletes it);
+    the same key always takes it back (replacing a connected one); a release
+    counts only from the connection holding it."""
+    shared_engine.command("FLUSHALL")
+    claim_ttl = 10
+    keys = [KEY_A, KEY_B]
+
+    async def main():
+        clock = Clock(1_000_000_000)
+        async with node(shared_engine.url, clock=clock, claim_ttl=claim_ttl,
+                        ttl_max=20) as (be, _):
+            claims: dict[str, dict[str, Any]] = {}  # the model
+            expiries: dict[str, list[int]] = {n: [] for n in NAMES}
+            conns = 0
+            for op in ops:
+                now = clock.ms
+                waiting = {n: sum(1 for e in expiries[n] if e > now) for n in NAMES}
+                if op[0] == "claim":
+                    _, name, k = op
+                    conns += 1
+                    conn = str(conns)
+                    model = claims.get(name)
+                    if model is not None and model["key"] != k:
+                        lapsed = (model["conn"] is None
+                                  and now - model["released"] >= claim_ttl * 1000
+                                  and not waiting[name])
+                        if not lapsed:
+                            with pytest.raises(NameOwned) as info:
+                                await be.claim(name, keys[k], conn)
+                            assert info.value.connected == (model["conn"] is not None), op
+                            assert info.value.waiting == waiting[name], op
+                            continue
+                        model = None
+                    got = await be.claim(name, keys[k], conn)
+                    replaced = model["conn"] if model is not None else None
+                    assert got.replaced == replaced, op
+                    claims[name] = {"key": k, "conn": conn, "released": 0, "lapse_at": None}
+                elif op[0] == "release":
+                    _, name, which, bye = op
+                    model = claims.get(name)
+                    holder = model["conn"] if model is not None else None
+                    conn = holder if which == "holder" and holder else str(conns + 1)
+                    expect = model is not None and model["conn"] == conn
+                    assert await be.release(name, conn, bye=bye) == expect, op
+                    if expect:
+                        model.update(conn=None, released=now, lapse_at=now + claim_ttl * 1000)
+                elif op[0] == "send":
+                    _, name, ttl = op[1]
+                    held = await be.send("zed", name, "x", "msg", ttl)
+                    expiries[name].append(round(held.expires_at * 1000))
+                else:
+                    clock.advance(op[1])
+                    if not op[2]:
+                        continue  # the expirer is late: the claim rules still hold
+                    await be.expire_once(0)
+                    # The in-memory relay's tick: a claim whose hold is over is
+                    # deleted, or looked at again ttl_max later if messages wait.
+                    now = clock.ms
+                    for name, model in list(claims.items()):
+                        if model["lapse_at"] is None or model["lapse_at"] > now:
+                            continue
+                        if any(e > now for e in expiries[name]):
+                            model["lapse_at"] = now + 20_000
+                        else:
+                            del claims[name]
     run(main())

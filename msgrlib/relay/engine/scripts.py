@@ -104,6 +104,15 @@ local function presence(name, online)
     publish(node, 'p\n' .. name .. '\n' .. online)
   end
 end
+-- Messages waiting for a name and not expired (one due but not yet popped by
+-- an expirer does not count, as with the in-memory relay's exact timer).
+local function live_count(name)
+  local n = 0
+  for _, rec in ipairs(redis.call('ZRANGE', K(name, 'q'), 0, -1)) do
+    if parse(rec).exp > NOW then n = n + 1 end
+  end
+  return n
+end
 -- Forget one stored message (its record is rec): mailbox, bytes, shares, index.
 local function forget(to, rec)
   local m = parse(rec)
@@ -190,7 +199,7 @@ local ck = K(name, 'c')
 local c = redis.call('HMGET', ck, 'key', 'since', 'node', 'conn', 'released', 'bye')
 local exists = c[1] ~= false
 if exists and c[1] ~= key then
-  local waiting = redis.call('ZCARD', K(name, 'q'))
+  local waiting = live_count(name)
   if c[4] == '' and NOW - tonumber(c[5]) >= claim_ttl and waiting == 0 then
     redis.call('DEL', ck)
     redis.call('SREM', P .. ':claims', name)
@@ -314,10 +323,10 @@ redis.call('DEL', K(name, 'x'))
 return {out, reports}
 """
 
-#: Messages waiting for a name (expired or not): for name_owned explanations.
+#: Messages waiting for a name, not expired: for name_owned explanations.
 #: ARGV[4]: name.
 COUNT = PRELUDE + r"""
-return redis.call('ZCARD', K(ARGV[4], 'q'))
+return live_count(ARGV[4])
 """
 
 #: Pop what is due, at most ``limit`` messages and ``limit`` claims per call.
