@@ -618,6 +618,15 @@ def test_engine_urls():
         RedisBackend(["redis://127.0.0.1"], prefix="a{b}")
 
 
+def test_limits_come_from_the_relay_config():
+    from msgrlib.relay.rules import RelayConfig
+
+    config = RelayConfig(mailbox_messages=7, store_bytes=1 << 20, claim_ttl=90, hs_burst=3)
+    limits = EngineLimits.from_config(config, lease=4.0)
+    assert (limits.mailbox_messages, limits.store_bytes, limits.claim_ttl, limits.hs_burst,
+            limits.ttl_max, limits.lease) == (7, 1 << 20, 90, 3, config.ttl_max, 4.0)
+
+
 # -- several shards -----------------------------------------------------------------
 
 
