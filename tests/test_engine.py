@@ -39,8 +39,8 @@ from msgrlib.relay.engine import (
     check_url,
     shard_of,
 )
-from tests.engine_helpers import engine_running
-from tests.helpers import run
+from tests.engine_helpers import engine_running, free_port
+from tests.helpers import run, tls_contexts
 
 KEY_A, KEY_B = b"A" * 32, b"B" * 32
 T0 = 1_800_000_000_000  # fake engine clock start, ms
@@ -616,6 +616,31 @@ def test_engine_urls():
         check_url("http://127.0.0.1")
     with pytest.raises(EngineConfigError, match="prefix"):
         RedisBackend(["redis://127.0.0.1"], prefix="a{b}")
+
+
+def test_rediss_engine_over_tls(tmp_path):
+    """rediss:// with the engine's CA given in the URL's query (ssl_ca_certs)."""
+    tls_contexts(tmp_path)  # a self-signed certificate for localhost
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    port = free_port()
+    with engine_running("--tls-port", str(port), "--tls-cert-file", str(cert),
+                        "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                        "--tls-auth-clients", "no") as proc:
+        async def main():
+            url = f"rediss://localhost:{port}/0?ssl_ca_certs={cert}"
+            async with node(url, clock=Clock()) as (be, _):
+                await be.claim("bob", KEY_B, "1")
+                held = await be.send("alice", "bob", "over tls", "msg", 5)
+                assert [h.id for h in await be.fetch("bob", "1")] == [held.id]
+            other = tmp_path / "other"
+            other.mkdir()
+            tls_contexts(other)  # a CA that did not sign the engine's certificate
+            stranger = RedisBackend([f"rediss://localhost:{port}/0?ssl_ca_certs="
+                                     f"{other / 'cert.pem'}"], socket_timeout=2)
+            with pytest.raises(EngineUnavailable, match="cannot reach"):
+                await stranger.start()
+        run(main())
+        assert proc.ping()
 
 
 def test_limits_come_from_the_relay_config():
