@@ -81,7 +81,8 @@ class EngineProcess:
                 sock.settimeout(1)
                 sock.connect(self.socket)
                 sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                reply = sock.recv(64)
+                return reply.startswith(b"+PONG") or reply.startswith(b"-NOAUTH")
         except OSError:
             return False
 

@@ -80,13 +80,13 @@ def engine():
 
 @contextlib.asynccontextmanager
 async def node(urls: str | list[str], *, clock: Clock | None = None, run_tasks: bool = False,
-               socket_timeout: float = 5.0,
+               socket_timeout: float = 5.0, password: str | None = None,
                **limits: Any) -> AsyncIterator[tuple[RedisBackend, Events]]:
     events = Events()
     backend = RedisBackend([urls] if isinstance(urls, str) else urls,
                            limits=EngineLimits(**{"expire_poll": 0.05, **limits}),
                            on_event=events.append, clock_ms=clock, run_tasks=run_tasks,
-                           socket_timeout=socket_timeout)
+                           socket_timeout=socket_timeout, password=password)
     await backend.start()
     try:
         if run_tasks:
@@ -641,6 +641,18 @@ def test_rediss_engine_over_tls(tmp_path):
                 await stranger.start()
         run(main())
         assert proc.ping()
+
+
+def test_an_engine_with_a_password():
+    with engine_running("--requirepass", "correct horse") as proc:
+        async def main():
+            async with node(proc.url, clock=Clock(), password="correct horse") as (be, _):
+                await be.send("alice", "bob", "x", "msg", 5)
+            for wrong in (None, "wrong"):
+                backend = RedisBackend([proc.url], password=wrong)
+                with pytest.raises(EngineConfigError, match="refused the password"):
+                    await backend.start()
+        run(main())
 
 
 def test_limits_come_from_the_relay_config():

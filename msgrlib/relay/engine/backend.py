@@ -80,7 +80,7 @@ Engine errors::
     └── EngineError                       the engine could not answer
         ├── EngineConfigError             refusing to start: evicting engine,
         │                                 old version, two shards on one server,
-        │                                 a password in a URL
+        │                                 a password in a URL, a wrong password
         ├── EngineUnavailable             connection lost or timed out: the
         │                                 step may or may not have happened
         ├── EngineReset                   the engine was wiped (epoch changed)
@@ -427,6 +427,13 @@ class RedisBackend:
                 shard.epoch = await self._init_epoch(shard)
         except (errors.ConnectionError, errors.TimeoutError, OSError) as err:
             await self._close_clients()
+            # A missing password shows as HELLO or NOAUTH refusals, not as
+            # redis-py's AuthenticationError.
+            text = str(err)
+            if isinstance(err, errors.AuthenticationError) or any(
+                    word in text for word in ("authenticat", "password", "NOAUTH")):
+                raise EngineConfigError("the engine refused the password (or it needs one): "
+                                        "check the password msgr was given") from None
             raise EngineUnavailable(f"cannot reach the engine: {err}") from None
         except EngineError:
             await self._close_clients()
