@@ -570,6 +570,24 @@ def test_sigstop_of_the_engine_is_survived(engine):
     run(main())
 
 
+def test_close_answers_every_pending_call(engine):
+    async def main():
+        async with node(engine.url, clock=Clock(), socket_timeout=30) as (be, _):
+            await be.claim("bob", KEY_B, "1")
+            engine.signal(signal.SIGSTOP)  # the next batch waits for an answer
+            try:
+                pending = [asyncio.ensure_future(be.send("alice", "bob", "x", "msg", 5))
+                           for _ in range(3)]
+                await asyncio.sleep(0.1)
+                await asyncio.wait_for(be.close(timeout=0.3), 5)  # no waiting for the engine
+            finally:
+                engine.signal(signal.SIGCONT)
+            for call in pending:
+                with pytest.raises(EngineUnavailable):
+                    await asyncio.wait_for(call, 5)
+    run(main())
+
+
 def test_refuses_an_evicting_engine():
     with engine_running("--maxmemory-policy", "allkeys-lru") as proc:
         async def main():

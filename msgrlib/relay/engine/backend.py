@@ -330,7 +330,7 @@ def _text(value: Any) -> str:
 
 class _Shard:
     __slots__ = ("index", "url", "redis", "pubsub_redis", "epoch", "queue", "wake", "tasks",
-                 "run_id", "resetting")
+                 "run_id", "resetting", "inflight")
 
     def __init__(self, index: int, url: str) -> None:
         self.index = index
@@ -343,6 +343,8 @@ class _Shard:
         self.tasks: list[asyncio.Task[None]] = []
         self.run_id = ""
         self.resetting: asyncio.Task[None] | None = None
+        #: The batch the writer is running: failed on close if still unanswered.
+        self.inflight: list[tuple[str, tuple[str, ...], asyncio.Future[Any]]] = []
 
 
 class RedisBackend:
@@ -448,17 +450,18 @@ class RedisBackend:
                 shard.tasks.append(asyncio.create_task(self._expirer(shard)))
                 shard.tasks.append(asyncio.create_task(self._renewer(shard)))
 
-    async def close(self) -> None:
-        """Leave the leases (releasing this node's names at once), stop the
-        tasks and close the connections. Idempotent."""
+    async def close(self, *, timeout: float = 2.0) -> None:
+        """Leave the leases (releasing this node's names at once; given up
+        after ``timeout`` seconds, and then the leases lapse by themselves),
+        stop the tasks, fail calls still waiting with EngineUnavailable, and
+        close the connections. Idempotent."""
         if self._closing:
             return
         self._closing = True
         if self._started:
-            for shard in self.shards:
-                with contextlib.suppress(EngineError, asyncio.TimeoutError):
-                    await asyncio.wait_for(self.renew_once(shard.index, mode="leave"),
-                                           self._socket_timeout)
+            leaving = [self.renew_once(shard.index, mode="leave") for shard in self.shards]
+            with contextlib.suppress(EngineError, asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*leaving), timeout)
         for shard in self.shards:
             for task in shard.tasks:
                 task.cancel()
@@ -466,10 +469,11 @@ class RedisBackend:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             shard.tasks.clear()
-            for _name, _args, fut in shard.queue:
+            for _name, _args, fut in shard.inflight + shard.queue:
                 if not fut.done():
                     fut.set_exception(EngineUnavailable("the relay is closing"))
             shard.queue.clear()
+            shard.inflight = []
         await self._close_clients()
 
     async def _close_clients(self) -> None:
@@ -727,6 +731,7 @@ class RedisBackend:
             shard.wake.clear()
             while shard.queue:
                 batch, shard.queue = shard.queue, []
+                shard.inflight = batch
                 try:
                     await self._run_batch(shard, batch)
                 except Exception as err:  # noqa: BLE001 - the writer must outlive any batch
