@@ -200,20 +200,41 @@ def test_mailbox_bytes_store_bytes_and_shares(engine):
 
     async def shares():
         engine.command("FLUSHALL")
-        async with node(engine.url, clock=Clock()) as (be, _):
-            share = [("addr:203.0.113.5", 2 * (over + 1)), ("name:alice", 10_000)]
-            first = await be.send("alice", "bob", "x", "msg", 5, shares=share)
-            await be.send("alice", "carol", "x", "msg", 5, shares=share)
-            with pytest.raises(ShareFull) as info:
-                await be.send("alice", "dave", "x", "msg", 5, shares=share)
-            assert (info.value.share, info.value.held) == ("addr:203.0.113.5", 2 * (over + 1))
-            assert info.value.code == "relay_full"
+        share = 2 * (over + 1)
+        async with node(engine.url, clock=Clock(), share_bytes=share) as (be, _):
+            first = await be.send("alice", "bob", "x", "msg", 5, origin="203.0.113.5")
+            await be.send("alice", "carol", "x", "msg", 5, origin="198.51.100.7")
+            with pytest.raises(ShareFull) as info:  # the name's share, one byte over
+                await be.send("alice", "dave", "", "msg", 5, origin="198.51.100.7", size=1)
+            assert (info.value.share, info.value.held) == ("name:alice", share)
+            assert info.value.code == "store_share"
+            assert isinstance(info.value, memstore.ShareFull)
+            assert "messages from alice already hold" in str(info.value)
+            await be.send("erin", "dave", "x", "msg", 5, origin="198.51.100.7")
+            with pytest.raises(ShareFull, match="from your address") as info:
+                await be.send("frank", "dave", "x", "msg", 5, origin="198.51.100.7")
+            assert info.value.share == "addr:198.51.100.7"
             await be.claim("bob", KEY_B, "1")
             assert await be.ack("bob", "1", [first.id]) == 1  # the share is given back
-            await be.send("alice", "dave", "x", "msg", 5, shares=share)
-            with pytest.raises(ValueError):
-                await be.send("alice", "dave", "x", "msg", 5, shares=[("a|b", 1)])
+            await be.send("alice", "dave", "x", "msg", 5, origin="203.0.113.5")
+            # The recipient's mailbox is capped by the share too.
+            with pytest.raises(memstore.MailboxFull):
+                await be.send("grace", "dave", "x", "msg", 5, origin="192.0.2.1")
     run(shares())
+
+    async def reserve():
+        engine.command("FLUSHALL")
+        async with node(engine.url, clock=Clock(), store_bytes=3 * (over + 1),
+                        hs_reserve_bytes=2 * (over + 1)) as (be, _):
+            await be.send("heidi", "ivan", "x", "msg", 5, origin="192.0.2.2")
+            # Ordinary messages leave the handshake reserve free; handshakes use it.
+            with pytest.raises(memstore.StoreFull):
+                await be.send("heidi", "ivan", "x", "msg", 5, origin="192.0.2.2")
+            held = await be.send("heidi", "ivan", "x", "hs", 5, origin="192.0.2.2")
+            assert held.origin == "192.0.2.2"
+            await be.claim("ivan", KEY_B, "2")
+            assert (await be.fetch("ivan", "2"))[1].origin == "192.0.2.2"
+    run(reserve())
 
 
 def test_refused_send_keeps_nothing(engine):
@@ -720,15 +741,19 @@ def test_two_shards_route_names_and_forward_expired_reports():
 # -- the engine behaves as the in-memory store ----------------------------------------
 
 NAMES = ["alice", "bob", "carol"]
-LIMITS = {"mailbox_messages": 4, "mailbox_bytes": 3 * (memstore.OVERHEAD_BYTES + 20),
-          "store_bytes": 7 * (memstore.OVERHEAD_BYTES + 20)}
+UNIT = memstore.OVERHEAD_BYTES + 20
+LIMITS = {"mailbox_messages": 4, "mailbox_bytes": 3 * UNIT, "store_bytes": 7 * UNIT}
+# Shares of 2 units per name, address and recipient; 2 units kept for handshakes.
+SHARED_LIMITS = {**LIMITS, "share_bytes": 2 * UNIT, "hs_reserve_bytes": 2 * UNIT}
 # Bodies of a few lengths, so that the byte limits are met exactly, and any
 # text now and then; two recipients, so that mailboxes fill up.
-bodies = st.one_of(st.sampled_from(["", "x" * 10, "x" * 20, "é\n" * 5]), st.text(max_size=40))
+bodies = st.one_of(st.sampled_from(["x" * 20] * 4 + ["", "x" * 10, "é\n" * 5]),
+                   st.text(max_size=40))
 operations = st.lists(st.one_of(
     st.tuples(st.just("send"), st.sampled_from(NAMES), st.sampled_from(NAMES[1:])
               | st.sampled_from(NAMES), bodies, st.sampled_from(["msg", "hs"]),
-              st.sampled_from([5, 10, 30, 60]) | st.integers(5, 60)),
+              st.sampled_from([5, 10, 30, 60]) | st.integers(5, 60),
+              st.sampled_from(["192.0.2.1", "2001:db8::/64"])),
     st.tuples(st.just("ack"), st.sampled_from(NAMES), st.integers(0, 30)),
     st.tuples(st.just("wait"), st.sampled_from([5, 10, 30]) | st.integers(0, 30)),
 ), min_size=4, max_size=40)
@@ -742,32 +767,35 @@ def shared_engine():
 
 @settings(max_examples=int(os.environ.get("MSGR_FUZZ_EXAMPLES", "60")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@pytest.mark.parametrize("limits", [LIMITS, SHARED_LIMITS], ids=["plain", "shares"])
 @given(ops=operations)
-def test_engine_matches_the_memory_store(shared_engine, ops):
-    """Random send/ack/expire sequences: same refusals, same ids (from the same
-    start), same mailboxes, same expiry order, same byte accounting."""
+def test_engine_matches_the_memory_store(shared_engine, limits, ops):
+    """Random send/ack/expire sequences: same refusals (same codes and
+    sentences), same ids (from the same start), same mailboxes, same expiry
+    order, same byte accounting, with and without store shares."""
     shared_engine.command("FLUSHALL")
 
     async def main():
         clock = Clock(1_000_000_000)
-        async with node(shared_engine.url, clock=clock, **LIMITS) as (be, _):
+        async with node(shared_engine.url, clock=clock, **limits) as (be, _):
             for name in NAMES:
                 await be.claim(name, KEY_A, name)
             first = int(await be.shards[0].redis.get("msgr:ids")) + 1
-            mem = memstore.MemoryStore(first_id=first, **LIMITS)
+            mem = memstore.MemoryStore(first_id=first, **limits)
             sent: list[int] = []
             for op in ops:
                 now = clock.ms / 1000
                 if op[0] == "send":
-                    _, sender, to, body, kind, ttl = op
+                    _, sender, to, body, kind, ttl, origin = op
                     try:
-                        expect: Any = mem.add(sender, to, body, kind, ttl, now, now).id
+                        expect: Any = mem.add(sender, to, body, kind, ttl, now, now, origin).id
                     except memstore.StoreError as err:
-                        expect = type(err)
+                        expect = (err.code, str(err))
                     try:
-                        got: Any = (await be.send(sender, to, body, kind, ttl)).id
+                        got: Any = (await be.send(sender, to, body, kind, ttl,
+                                                  origin=origin)).id
                     except memstore.StoreError as err:
-                        got = type(err)
+                        got = (err.code, str(err))
                     assert got == expect, op
                     if isinstance(got, int):
                         sent.append(got)

@@ -32,8 +32,10 @@ the engine records ``(node, conn)`` for a claimed name.
 bye=)``                     still holds the name. The name stays bound to its
                             key for ``claim_ttl`` and while messages wait.
 ``send(sender, to, body,   stores or raises :class:`StoreError`
-kind, ttl, size=,           (``MailboxFull``, ``StoreFull``, :class:`ShareFull`)
-shares=)``                  with nothing kept; returns the :class:`Held`
+kind, ttl, origin=)``       (``MailboxFull``, ``StoreFull``, :class:`ShareFull`)
+                            with nothing kept, checked as ``MemoryStore.add``
+                            does (same order, same messages, ``origin`` the
+                            sender's address key); returns the :class:`Held`
                             (``expires_at`` = ``expires_wall`` = engine Unix
                             seconds). The recipient's node gets
                             :class:`Deliver` if the recipient is connected.
@@ -75,8 +77,10 @@ since other nodes add messages it does not hear about).
 Engine errors::
 
     MsgrError
-    ├── StoreError (msgrlib.relay.store)  a message was refused, nothing kept
-    │   └── ShareFull                     one store share (address, name) is spent
+    ├── StoreError (msgrlib.relay.store)  a message was refused, nothing kept:
+    │   │                                 MailboxFull, StoreFull, store.ShareFull
+    │   └── ShareFull                     (a store.ShareFull) the sender's name
+    │                                     or address holds its whole share
     └── EngineError                       the engine could not answer
         ├── EngineConfigError             refusing to start: evicting engine,
         │                                 old version, two shards on one server,
@@ -107,6 +111,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from msgrlib.errors import MsgrError
+from msgrlib.relay import store
 from msgrlib.relay.engine.scripts import SCRIPTS
 from msgrlib.relay.store import (
     DEFAULT_MAILBOX_BYTES,
@@ -178,8 +183,10 @@ class TooManyNames(EngineError):
     code = "relay_full"
 
 
-class ShareFull(StoreFull):
-    """One store share (``shares=`` of :meth:`RedisBackend.send`) is spent."""
+class ShareFull(store.ShareFull):
+    """The sender's name or address holds its whole share (``share_bytes``).
+
+    ``share`` is ``"name:<sender>"`` or ``"addr:<origin>"``."""
 
     def __init__(self, message: str, *, share: str, held: int, limit: int) -> None:
         super().__init__(message)
@@ -261,7 +268,10 @@ class Claimed:
 class EngineLimits:
     """The limits the engine enforces, mirroring ``RelayConfig``'s.
 
-    ``store_bytes`` and ``max_names`` are per shard. ``lease`` is how long a
+    ``store_bytes``, ``share_bytes`` (None: no shares; else what one sender
+    name, one origin and one recipient may have waiting), ``hs_reserve_bytes``
+    (what only handshakes may use) and ``max_names`` are per shard, as are
+    the counters behind them. ``lease`` is how long a
     node's names outlive its last renewal (renewed every ``lease / 4``);
     ``expire_poll`` bounds how late an expiry is noticed (another node's
     message may be due before anything this node knows about).
@@ -270,6 +280,8 @@ class EngineLimits:
     mailbox_messages: int = DEFAULT_MAILBOX_MESSAGES
     mailbox_bytes: int = DEFAULT_MAILBOX_BYTES
     store_bytes: int = DEFAULT_STORE_BYTES
+    share_bytes: int | None = None
+    hs_reserve_bytes: int = 0
     ttl_max: int = 60
     claim_ttl: float = 60.0
     max_names: int = 100_000
@@ -318,10 +330,11 @@ def check_url(url: str) -> str:
 
 def _held(recipient: str, rec: str) -> Held:
     """A Held from a record (see scripts.py): id, sender, kind, ttl, expires, size, shares,
-    body."""
-    msg_id, sender, kind, ttl, expires, size, _shares, body = rec.split("\n", 7)
+    origin, body."""
+    msg_id, sender, kind, ttl, expires, size, _shares, origin, body = rec.split("\n", 8)
     wall = int(expires) / 1000
-    return Held(int(msg_id), sender, recipient, body, kind, int(ttl), wall, wall, int(size))
+    return Held(int(msg_id), sender, recipient, body, kind, int(ttl), wall, wall, int(size),
+                origin)
 
 
 def _text(value: Any) -> str:
@@ -523,24 +536,28 @@ class RedisBackend:
         return bool(reply)
 
     async def send(self, sender: str, recipient: str, body: str, kind: str, ttl: int, *,
-                   size: int | None = None,
-                   shares: Iterable[tuple[str, int]] = ()) -> Held:
+                   origin: str = "", size: int | None = None) -> Held:
         """Store a message (see the module docstring). ``size`` defaults to
         what MemoryStore charges: ``len(body) + OVERHEAD_BYTES``."""
         lim = self.limits
         if size is None:
             size = len(body) + OVERHEAD_BYTES
-        share_args: list[str] = []
-        for share, limit in shares:
-            if not share or any(c in share for c in "|\n"):
-                raise ValueError(f"bad share name {share!r}")
-            share_args += [share, str(limit)]
+        if "\n" in origin:
+            raise ValueError("an origin holds no newline")
+        mailbox_bytes = lim.mailbox_bytes
+        shares: list[str] = []
+        if lim.share_bytes is not None:
+            mailbox_bytes = min(mailbox_bytes, lim.share_bytes)
+            shares = ["name:" + sender, str(lim.share_bytes),
+                      "addr:" + origin.replace("|", "/"), str(lim.share_bytes)]
+        limit = lim.store_bytes if kind == "hs" else lim.store_bytes - lim.hs_reserve_bytes
         reply = await self._call(self.shard_of(recipient), "send", sender, recipient, kind,
-                                 str(ttl), str(size), body, str(lim.mailbox_messages),
-                                 str(lim.mailbox_bytes), str(lim.store_bytes), *share_args)
+                                 str(ttl), str(size), body, origin, str(lim.mailbox_messages),
+                                 str(mailbox_bytes), str(limit), *shares)
         if reply[0] == 1:
             wall = int(reply[2]) / 1000
-            return Held(int(reply[1]), sender, recipient, body, kind, ttl, wall, wall, size)
+            return Held(int(reply[1]), sender, recipient, body, kind, ttl, wall, wall, size,
+                        origin)
         why, have, limit = reply[1], int(reply[2]), int(reply[3])
         if why == "mailbox_messages":
             raise MailboxFull(
@@ -552,9 +569,15 @@ class RedisBackend:
                 f"the {limit}-byte mailbox limit")
         if why == "store_bytes":
             raise StoreFull("the relay is full (memory budget reached); try again shortly")
-        raise ShareFull(f"the relay's share for {reply[4]} is spent ({have} of {limit} bytes "
-                        "held); try again after some messages are read",
-                        share=reply[4], held=have, limit=limit)
+        share = reply[4]
+        if share.startswith("name:"):
+            message = (f"messages from {sender} already hold {have} bytes at this relay, the "
+                       f"most one name may hold ({limit} bytes); try again as they are read")
+        else:
+            message = (f"messages from your address already hold {have} bytes at this relay, "
+                       f"the most one address may hold ({limit} bytes); try again as they "
+                       "are read")
+        raise ShareFull(message, share=share, held=have, limit=limit)
 
     async def handshake_allowed(self, a: str, b: str) -> bool:
         low, high = (a, b) if a < b else (b, a)

@@ -49,7 +49,8 @@ Keys (``P`` is the prefix; names are ``[a-z0-9._-]``, so never contain braces)::
 A message record (the member of ``P:{name}:q``), fields separated by newlines,
 the body last (it may itself hold newlines)::
 
-    id, sender, kind, ttl (s), expires (ms), size, shares ("a|b", may be empty), body
+    id, sender, kind, ttl (s), expires (ms), size, shares ("a|b", may be empty),
+    origin (the sender's address key, may be empty), body
 
 Published payloads (newline-separated; the node routes them to its connections)::
 
@@ -87,10 +88,10 @@ end
 local NOW = now_ms()
 local function K(name, what) return P .. ':{' .. name .. '}:' .. what end
 local function parse(rec)
-  local id, sender, kind, ttl, exp, size, shares, body =
-    string.match(rec, '^(%d+)\n([^\n]*)\n([^\n]*)\n(%d+)\n(%d+)\n(%d+)\n([^\n]*)\n(.*)$')
+  local id, sender, kind, ttl, exp, size, shares, origin, body = string.match(rec,
+    '^(%d+)\n([^\n]*)\n([^\n]*)\n(%d+)\n(%d+)\n(%d+)\n([^\n]*)\n([^\n]*)\n(.*)$')
   return {id = id, sender = sender, kind = kind, ttl = ttl, exp = tonumber(exp),
-          size = tonumber(size), shares = shares, body = body}
+          size = tonumber(size), shares = shares, origin = origin, body = body}
 end
 local function exp_member(id, to)
   return string.format('%016.0f', tonumber(id)) .. ':' .. to
@@ -244,34 +245,35 @@ return 1
 """
 
 #: Store a message, or refuse it with nothing changed.
-#: ARGV[4..]: sender, recipient, kind, ttl s, size, body, mailbox_messages,
-#: mailbox_bytes, store_bytes, then pairs (share, limit) for each store share.
-#: Replies {1, id, expires ms} or {0, why, have, limit[, share]} where why is
-#: 'mailbox_messages', 'mailbox_bytes', 'store_bytes' or 'share' (checked in
-#: that order, as MemoryStore does). The recipient's node gets "d conn record"
-#: when the recipient is connected.
+#: ARGV[4..]: sender, recipient, kind, ttl s, size, body, origin,
+#: mailbox_messages, mailbox_bytes, store limit (for this kind: handshakes may
+#: use the reserve), then pairs (share, limit) for each store share.
+#: Checked in MemoryStore's order: mailbox count, mailbox bytes, each share,
+#: the store. Replies {1, id, expires ms} or {0, why, have, limit[, share]}
+#: where why is 'mailbox_messages', 'mailbox_bytes', 'share' or 'store_bytes'.
+#: The recipient's node gets "d conn recipient record" when it is connected.
 SEND = PRELUDE + r"""
 local sender, to, kind = ARGV[4], ARGV[5], ARGV[6]
-local ttl, size, body = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local ttl, size, body, origin = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local q, b = K(to, 'q'), K(to, 'b')
 local count = redis.call('ZCARD', q)
-if count >= tonumber(ARGV[10]) then return {0, 'mailbox_messages', count, ARGV[10]} end
+if count >= tonumber(ARGV[11]) then return {0, 'mailbox_messages', count, ARGV[11]} end
 local waiting = tonumber(redis.call('GET', b) or '0')
-if waiting + size > tonumber(ARGV[11]) then return {0, 'mailbox_bytes', waiting, ARGV[11]} end
-local total = tonumber(redis.call('GET', P .. ':bytes') or '0')
-if total + size > tonumber(ARGV[12]) then return {0, 'store_bytes', total, ARGV[12]} end
+if waiting + size > tonumber(ARGV[12]) then return {0, 'mailbox_bytes', waiting, ARGV[12]} end
 local shares = {}
-for i = 13, #ARGV - 1, 2 do
+for i = 14, #ARGV - 1, 2 do
   local held = tonumber(redis.call('GET', P .. ':share:' .. ARGV[i]) or '0')
   if held + size > tonumber(ARGV[i + 1]) then
     return {0, 'share', held, ARGV[i + 1], ARGV[i]}
   end
   shares[#shares + 1] = ARGV[i]
 end
+local total = tonumber(redis.call('GET', P .. ':bytes') or '0')
+if total + size > tonumber(ARGV[13]) then return {0, 'store_bytes', total, ARGV[13]} end
 local id = redis.call('INCR', P .. ':ids')
 local exp = NOW + ttl * 1000
 local rec = S(id) .. '\n' .. sender .. '\n' .. kind .. '\n' .. S(ttl) .. '\n' .. S(exp) ..
-  '\n' .. S(size) .. '\n' .. table.concat(shares, '|') .. '\n' .. body
+  '\n' .. S(size) .. '\n' .. table.concat(shares, '|') .. '\n' .. origin .. '\n' .. body
 redis.call('ZADD', q, S(id), rec)
 redis.call('INCRBY', b, S(size))
 redis.call('INCRBY', P .. ':bytes', S(size))
