@@ -384,7 +384,8 @@ def test_release_only_with_the_matching_connection(engine):
             with pytest.raises(NameOwned) as info:
                 await be.claim("bob", KEY_A, "3")
             assert not info.value.connected and info.value.said_bye
-            assert info.value.released_at == (T0 / 1000)
+            assert info.value.released_at == T0 / 1000
+            assert info.value.now - info.value.released_at == 9
             clock.advance(1)
             await be.claim("bob", KEY_A, "3")  # lapsed: another key may take it
     run(main())
@@ -560,6 +561,32 @@ def test_a_wiped_engine_is_a_reset_with_a_new_epoch():
         run(main())
 
 
+def test_a_failing_event_handler_does_not_stop_the_listener(engine):
+    async def main():
+        seen = []
+
+        def handler(event):
+            seen.append(event)
+            raise RuntimeError("the core's bug")
+
+        backend = RedisBackend([engine.url], on_event=handler, clock_ms=Clock())
+        await backend.start()
+        try:
+            while Resync(0) not in seen:  # subscribed (and the handler raised)
+                await asyncio.sleep(0.01)
+            await backend.claim("bob", KEY_B, "1")
+            for body in ("one", "two"):
+                await backend.send("alice", "bob", body, "msg", 5)
+            for _ in range(200):
+                if sum(isinstance(e, Deliver) for e in seen) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert [e.held.body for e in seen if isinstance(e, Deliver)] == ["one", "two"]
+        finally:
+            await backend.close()
+    run(main())
+
+
 def test_pubsub_reconnects_and_asks_for_a_resync(engine):
     async def main():
         async with node(engine.url, clock=Clock(), run_tasks=True) as (be, events):
@@ -695,7 +722,7 @@ def test_an_engine_with_a_password():
 
 
 def test_limits_come_from_the_relay_config():
-    from msgrlib.relay.rules import RelayConfig
+    from msgrlib.relay.config import RelayConfig
 
     config = RelayConfig(mailbox_messages=7, store_bytes=1 << 20, claim_ttl=90, hs_burst=3)
     limits = EngineLimits.from_config(config, lease=4.0)

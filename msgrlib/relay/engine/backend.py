@@ -169,14 +169,15 @@ class NameOwned(EngineError):
     code = "name_owned"
 
     def __init__(self, name: str, *, connected: bool, since: float, released_at: float,
-                 said_bye: bool, waiting: int) -> None:
+                 said_bye: bool, waiting: int, now: float) -> None:
         super().__init__(f"the name {name!r} is owned by another key")
         self.name = name
         self.connected = connected
         self.since = since              # engine Unix seconds the key took the name
         self.released_at = released_at  # engine Unix seconds its last connection ended
         self.said_bye = said_bye
-        self.waiting = waiting
+        self.waiting = waiting          # messages waiting for it, not expired
+        self.now = now                  # the engine's clock then: ago = now - released_at
 
 
 class TooManyNames(EngineError):
@@ -456,8 +457,13 @@ class RedisBackend:
         self._started = True
         for shard in self.shards:
             shard.tasks.append(asyncio.create_task(self._writer(shard)))
+        try:
+            for shard in self.shards:
+                await self.renew_once(shard.index, mode="join")
+        except EngineError:
+            await self.close(timeout=0)
+            raise
         for shard in self.shards:
-            await self.renew_once(shard.index, mode="join")
             if self._run_tasks:
                 shard.tasks.append(asyncio.create_task(self._listen(shard)))
                 shard.tasks.append(asyncio.create_task(self._expirer(shard)))
@@ -527,7 +533,7 @@ class RedisBackend:
         if what == "owned":
             raise NameOwned(name, connected=bool(int(reply[1])), since=int(reply[2]) / 1000,
                             released_at=int(reply[3]) / 1000, said_bye=reply[4] == "1",
-                            waiting=int(reply[5]))
+                            waiting=int(reply[5]), now=int(reply[6]) / 1000)
         raise TooManyNames("the relay has too many names registered; try again later")
 
     async def release(self, name: str, conn: str, *, bye: bool = False) -> bool:
@@ -600,7 +606,7 @@ class RedisBackend:
         records, reports = reply
         for report in reports:
             msg_id, recipient = report.split("\n", 1)
-            self.on_event(Expired(conn, int(msg_id), recipient))
+            self._emit(Expired(conn, int(msg_id), recipient))
         return [_held(name, rec) for rec in records]
 
     async def count_for(self, name: str) -> int:
@@ -656,7 +662,7 @@ class RedisBackend:
         if reply[0] == -1:
             log.warning("lease-lapsed", extra={"fields": {"shard": shard}})
             self._watching.clear()
-            self.on_event(Reaped(shard))
+            self._emit(Reaped(shard))
             return await self.renew_once(shard, mode="join")
         released: list[str] = []
         i = 1
@@ -680,7 +686,7 @@ class RedisBackend:
             try:
                 await pubsub.subscribe(channel)
                 delay = 0.05
-                self.on_event(Resync(shard.index))
+                self._emit(Resync(shard.index))
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         try:
@@ -697,19 +703,27 @@ class RedisBackend:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    def _emit(self, event: Event) -> None:
+        """Hand an event to the core; its failure must not stop our tasks."""
+        try:
+            self.on_event(event)
+        except Exception as err:  # noqa: BLE001 - logged; the listener keeps running
+            log.error("engine-event-failed", extra={"fields": {
+                "event": type(event).__name__, "error": repr(err)}})
+
     def _dispatch(self, data: str) -> None:
         kind, _, rest = data.partition("\n")
         if kind == "d":
             conn, recipient, rec = rest.split("\n", 2)
-            self.on_event(Deliver(conn, _held(recipient, rec)))
+            self._emit(Deliver(conn, _held(recipient, rec)))
         elif kind == "x":
             conn, msg_id, recipient = rest.split("\n", 2)
-            self.on_event(Expired(conn, int(msg_id), recipient))
+            self._emit(Expired(conn, int(msg_id), recipient))
         elif kind == "r":
-            self.on_event(Replaced(rest))
+            self._emit(Replaced(rest))
         elif kind == "p":
             name, online = rest.split("\n", 1)
-            self.on_event(Presence(name, online == "1"))
+            self._emit(Presence(name, online == "1"))
 
     async def _expirer(self, shard: _Shard) -> None:
         lim = self.limits
@@ -831,7 +845,7 @@ class RedisBackend:
                 return
             log.warning("engine-reset", extra={"fields": {"shard": shard.index}})
             self._watching.clear()
-            self.on_event(Reset(self.epoch))
+            self._emit(Reset(self.epoch))
             with contextlib.suppress(EngineError):
                 await self.renew_once(shard.index, mode="join")
         finally:

@@ -190,7 +190,7 @@ return redis.call('GET', P .. ':epoch')
 #:   {'ok', since, old_node, old_conn}   claimed; old_* is the connection with
 #:                                      the same key it replaced ('' if none);
 #:                                      that node got "r old_conn" already
-#:   {'owned', connected 0/1, since, released, bye 0/1, waiting}
+#:   {'owned', connected 0/1, since, released, bye 0/1, waiting, now}
 #:                                      another key holds it
 #:   {'full'}                           max_names claims on this shard
 CLAIM = PRELUDE + r"""
@@ -207,7 +207,7 @@ if exists and c[1] ~= key then
     redis.call('ZREM', P .. ':lapse', name)
     exists = false
   else
-    return {'owned', c[4] ~= '' and 1 or 0, c[2], c[5], c[6], waiting}
+    return {'owned', c[4] ~= '' and 1 or 0, c[2], c[5], c[6], waiting, S(NOW)}
   end
 end
 local since, old_node, old_conn = S(NOW), '', ''
