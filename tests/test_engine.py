@@ -456,6 +456,8 @@ def test_deliveries_and_presence_reach_the_right_node(engine):
         clock = Clock()
         async with node(engine.url, clock=clock, run_tasks=True) as (a, a_events), \
                 node(engine.url, clock=clock, run_tasks=True) as (b, b_events):
+            assert a.epoch == b.epoch and len(a.epoch) == 16  # one relay to clients
+            assert a.node != b.node
             assert not await b.watch("alice")
             assert not await a.online("alice")
             await a.claim("alice", KEY_A, "1")
@@ -742,6 +744,8 @@ def test_two_shards_route_names_and_forward_expired_reports():
         async def main():
             clock = Clock()
             async with node([one.url, two.url], clock=clock, run_tasks=True) as (be, events):
+                epochs = {be.shards[0].epoch, be.shards[1].epoch}
+                assert len(epochs) == 2 and be.epoch not in epochs and len(be.epoch) == 16
                 await be.claim(sender, KEY_A, "1")
                 await be.claim(recipient, KEY_B, "2")
                 held = await be.send(sender, recipient, "x", "msg", 5)
