@@ -638,6 +638,36 @@ def test_close_answers_every_pending_call(engine):
     run(main())
 
 
+def engine_bytes(proc: Any) -> int:
+    reply = proc.command("GET", "msgr:bytes")
+    return 0 if reply.startswith(b"$-1") else int(reply.split(b"\r\n")[1])
+
+
+def test_a_full_engine_refuses_sends_and_keeps_what_it_holds():
+    with engine_running("--maxmemory", "3mb") as proc:
+        async def main():
+            async with node(proc.url, clock=Clock()) as (be, _):
+                await be.claim("bob", KEY_B, "1")
+                kept = []
+                with pytest.raises(memstore.StoreFull, match="out of memory"):
+                    for i in range(200):
+                        recipient = f"user{i}"
+                        kept.append(await be.send("alice", recipient, "x" * 60_000, "msg", 60))
+                assert kept  # some fitted before the engine filled up
+                assert await be.count_for(kept[0].recipient) == 1  # nothing was evicted
+                refused = f"user{len(kept)}"
+                assert await be.count_for(refused) == 0  # the refused one left nothing
+                assert engine_bytes(proc) == sum(h.size for h in kept)
+                await be.renew_once(0)  # leases are renewed all the same
+                # Acknowledging frees memory, and sends go through again.
+                await be.claim(kept[0].recipient, KEY_A, "2")
+                assert await be.ack(kept[0].recipient, "2", [kept[0].id]) == 1
+                await be.claim(kept[1].recipient, KEY_A, "3")
+                assert await be.ack(kept[1].recipient, "3", [kept[1].id]) == 1
+                await be.send("alice", "bob", "small", "msg", 60)
+        run(main())
+
+
 def test_refuses_an_evicting_engine():
     with engine_running("--maxmemory-policy", "allkeys-lru") as proc:
         async def main():

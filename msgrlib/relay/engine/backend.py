@@ -827,7 +827,8 @@ class RedisBackend:
             if shard.resetting is None:
                 shard.resetting = asyncio.create_task(self._reset(shard))
             return EngineReset(text[6:])
-        if text.startswith("OOM"):
+        if isinstance(err, self._errors.OutOfMemoryError) or "maxmemory" in text:
+            # Refused at the script's first write, so nothing of it happened.
             return StoreFull("the relay's engine is out of memory; try again shortly")
         return EngineUnavailable(f"engine error: {text[:200]}")
 

@@ -17,6 +17,13 @@ Calling convention (every script but ``init``)::
                      pass a fake clock here.
     ARGV[4...]       the script's own arguments, listed above each script
 
+Out of memory (``maxmemory`` with ``noeviction``), a script is refused at
+its first write that could grow memory, before it changed anything; a
+deletion (ack, expire, release) goes through. ``lease`` and ``claim`` may
+write regardless (``allow-oom``; a few hundred bytes each, bounded by the
+nodes and by ``max_names``): a full engine must not make every node look
+dead, nor keep out the people whose reading would free it.
+
 Numbers are written into keys and replies through ``string.format('%.0f')``:
 Lua 5.1 numbers are doubles and ``tostring`` (which ``redis.call`` uses for
 number arguments) keeps 14 significant digits, which would round message ids
@@ -193,7 +200,7 @@ return redis.call('GET', P .. ':epoch')
 #:   {'owned', connected 0/1, since, released, bye 0/1, waiting, now}
 #:                                      another key holds it
 #:   {'full'}                           max_names claims on this shard
-CLAIM = PRELUDE + r"""
+CLAIM = "#!lua flags=allow-oom\n" + PRELUDE + r"""
 local name, key, node, conn = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local claim_ttl, max_names = tonumber(ARGV[8]), tonumber(ARGV[9])
 local ck = K(name, 'c')
@@ -235,7 +242,7 @@ return {'ok', since, old_node, old_conn}
 
 #: A connection ended: release its name, only if it still holds it.
 #: ARGV[4..]: name, node, conn, bye (0/1), claim_ttl ms. Reply 1 if released.
-RELEASE = PRELUDE + r"""
+RELEASE = "#!lua flags=allow-oom\n" + PRELUDE + r"""
 local name, node, conn = ARGV[4], ARGV[5], ARGV[6]
 local c = redis.call('HMGET', K(name, 'c'), 'node', 'conn')
 if c[1] ~= node or c[2] ~= conn or conn == '' then return 0 end
@@ -440,11 +447,13 @@ return ok
 """
 
 #: Renew this node's lease, then release the names of nodes whose lease lapsed.
+#: Allowed when the engine is out of memory (a lease is a few bytes): a full
+#: engine must not make every node look dead.
 #: ARGV[4..]: node, lease ms, mode, reap limit, claim_ttl ms. Mode 'join'
 #: registers the node, 'renew' fails with {-1} if the node is not registered
 #: (its lease lapsed and another node released its names), 'leave' drops the
 #: node now (clean shutdown). Reply {1, reaped node, n names, names..., ...}.
-LEASE = PRELUDE + r"""
+LEASE = "#!lua flags=allow-oom\n" + PRELUDE + r"""
 local node, lease, mode = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local limit, claim_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
 if mode == 'leave' then
