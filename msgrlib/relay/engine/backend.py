@@ -61,6 +61,12 @@ kind, ttl, origin=)``       (``MailboxFull``, ``StoreFull``, :class:`ShareFull`)
                             engine was wiped (:class:`Reset`).
 =========================  ===================================================
 
+Every call may raise :class:`EngineUnavailable` (no answer: the step may or
+may not have happened) or :class:`EngineReset` (the engine was wiped; a
+:class:`Reset` event follows); ``send``, ``watch`` and ``handshake_allowed``
+may raise ``StoreFull`` when the engine is out of memory (nothing done).
+Names passed in are valid names (``is_valid_name``): the core checks them.
+
 Events reach the core through ``on_event(event)``, called in the event loop:
 :class:`Deliver`, :class:`Expired` (to the sender's connection),
 :class:`Replaced`, :class:`Presence`, :class:`Resync`, :class:`Reset` (the
