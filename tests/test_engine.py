@@ -687,6 +687,28 @@ def test_warns_loudly_when_the_engine_persists(caplog):
     assert any("engine-config" in r.message for r in caplog.records)
 
 
+def test_a_well_set_engine_gives_no_warning(engine):
+    async def main():
+        async with node(engine.url) as (be, _):
+            assert be.warnings == []
+    run(main())
+
+
+def test_without_config_the_policy_is_read_from_info():
+    # Managed services rename CONFIG away; INFO still tells the policy.
+    with engine_running("--rename-command", "CONFIG", "") as proc:
+        async def main():
+            async with node(proc.url) as (be, _):
+                assert len(be.warnings) == 1 and "CONFIG is not available" in be.warnings[0]
+        run(main())
+    with engine_running("--rename-command", "CONFIG", "",
+                        "--maxmemory-policy", "volatile-lru") as proc:
+        async def refused():
+            with pytest.raises(EngineConfigError, match="volatile-lru"):
+                await RedisBackend([proc.url]).start()
+        run(refused())
+
+
 def test_refuses_two_shards_on_one_server(engine):
     async def main():
         backend = RedisBackend([engine.url, engine.url + "?db=1"])
