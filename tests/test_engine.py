@@ -534,6 +534,17 @@ def test_a_clean_close_releases_the_nodes_names_at_once(engine):
     run(main())
 
 
+def test_a_burst_larger_than_a_batch_keeps_its_order(engine):
+    async def main():
+        async with node(engine.url, clock=Clock(), mailbox_messages=2000) as (be, _):
+            await be.claim("bob", KEY_B, "1")
+            sent = await asyncio.gather(*(be.send("alice", "bob", str(i), "msg", 5)
+                                          for i in range(1200)))
+            assert [h.id for h in sent] == list(range(sent[0].id, sent[0].id + 1200))
+            assert [h.body for h in await be.fetch("bob", "1")] == [str(i) for i in range(1200)]
+    run(main())
+
+
 def test_scripts_are_loaded_again_after_script_flush(engine):
     async def main():
         async with node(engine.url, clock=Clock()) as (be, _):

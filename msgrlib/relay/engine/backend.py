@@ -134,6 +134,8 @@ log = logging.getLogger("msgr.relay.engine")
 #: The oldest engine the scripts are written for (ZRANGE ... BYSCORE is 6.2,
 #: the issue asks 7.0; Valkey 7.2 reports redis_version 7.2.x).
 MIN_VERSION = (7, 0)
+#: Script calls sent to a shard in one pipeline (one round trip).
+MAX_BATCH = 512
 #: Eviction policies that cannot lose a key. Anything else would drop
 #: messages or claims silently when the engine fills up.
 SAFE_POLICIES = frozenset({"noeviction"})
@@ -773,7 +775,9 @@ class RedisBackend:
             await shard.wake.wait()
             shard.wake.clear()
             while shard.queue:
-                batch, shard.queue = shard.queue, []
+                # At most MAX_BATCH calls per round trip: a burst does not make
+                # one huge pipeline that delays every call behind it.
+                batch, shard.queue = shard.queue[:MAX_BATCH], shard.queue[MAX_BATCH:]
                 shard.inflight = batch
                 try:
                     await self._run_batch(shard, batch)
