@@ -46,7 +46,7 @@ from math import isinf
 from typing import Any, Protocol
 
 try:  # inside msgr, join its error tree; copied alone, stand on Exception
-    from msgrlib.errors import MsgrError
+    from msgrlib.errors import RemoteError as MsgrError
 except ImportError:  # pragma: no cover - exercised by tests/test_selfcontained
     class MsgrError(Exception):  # type: ignore[no-redef]
         """Stand-in root when this file is used without the msgrlib package."""

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from argon2.low_level import Type, error_to_str, ffi, lib
 
 try:  # inside msgr, join its error tree; copied alone, stand on Exception
-    from msgrlib.errors import MsgrError
+    from msgrlib.errors import LocalError as MsgrError
 except ImportError:  # pragma: no cover - exercised by tests/test_selfcontained
     class MsgrError(Exception):  # type: ignore[no-redef]
         """Stand-in root when this file is used without the msgrlib package."""

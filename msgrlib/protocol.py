@@ -16,26 +16,26 @@ not build these dataclasses: it checks the same rules inline and formats its
 two hot frames by hand (see ``relay/rules.py``); ``tests/test_protocol.py``
 checks the two agree.
 
-Errors::
+Errors (the whole tree is drawn in ``msgrlib/errors.py``, which also holds
+:class:`ErrorCode`)::
 
-    MsgrError
-    └── FrameError      remote: an object that is not a valid frame of the
-                        protocol; ``code`` is an ErrorCode (protocol, version,
-                        bad_name), ``kind`` the frame's type if it had one
+    RemoteError
+    └── FrameError      an object that is not a valid frame of the protocol;
+                        ``code`` is an ErrorCode (protocol, version, bad_name),
+                        ``kind`` the frame's type if it had one
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import math
 import re
 import struct
 from dataclasses import dataclass, fields
 from typing import Any, TypeGuard
 
-from msgrlib.errors import MsgrError
+from msgrlib.errors import PERMANENT_CODES, ErrorCode, RemoteError
 from msgrlib.util.names import MAX_NAME_LENGTH, is_valid_name
 
 #: The one protocol version both sides speak; ``hello`` and ``welcome`` carry it.
@@ -55,52 +55,8 @@ MAX_SAFE_INT = 2**53 - 1
 _RELAY_ID_RE = re.compile(rf"[0-9A-Za-z._:+/=-]{{1,{MAX_RELAY_ID}}}\Z")
 
 
-class ErrorCode(str, enum.Enum):
-    """Every ``code`` an ``error`` frame may carry (PROTOCOL.md section 3.5).
-
-    A ``str`` enum: members compare equal to, and encode in JSON as, their text.
-    """
-
-    BAD_FRAME = "bad_frame"
-    FRAME_TOO_LARGE = "frame_too_large"
-    TRUNCATED_FRAME = "truncated_frame"
-    PROTOCOL = "protocol"
-    VERSION = "version"
-    BAD_NAME = "bad_name"
-    BAD_SIGNATURE = "bad_signature"
-    NAME_OWNED = "name_owned"
-    TOO_MANY_NAMES = "too_many_names"
-    REPLACED = "replaced"
-    TIMEOUT = "timeout"
-    TOO_MANY_CONNECTIONS = "too_many_connections"
-    RELAY_FULL = "relay_full"
-    SHUTTING_DOWN = "shutting_down"
-    RATE_LIMITED = "rate_limited"
-    HANDSHAKE_LIMITED = "handshake_limited"
-    MAILBOX_FULL = "mailbox_full"
-    STORE_SHARE = "store_share"
-    BAD_RECIPIENT = "bad_recipient"
-    TOO_MANY_WATCHES = "too_many_watches"
-
-    def __str__(self) -> str:
-        return self.value
-
-    __format__ = str.__format__  # type: ignore[assignment]  # the text, on every Python
-
-
-#: Codes after which reconnecting with the same name and key cannot help.
-#: (``timeout``, ``shutting_down``, ``relay_full`` and the connection limits
-#: are fatal to one connection only: the client tries again later.)
-PERMANENT_CODES = frozenset({
-    ErrorCode.NAME_OWNED, ErrorCode.BAD_NAME, ErrorCode.VERSION, ErrorCode.BAD_SIGNATURE,
-    ErrorCode.REPLACED, ErrorCode.PROTOCOL, ErrorCode.BAD_FRAME, ErrorCode.FRAME_TOO_LARGE,
-})
-
-
-class FrameError(MsgrError):
+class FrameError(RemoteError):
     """An object that is not a valid frame; ``code`` says which rule it broke."""
-
-    remote = True
 
     def __init__(self, message: str, *, code: ErrorCode = ErrorCode.PROTOCOL,
                  kind: str | None = None) -> None:

@@ -11,14 +11,16 @@ reconnects with a capped, jittered backoff when the relay goes away
 Events for the user come out of :meth:`ChatClient.events` (an async
 iterator) or the ``on_event`` callback. Nothing here imports the relay.
 
-Client errors::
+Client errors (the whole tree is drawn in ``msgrlib/errors.py``)::
 
-    MsgrError
-    └── ClientError
+    LocalError
+    └── ClientError           a bad --server, a TTL out of range
         ├── ConnectFailed     the relay cannot be reached (refused, DNS, timeout)
-        ├── RelayRefused      remote: the relay said no (name owned, bad name,
-        │                     version...), ended the session, or broke the protocol
         └── WrongTransport    TLS against a plain port, or plain against TLS
+    RemoteError
+    └── Refused               the relay said no (name owned, bad name, version...),
+                              ended the session, or broke the protocol: the same
+                              class, one subclass per code, as the relay raises
     (certificate problems are msgrlib.tls.errors.TlsError; misuse of a session is
     session.SessionError)
 """
@@ -47,7 +49,7 @@ from msgrlib.client.identity import (  # noqa: F401 (load_identity: re-exported 
     load_or_create,
 )
 from msgrlib.client.session import Ended, ForChat, Ignored, Ready, RelaySession, SessionEvent
-from msgrlib.errors import MsgrError
+from msgrlib.errors import LocalError, MsgrError, Refused
 from msgrlib.util.safetext import escape
 
 #: Seconds to open the TCP connection and finish TLS.
@@ -78,25 +80,12 @@ MAX_READ_FRAME = 16 * 1024 * 1024
 FATAL_CODES = protocol.PERMANENT_CODES
 
 
-class ClientError(MsgrError):
-    pass
+class ClientError(LocalError):
+    code = "client"
 
 
 class ConnectFailed(ClientError):
     code = "connect"
-
-
-class RelayRefused(ClientError):
-    """The relay ended the session (an error frame, ``shutdown``), or broke
-    the protocol (``code`` ``protocol``); ``permanent`` if reconnecting with
-    the same name and key cannot help."""
-
-    remote = True
-
-    def __init__(self, code: str, message: str, *, permanent: bool | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.permanent = code in FATAL_CODES if permanent is None else permanent
 
 
 class WrongTransport(ClientError):
@@ -361,7 +350,7 @@ class ChatClient:
             while not self._closed:
                 try:
                     await self._session(first)
-                except RelayRefused as err:
+                except Refused as err:
                     if err.permanent or (first and not self._ready.is_set()):
                         raise
                     self._status("disconnected", f"relay: {err}")
@@ -535,7 +524,7 @@ class ChatClient:
                               f"breaks the protocol: {escape(event.reason)[:200]}",
                               "bad_frame", "warn"))
         elif isinstance(event, Ended):
-            raise RelayRefused(str(event.code), escape(event.message[:300]),
+            raise Refused(event.code, escape(event.message[:300]),
                                permanent=event.permanent)
 
     async def _pump(self, session: RelaySession, reader: asyncio.StreamReader,

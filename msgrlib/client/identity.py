@@ -30,13 +30,13 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from msgrlib.errors import MsgrError
+from msgrlib.errors import LocalError
 
 LABEL = b"msgr-identity-v1"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\[\]-]")
 
 
-class IdentityError(MsgrError):
+class IdentityError(LocalError):
     """An identity file msgr cannot use; the message names the file."""
 
     code = "identity"

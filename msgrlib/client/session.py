@@ -32,11 +32,11 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from msgrlib import protocol
-from msgrlib.errors import MsgrError
+from msgrlib.errors import LocalError
 from msgrlib.protocol import ErrorCode
 
 
-class SessionError(MsgrError):
+class SessionError(LocalError):
     """The caller used the session in a state that does not allow it."""
 
     code = "session_state"

@@ -52,7 +52,7 @@ from collections.abc import Callable
 import nacl.bindings
 import nacl.exceptions
 
-from msgrlib.errors import CryptoError
+from msgrlib.errors import CryptoError, LocalError
 
 #: ``G_X25519.DSI`` (Section 8.2).
 DSI = b"CPace255"
@@ -98,10 +98,9 @@ class InvalidShare(CPaceError):
         self.length = length
 
 
-class CPaceUnavailable(CPaceError):
+class CPaceUnavailable(LocalError):
     """The local libsodium cannot run CPace (a minimal build) or failed."""
 
-    remote = False
     code = "cpace_unavailable"
 
 

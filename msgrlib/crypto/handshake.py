@@ -92,7 +92,7 @@ import nacl.bindings
 
 import kdf
 from msgrlib.crypto import cpace
-from msgrlib.errors import CryptoError, MsgrError
+from msgrlib.errors import CryptoError, LocalError
 from msgrlib.util.names import MAX_NAME_LENGTH, check_name
 
 VERSION = 1
@@ -150,7 +150,7 @@ class PasscodeMismatch(CryptoError):
         super().__init__("passcode mismatch, or someone is interfering")
 
 
-class HandshakeStateError(MsgrError):
+class HandshakeStateError(LocalError):
     """A method was called in a state that does not allow it (a caller bug)."""
 
     code = "handshake_state"

@@ -97,7 +97,7 @@ from nacl.bindings import (
     crypto_secretbox_open,
 )
 
-from msgrlib.errors import CryptoError, MsgrError
+from msgrlib.errors import CryptoError, LocalError
 
 #: Keys one message may skip in one chain (the spec's MAX_SKIP). Large enough
 #: for any real burst of lost or delayed messages (a thousand messages in one
@@ -179,7 +179,7 @@ class TooManySkipped(RatchetError):
         self.limit = limit
 
 
-class RatchetStateError(MsgrError):
+class RatchetStateError(LocalError):
     """The caller used the ratchet in a state that does not allow it."""
 
     code = "ratchet_state"

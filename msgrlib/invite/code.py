@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from msgrlib.errors import MsgrError
+from msgrlib.errors import LocalError
 from msgrlib.invite.pgpwords import PGP_WORDS
 from msgrlib.util.safetext import escape
 
@@ -51,7 +51,7 @@ _ODD_INDEX = {w: i for i, w in enumerate(ODD_WORDS)}
 _SEPARATOR = re.compile(r"[\s_.\-\u2010-\u2015\u2212]+")
 
 
-class InviteCodeError(MsgrError):
+class InviteCodeError(LocalError):
     """The text is not a valid invite code; the message says which part is wrong."""
 
     code = "bad_invite_code"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from msgrlib.errors import MsgrError
+from msgrlib.errors import LocalError
 
 #: Long enough to read a code aloud and type it, short enough that an unused one soon frees.
 DEFAULT_TTL = 600.0
@@ -29,7 +29,7 @@ DEFAULT_MAX_PER_OWNER = 4
 DEFAULT_MAX_NAMEPLATES = 10_000
 
 
-class NameplateError(MsgrError):
+class NameplateError(LocalError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code

@@ -8,13 +8,11 @@ connection to write encoded frames to, and calls :meth:`Relay.tick` when the
 deadline it asked for arrives. It never imports the end-to-end crypto: bodies
 are strings it stores and forwards without looking inside.
 
-Relay errors::
-
-    MsgrError
-    └── RelayError          sent to the client as {"type": "error", ...}
-        ├── ProtocolViolation   malformed request: error frame, connection closed
-        └── Refused             a well-formed request the relay will not serve
-                                (rate, mailbox, name taken...): error frame only
+Relay errors are :class:`msgrlib.errors.Refused`, one subclass per error
+code, sent to the client as ``{"type": "error", ...}``: ``ProtocolViolation``
+(a malformed request: error frame, connection closed), or any other code (a
+well-formed request the relay will not serve: rate, mailbox, name taken...).
+The client raises the same classes when it reads such a frame.
 
 Per-connection states (failure is terminal)::
 
@@ -35,7 +33,7 @@ from typing import Any, Protocol
 
 import framing
 from msgrlib import protocol
-from msgrlib.errors import MsgrError
+from msgrlib.errors import MsgrError, ProtocolViolation, Refused  # noqa: F401 (re-exported)
 from msgrlib.protocol import AUTH_LABEL, PROTOCOL_VERSION, ErrorCode  # noqa: F401 (re-exported)
 from msgrlib.ratelimit import TokenBucket
 from msgrlib.relay.config import RelayConfig
@@ -44,28 +42,6 @@ from msgrlib.util.names import is_valid_name
 
 log = logging.getLogger("msgr.relay")
 
-
-
-class RelayError(MsgrError):
-    """An error the relay reports to a client in an error frame."""
-
-    fatal = False
-
-
-class ProtocolViolation(RelayError):
-    """The client broke the protocol; the connection is closed."""
-
-    code = ErrorCode.PROTOCOL
-    fatal = True
-
-
-class Refused(RelayError):
-    """A valid request the relay will not serve; the connection stays."""
-
-    def __init__(self, code: ErrorCode | str, message: str, *, fatal: bool = False) -> None:
-        super().__init__(message)
-        self.code = ErrorCode(code)  # one of the codes PROTOCOL.md lists, or a bug here
-        self.fatal = fatal
 
 
 class Link(Protocol):
@@ -291,7 +267,7 @@ class Relay:
                 if kind != "auth":
                     raise ProtocolViolation("answer the challenge with auth first")
                 self._on_auth(client, msg)
-        except RelayError as err:
+        except Refused as err:
             self.fail(client, err, ref=msg.get("ref"))
 
     def fail(self, client: Client, err: MsgrError, *, ref: object = None) -> None:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import framing
+from msgrlib.errors import ErrorCode
 from msgrlib.relay import tlsconn
 from msgrlib.relay.config import RelayConfig
 from msgrlib.relay.rules import Client, Refused, Relay, State
@@ -45,9 +46,9 @@ log = logging.getLogger("msgr.relay")
 # A family the machine lacks: skipped when listening on every address.
 _NO_FAMILY = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, getattr(errno, "EPROTONOSUPPORT", -1)}
 
-class _Timeout(Refused):
-    def __init__(self, message: str) -> None:
-        super().__init__("timeout", message, fatal=True)
+def _timeout(message: str) -> Refused:
+    """A ``timeout`` refusal, which closes the connection."""
+    return Refused(ErrorCode.TIMEOUT, message, fatal=True)
 
 
 class Connection(asyncio.Protocol):
@@ -243,18 +244,18 @@ class Connection(asyncio.Protocol):
         now = loop.time()
         config = self.relay.config
         if client.state.value != "ready":
-            self.relay.fail(client, _Timeout("no hello within "
+            self.relay.fail(client, _timeout("no hello within "
                                              f"{config.hello_timeout:g} s; closing"))
             self.server.flush()
             return
         if self._stalled_at is not None and now - self._stalled_at >= config.stall_timeout:
-            self.relay.fail(client, _Timeout("you stopped reading; closing"))
+            self.relay.fail(client, _timeout("you stopped reading; closing"))
             self.server.flush()
             if self.transport is not None:
                 self.transport.abort()  # its buffer will never drain
             return
         if now - self.last_rx >= config.idle_timeout:
-            self.relay.fail(client, _Timeout(f"no heartbeat for {config.idle_timeout:g} s"))
+            self.relay.fail(client, _timeout(f"no heartbeat for {config.idle_timeout:g} s"))
             self.server.flush()
             return
         deadline = self.last_rx + config.idle_timeout

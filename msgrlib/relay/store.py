@@ -52,7 +52,7 @@ import itertools
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
-from msgrlib.errors import MsgrError
+from msgrlib.errors import LocalError
 
 #: Messages one recipient may have waiting. A person reading a chat does not
 #: fall 1,000 messages behind; a flood does.
@@ -69,8 +69,10 @@ OVERHEAD_BYTES = 200
 COMPACT_SLACK = 1024
 
 
-class StoreError(MsgrError):
+class StoreError(LocalError):
     """The store refused a message; the sender is told, nothing was kept."""
+
+    code = "store"
 
 
 class MailboxFull(StoreError):

@@ -31,7 +31,7 @@ from msgrlib.tls.errors import (
     CertificateChanged,
     CertificateFileError,
     PinMismatch,
-    TlsError,
+    TlsSetupError,
     UnknownCertificate,
 )
 from msgrlib.tls.known_hosts import KnownHosts, check_address
@@ -231,7 +231,7 @@ def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> bytes:
     """
     der = None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
     if not der:
-        raise TlsError("the relay presented no TLS certificate")
+        raise TlsSetupError("the relay presented no TLS certificate")
     return der
 
 
@@ -260,7 +260,7 @@ def served_fingerprint(context: ssl.SSLContext) -> str:
                 except ssl.SSLWantReadError:
                     pass
                 except ssl.SSLError as err:
-                    raise TlsError(f"the TLS context cannot serve a certificate: "
+                    raise TlsSetupError(f"the TLS context cannot serve a certificate: "
                                    f"{err.reason or err}") from None
             data = out.read()
             if data:
@@ -269,7 +269,7 @@ def served_fingerprint(context: ssl.SSLContext) -> str:
             break
     der = cli.getpeercert(binary_form=True)
     if not der:
-        raise TlsError("the TLS context presents no certificate")
+        raise TlsSetupError("the TLS context presents no certificate")
     return fingerprint(der)
 
 
@@ -294,7 +294,7 @@ def verify_peer(
     """
     address = check_address(address)
     if bytes(cert_der[:1]) != b"\x30":
-        raise TlsError("verify_peer needs the certificate in DER form")
+        raise TlsSetupError("verify_peer needs the certificate in DER form")
     presented = fingerprint(cert_der)
     if pin is not None:
         expected = normalize_fingerprint(pin)

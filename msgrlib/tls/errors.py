@@ -1,10 +1,12 @@
 """TLS and certificate errors, shared by every module of :mod:`msgrlib.tls`.
 
-Exceptions (all under :class:`msgrlib.errors.MsgrError`)::
+Exceptions (all under :class:`msgrlib.errors.MsgrError`; each is also a
+LocalError or a RemoteError, see the tree in ``msgrlib/errors.py``)::
 
-    TlsError                    bad fingerprint text, bad generation arguments
-    ├── CertificateFileError    a certificate or key file is missing, unreadable or invalid
-    ├── KnownHostsError         the known_hosts file is corrupt or cannot be written
+    TlsError                    the layer's base, never raised itself
+    ├── TlsSetupError           local: bad fingerprint text, bad generation arguments
+    ├── CertificateFileError    local: a certificate or key file is missing, unreadable or invalid
+    ├── KnownHostsError         local: the known_hosts file is corrupt or cannot be written
     ├── UnknownCertificate      remote: the relay's certificate does not verify (--cafile)
     ├── PinMismatch             remote: the relay's fingerprint is not the --pin
     └── CertificateChanged      remote: the relay's fingerprint is not the remembered one
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from msgrlib.errors import MsgrError
+from msgrlib.errors import LocalError, MsgrError, RemoteError
 
 __all__ = [
     "CertificateChanged",
@@ -30,9 +32,16 @@ class TlsError(MsgrError):
     """Base of every TLS and certificate error; also bad fingerprint text."""
 
     code = "tls"
+    layer = True  # never raised itself: each error below is local or remote
 
 
-class CertificateFileError(TlsError):
+class TlsSetupError(TlsError, LocalError):
+    """A certificate or address msgr was given cannot be used."""
+
+    code = "tls_setup"
+
+
+class CertificateFileError(TlsError, LocalError):
     """A certificate or key file is missing, unreadable or not valid.
 
     ``path`` is the file at fault (or ``None`` when it is the pair).
@@ -45,7 +54,7 @@ class CertificateFileError(TlsError):
         self.path = None if path is None else os.fspath(path)
 
 
-class KnownHostsError(TlsError):
+class KnownHostsError(TlsError, LocalError):
     """The known_hosts file is corrupt, unreadable or cannot be written.
 
     ``line`` is the 1-based line number of a corrupt line, else ``None``.
@@ -59,11 +68,10 @@ class KnownHostsError(TlsError):
         self.line = line
 
 
-class UnknownCertificate(TlsError):
+class UnknownCertificate(TlsError, RemoteError):
     """The relay's certificate could not be verified, or there is no way to trust it."""
 
     code = "cert_unknown"
-    remote = True
 
     def __init__(self, message: str, *, address: str, cafile: str | None = None) -> None:
         super().__init__(message)
@@ -71,11 +79,10 @@ class UnknownCertificate(TlsError):
         self.cafile = cafile
 
 
-class PinMismatch(TlsError):
+class PinMismatch(TlsError, RemoteError):
     """The relay presented a certificate whose fingerprint is not the ``--pin``."""
 
     code = "pin_mismatch"
-    remote = True
 
     def __init__(self, *, address: str, expected: str, presented: str) -> None:
         super().__init__(
@@ -89,7 +96,7 @@ class PinMismatch(TlsError):
         self.presented = presented
 
 
-class CertificateChanged(TlsError):
+class CertificateChanged(TlsError, RemoteError):
     """The relay's fingerprint differs from the one remembered on first use.
 
     ``str(err)`` is a loud, several-line warning in the style of SSH's
@@ -97,7 +104,6 @@ class CertificateChanged(TlsError):
     """
 
     code = "cert_changed"
-    remote = True
 
     def __init__(
         self, *, address: str, expected: str, presented: str, path: str, line: int | None

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from msgrlib.tls.errors import KnownHostsError, TlsError
+from msgrlib.tls.errors import KnownHostsError, TlsError, TlsSetupError
 from msgrlib.tls.x509 import CONFIG_DIR_MODE, MAX_FILE_SIZE, normalize_fingerprint, unlink_quietly
 from msgrlib.util.netaddr import host_port
 
@@ -43,7 +43,7 @@ def check_address(address: str) -> str:
         or address.startswith("#")
         or any(ch.isspace() or not ch.isprintable() for ch in address)
     ):
-        raise TlsError(f"invalid relay address {address[:80]!r} for known_hosts")
+        raise TlsSetupError(f"invalid relay address {address[:80]!r} for known_hosts")
     return address
 
 

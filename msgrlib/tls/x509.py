@@ -37,7 +37,7 @@ from msgrlib.tls.der import (
     der_time,
     der_utf8_string,
 )
-from msgrlib.tls.errors import CertificateFileError, TlsError
+from msgrlib.tls.errors import CertificateFileError, TlsError, TlsSetupError
 
 __all__ = [
     "fingerprint",
@@ -114,7 +114,7 @@ def _subject_alt_names(hostnames: Iterable[str], ip_addresses: Iterable[str]) ->
     for host in hostnames:
         host = host.strip().rstrip(".").lower()
         if len(host) > 253 or not _HOSTNAME_RE.match(host):
-            raise TlsError(
+            raise TlsSetupError(
                 f"invalid hostname {host[:80]!r} for the certificate: use an ASCII DNS name "
                 "(letters, digits, '-' and '.'; IDNA-encode other names)"
             )
@@ -123,10 +123,10 @@ def _subject_alt_names(hostnames: Iterable[str], ip_addresses: Iterable[str]) ->
         try:
             ip = ipaddress.ip_address(text.strip())
         except ValueError:
-            raise TlsError(f"invalid IP address {text[:80]!r} for the certificate") from None
+            raise TlsSetupError(f"invalid IP address {text[:80]!r} for the certificate") from None
         names.append(der_implicit(7, ip.packed))  # iPAddress OCTET STRING
     if not names:
-        raise TlsError("a certificate needs at least one hostname or IP address")
+        raise TlsSetupError("a certificate needs at least one hostname or IP address")
     return der_sequence(*names)
 
 
@@ -159,13 +159,13 @@ def generate_self_signed(
     Raises :class:`TlsError` for a bad name, address, lifetime or ``now``.
     """
     if not common_name or len(common_name) > MAX_COMMON_NAME:
-        raise TlsError(f"the certificate's common name must be 1-{MAX_COMMON_NAME} characters")
+        raise TlsSetupError(f"the certificate's common name must be 1-{MAX_COMMON_NAME} characters")
     if not 1 <= days <= 100 * 366:
-        raise TlsError(f"certificate lifetime must be 1-{100 * 366} days, not {days}")
+        raise TlsSetupError(f"certificate lifetime must be 1-{100 * 366} days, not {days}")
     if now is None:
         now = datetime.now(_UTC)
     elif now.tzinfo is None or now.utcoffset() is None:
-        raise TlsError("'now' must be a timezone-aware datetime")
+        raise TlsSetupError("'now' must be a timezone-aware datetime")
     now = now.astimezone(_UTC).replace(microsecond=0)
     if isinstance(hostnames, str):  # one name, not a sequence of letters
         hostnames = [hostnames]
@@ -176,7 +176,7 @@ def generate_self_signed(
     seed = rng(32)
     serial_bytes = rng(16)
     if len(seed) != 32 or len(serial_bytes) != 16:
-        raise TlsError("the random number generator returned the wrong number of bytes")
+        raise TlsSetupError("the random number generator returned the wrong number of bytes")
     seed = bytes(seed)
     signing_key = SigningKey(seed)
     public_key = bytes(signing_key.verify_key)
@@ -241,8 +241,8 @@ def _certificate_der(cert: bytes) -> bytes:
             try:
                 return base64.b64decode(b"".join(body.split()), validate=True)
             except binascii.Error:
-                raise TlsError("the PEM certificate is not valid base64") from None
-    raise TlsError("not a certificate: expected DER or a PEM 'CERTIFICATE' block")
+                raise TlsSetupError("the PEM certificate is not valid base64") from None
+    raise TlsSetupError("not a certificate: expected DER or a PEM 'CERTIFICATE' block")
 
 
 # --------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def normalize_fingerprint(text: str) -> str:
     digits = re.sub(r"[\s:]", "", rest)
     if len(digits) != 64 or not re.fullmatch(r"[0-9A-Fa-f]+", digits):
         shown = text.strip()[:120]
-        raise TlsError(
+        raise TlsSetupError(
             f"invalid fingerprint {shown!r}: expected a SHA-256 fingerprint, 64 hex digits "
             "such as SHA256:AB:CD:... (as printed by the relay or by "
             "'openssl x509 -noout -fingerprint -sha256 -in cert.pem')"

@@ -15,7 +15,7 @@ member name) is shown escaped (``msgrlib.util.safetext.escape``) and shortened.
 
 from __future__ import annotations
 
-from msgrlib.errors import MsgrError
+from msgrlib.errors import LocalError, MsgrError, RemoteError
 from msgrlib.util.safetext import escape
 
 
@@ -23,31 +23,29 @@ class TransferError(MsgrError):
     """Base of every transfer error."""
 
     code = "transfer"
+    layer = True  # never raised itself: each error below is local or remote
 
 
-class TransferProtocolError(TransferError):
+class TransferProtocolError(TransferError, RemoteError):
     """A transfer message from the peer breaks the rules in docs/transfer.md."""
 
-    remote = True
     code = "transfer_protocol"
 
 
-class UnsafeName(TransferError):
+class UnsafeName(TransferError, RemoteError):
     """A name from the peer that would write outside the chosen directory, over a hidden file,
     or print control characters: refused, never "fixed" silently."""
 
-    remote = True
     code = "unsafe_name"
 
 
-class ArchiveError(TransferError):
+class ArchiveError(TransferError, RemoteError):
     """A directory archive that breaks a rule (checked before anything is written)."""
 
-    remote = True
     code = "bad_archive"
 
 
-class TargetExists(TransferError):
+class TargetExists(TransferError, LocalError):
     """The destination exists; the caller must ask before overwriting (``overwrite=True``)."""
 
     code = "exists"
@@ -57,13 +55,13 @@ class TargetExists(TransferError):
         self.path = path
 
 
-class SinkError(TransferError):
+class SinkError(TransferError, LocalError):
     """The local file system refused the received data (the OS error is chained)."""
 
     code = "write_failed"
 
 
-class TransferStateError(TransferError):
+class TransferStateError(TransferError, LocalError):
     """A method was called in a state that does not allow it (caller's mistake)."""
 
     code = "transfer_state"

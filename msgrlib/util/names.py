@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from msgrlib.errors import MsgrError
+from msgrlib.errors import LocalError
 
 #: Longest name accepted; long enough for "firstname.lastname", short enough
 #: to keep every frame that carries names small.
@@ -18,7 +18,7 @@ MAX_NAME_LENGTH = 32
 _NAME_RE = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}\Z")
 
 
-class BadName(MsgrError):
+class BadName(LocalError):
     """A username that breaks the rules above."""
 
     code = "bad_name"

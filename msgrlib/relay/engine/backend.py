@@ -116,7 +116,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from msgrlib.errors import MsgrError
+from msgrlib.errors import LocalError
 from msgrlib.relay import store
 from msgrlib.relay.engine.scripts import SCRIPTS
 from msgrlib.relay.store import (
@@ -141,7 +141,7 @@ MAX_BATCH = 512
 SAFE_POLICIES = frozenset({"noeviction"})
 
 
-class EngineError(MsgrError):
+class EngineError(LocalError):
     """The engine could not do what was asked."""
 
     code = "engine"
