@@ -27,6 +27,7 @@ install: $(STAMP)  ## create .venv with runtime and dev dependencies
 
 test: $(STAMP)  ## lint, then the whole test suite (what CI runs)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -204,7 +204,7 @@ class Refused(RemoteError):
     code: ErrorCode = ErrorCode.PROTOCOL
 
     def __new__(cls, code: ErrorCode | str, message: str, *args: Any, **kw: Any) -> Refused:
-        target = _BY_CODE.get(code, cls) if cls is Refused else cls  # type: ignore[call-overload]
+        target = _BY_CODE.get(code, cls) if cls is Refused else cls  # type: ignore[arg-type]
         return super().__new__(target, message)
 
     def __init__(self, code: ErrorCode | str, message: str, *, fatal: bool = False,

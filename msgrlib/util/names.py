@@ -8,6 +8,7 @@ starting with a letter or a digit. Lower case only, so that ``Bob`` and
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from msgrlib.errors import LocalError
 
@@ -24,7 +25,7 @@ class BadName(LocalError):
     code = "bad_name"
 
 
-def is_valid_name(name: object) -> bool:
+def is_valid_name(name: object) -> TypeGuard[str]:
     """True if ``name`` is a str that follows the rules."""
     return isinstance(name, str) and _NAME_RE.match(name) is not None
 
@@ -32,7 +33,7 @@ def is_valid_name(name: object) -> bool:
 def check_name(name: object, *, what: str = "username") -> str:
     """Return ``name`` unchanged if valid, else raise :class:`BadName`."""
     if is_valid_name(name):
-        return name  # type: ignore[return-value]
+        return name
     shown = repr(name)[:40]
     raise BadName(
         f"invalid {what} {shown}: use 1-{MAX_NAME_LENGTH} characters from a-z, 0-9, "
