@@ -50,6 +50,7 @@ from msgrlib.client.identity import (  # noqa: F401 (load_identity: re-exported 
 )
 from msgrlib.client.session import Ended, ForChat, Ignored, Ready, RelaySession, SessionEvent
 from msgrlib.errors import LocalError, MsgrError, Refused
+from msgrlib.limits import TTL_MAX, TTL_MIN, ttl_in_range
 from msgrlib.util.safetext import escape
 
 #: Seconds to open the TCP connection and finish TLS.
@@ -699,8 +700,8 @@ async def open_chat(*, server: str, user: str, peer: str, passcode: str,
 
     check_name(user)
     check_name(peer, what="peer name")
-    if type(ttl) is not int or not 5 <= ttl <= 60:
-        raise ClientError(f"ttl {ttl!r} is out of range: use 5 to 60 seconds")
+    if not ttl_in_range(ttl):
+        raise ClientError(f"ttl {ttl!r} is out of range: use {TTL_MIN} to {TTL_MAX} seconds")
     address = parse_server(server)
     host, port = address
     url_tls = address.tls

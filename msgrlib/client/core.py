@@ -70,6 +70,7 @@ from msgrlib.client.static_mode import STATIC_GRACE, StaticMode
 from msgrlib.client.window import ReceiveWindow, Verdict
 from msgrlib.crypto import staticbox as e2e
 from msgrlib.errors import CryptoError, MsgrError
+from msgrlib.limits import TTL_MAX
 
 #: Relay ids remembered to drop a delivery handed out again after a
 #: reconnect before opening it (an optimisation: the receive window is what
@@ -225,7 +226,7 @@ class ChatCore:
             # Never above our own limit: the I/O layer encodes with it.
             self._max_frame = min(max_frame, framing.DEFAULT_MAX_FRAME)
         ttl_min = number(limits.get("ttl_min"))
-        if ttl_min is not None and 0 <= ttl_min <= 60:
+        if ttl_min is not None and 0 <= ttl_min <= TTL_MAX:
             self._ttl_min = ttl_min
 
     @property

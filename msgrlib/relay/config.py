@@ -12,6 +12,7 @@ from typing import Any
 
 import framing
 from msgrlib.errors import UsageError
+from msgrlib.limits import TTL_DEFAULT, TTL_MAX, TTL_MIN
 
 __all__ = ["RelayConfig"]
 
@@ -36,10 +37,11 @@ class RelayConfig:
     #: connections each sending most of a 64 KiB frame cannot exhaust memory.
     read_buffers: int = 64 * 1024 * 1024
     #: TTL bounds in seconds: a message lives at least 5 s so a reconnecting
-    #: peer can catch it, at most 60 s because the relay is not a mailbox.
-    ttl_min: int = 5
-    ttl_max: int = 60
-    ttl_default: int = 30
+    #: peer can catch it, at most 60 s because the relay is not a mailbox
+    #: (msgrlib/limits.py; a relay may narrow the range, never widen it).
+    ttl_min: int = TTL_MIN
+    ttl_max: int = TTL_MAX
+    ttl_default: int = TTL_DEFAULT
     #: Messages / bytes one recipient may have waiting.
     mailbox_messages: int = 1000
     mailbox_bytes: int = 4 * 1024 * 1024
