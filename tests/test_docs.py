@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import hmac
+import json
 import os
 import re
 
@@ -34,3 +38,72 @@ def test_readme_lists_every_serve_limit_with_its_default():
         assert msgr._number(value) in row.group(1), (option, row.group(1), value)
     assert {f.name for f in dataclasses.fields(relay.RelayConfig)} >= {
         field for _, field, _, _ in msgr._LIMIT_OPTIONS}
+
+
+def _values(block: str) -> dict[str, str]:
+    """``label = value`` lines of an example block, by label."""
+    out = {}
+    for line in block.splitlines():
+        label, sep, value = line.partition("= ")
+        if sep:
+            out[label.strip()] = value.strip()
+    return out
+
+
+def _lv(*parts: bytes) -> bytes:
+    # CPace's lv_cat; every part here is shorter than 128 bytes (one-byte LEB128).
+    assert all(len(p) < 128 for p in parts)
+    return b"".join(bytes([len(p)]) + p for p in parts)
+
+
+def _hkdf(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    prk = hmac.digest(salt, ikm, "sha512")
+    out, block, i = b"", b"", 1
+    while len(out) < length:
+        block = hmac.digest(prk, block + info + bytes([i]), "sha512")
+        out, i = out + block, i + 1
+    return out[:length]
+
+
+def test_the_examples_private_values_give_k_isk_and_the_first_ratchet_message():
+    """From PROTOCOL.md's printed values and formulas alone (hashlib, hmac and
+    plain X25519, none of msgr's code): K, ISK, both tags, root_key and A's
+    first ratchet message, as an implementer would check them offline."""
+    from nacl.bindings import crypto_scalarmult, crypto_secretbox
+
+    ex = protocol_examples.examples()
+    hs, sc, rt = _values(ex["handshake"]), _values(ex["scalars"]), _values(ex["ratchet"])
+    for block in (ex["handshake"], ex["scalars"], ex["ratchet"]):
+        assert block in read("PROTOCOL.md")
+    m2, m3, m4 = (json.loads(hs[f"M{i}"]) for i in (2, 3, 4))
+    b64 = base64.b64decode
+    h = bytes.fromhex
+    na, nb = b64(m3["na"]), b64(m3["nb"])
+    sid = hashlib.sha512(_lv(b"msgr/v1/cpace-sid", na, nb)).digest()[:16]
+    assert sid.hex() == hs["sid"]
+    ya_share, yb_share = b64(m3["Y"]), b64(m2["Y"])
+    ada, adb = b64(m3["ad"]), b64(m2["ad"])
+    k = crypto_scalarmult(h(sc["ya (A's scalar)"]), yb_share)
+    assert k == crypto_scalarmult(h(sc["yb (B's scalar)"]), ya_share) == h(sc["K"])
+    isk = hashlib.sha512(_lv(b"CPace255_ISK", sid, k) + _lv(ya_share, ada)
+                         + _lv(yb_share, adb)).digest()
+    assert isk.hex() == hs["ISK"]
+    mac_key = hashlib.sha512(b"CPaceMac" + sid + isk).digest()
+    assert b64(m3["tag"]) == hmac.digest(mac_key, _lv(ya_share, ada), "sha512")
+    assert b64(m4["tag"]) == hmac.digest(mac_key, _lv(yb_share, adb), "sha512")
+    label = b"msgr/v1/session-root"
+    root_key = hashlib.blake2b(len(label).to_bytes(4, "big") + label, key=isk,
+                               digest_size=32).digest()
+    assert root_key.hex() == hs["root_key"]
+    ad = _lv(b"msgr/v1/ratchet-ad", sid, b"alice", b"bob")
+    b_priv = h(rt["B's ratchet key (private; public in ADb)"])
+    a_priv = h(rt["A's first ratchet key (private)"])
+    assert adb == _lv(b"bob", crypto_scalarmult(b_priv, (9).to_bytes(32, "little")))
+    dh = crypto_scalarmult(a_priv, crypto_scalarmult(b_priv, (9).to_bytes(32, "little")))
+    cks = _hkdf(dh, root_key, b"msgr/v1/ratchet-root", 64)[32:]
+    mk = hmac.digest(cks, b"\x01", "sha512")[:32]
+    a_pub = crypto_scalarmult(a_priv, (9).to_bytes(32, "little"))
+    header = bytes([1, 0]) + a_pub + bytes(8)  # version, initiator, DH key, pn 0, n 0
+    out = _hkdf(mk, b"", b"msgr/v1/ratchet-msg" + len(ad).to_bytes(4, "big") + ad + header, 56)
+    message = header + crypto_secretbox(b'{"k":"hi"}', out[32:], out[:32])
+    assert message.hex() == rt["message"]

@@ -21,7 +21,7 @@ import kdf
 from msgrlib import protocol
 from msgrlib.client import ratchet_mode
 from msgrlib.client.outbox import Outgoing
-from msgrlib.crypto import handshake, ratchet
+from msgrlib.crypto import cpace, handshake, ratchet
 from msgrlib.crypto import staticbox as e2e
 
 
@@ -38,6 +38,19 @@ def pinned_rng(label: str):
         return out[:n]
 
     return rng
+
+
+class Draws:
+    """An rng that remembers what it handed out (to print the private values)."""
+
+    def __init__(self, rng) -> None:
+        self.rng = rng
+        self.taken: list[bytes] = []
+
+    def __call__(self, n: int) -> bytes:
+        out = self.rng(n)
+        self.taken.append(out)
+        return out
 
 
 def hexdump(data: bytes) -> str:
@@ -97,8 +110,9 @@ def examples() -> dict[str, str]:
         f"body         = {body}",
     ])
 
-    initiator = handshake.Initiator(prs=key, me=a, peer=b, rng=pinned_rng("alice"))
-    responder = handshake.Responder(prs=key, me=b, peer=a, rng=pinned_rng("bob"))
+    alice_draws, bob_draws = Draws(pinned_rng("alice")), Draws(pinned_rng("bob"))
+    initiator = handshake.Initiator(prs=key, me=a, peer=b, rng=alice_draws)
+    responder = handshake.Responder(prs=key, me=b, peer=a, rng=bob_draws)
     m1 = initiator.start()
     m2 = responder.on_init(m1)
     m3 = initiator.on_resp(m2)
@@ -113,14 +127,61 @@ def examples() -> dict[str, str]:
               f"safety number = {keys_a.safety_number}"]
     out["handshake"] = "\n".join(lines)
 
+    # The private values behind it, so that K, ISK, the tags and the first
+    # ratchet message can be recomputed offline from section 6's formulas.
+    # A draws na then ya; B draws nb, yb, then its first ratchet key.
+    ya, (yb, b_ratchet_priv) = alice_draws.taken[1], bob_draws.taken[1:3]
+    ya_share = base64.b64decode(m3["Y"])
+    yb_share = base64.b64decode(m2["Y"])
+    ada, adb = base64.b64decode(m3["ad"]), base64.b64decode(m2["ad"])
+    ci = handshake.channel_id(a, b)
+    gen_hash = cpace.generator_hash(key, ci, keys_a.sid)
+    g8 = cpace.calculate_generator(key, ci, keys_a.sid)
+    k = cpace.scalar_mult_vfy(ya, yb_share)
+    assert k == cpace.scalar_mult_vfy(yb, ya_share)
+    mac_key = cpace.confirmation_key(keys_a.sid, keys_a.isk)
+    out["scalars"] = "\n".join([
+        f"ya (A's scalar)   = {ya.hex()}",
+        f"yb (B's scalar)   = {yb.hex()}",
+        f"CI                = {ci.hex()}",
+        f"generator hash    = {gen_hash.hex()}",
+        f"u(8*g)            = {nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(g8).hex()}",
+        f"Ya = X25519(ya,g) = {ya_share.hex()}",
+        f"Yb = X25519(yb,g) = {yb_share.hex()}",
+        f"ADa               = {ada.hex()}",
+        f"ADb               = {adb.hex()}",
+        f"K                 = {k.hex()}",
+        f"mac_key           = {mac_key.hex()}",
+        f"ad (ratchet)      = {keys_a.ad.hex()}",
+    ])
+
+    alice_ratchet = Draws(pinned_rng("alice-ratchet"))
     alice = ratchet.Ratchet.initiator(keys_a.root_key, keys_a.peer_ratchet_pub, keys_a.ad,
-                                      rng=pinned_rng("alice-ratchet"))
+                                      rng=alice_ratchet)
     bob = ratchet.Ratchet.responder(keys_b.root_key, keys_b.own_ratchet_priv, keys_b.ad,
                                     rng=pinned_rng("bob-ratchet"))
     hi = json.dumps({"k": "hi"}, separators=(",", ":")).encode()
     first = alice.encrypt(hi)
     assert bob.decrypt(first) == hi
+    a_ratchet_priv = alice_ratchet.taken[0]
+    dh = nacl.bindings.crypto_scalarmult(a_ratchet_priv, keys_a.peer_ratchet_pub)
+    rk, cks = ratchet.kdf_rk(keys_a.root_key, dh)
+    _, mk = ratchet.kdf_ck(cks)
+    header = first[:42]
+    info = b"msgr/v1/ratchet-msg" + len(keys_a.ad).to_bytes(4, "big") + keys_a.ad
+    msg_key, msg_nonce = ratchet.message_key_nonce(mk, info, header)
+    assert nacl.bindings.crypto_secretbox(hi, msg_nonce, msg_key) == first[42:]
     out["ratchet"] = "\n".join([
+        f"B's ratchet key (private; public in ADb) = {b_ratchet_priv.hex()}",
+        f"A's first ratchet key (private)          = {a_ratchet_priv.hex()}",
+        f"A's first ratchet key (public, header)   = "
+        f"{nacl.bindings.crypto_scalarmult_base(a_ratchet_priv).hex()}",
+        f"DH = X25519(A's, B's)                    = {dh.hex()}",
+        f"KDF_RK(root_key, DH): new RK             = {rk.hex()}",
+        f"                      sending chain CKs  = {cks.hex()}",
+        f"KDF_CK(CKs): mk                          = {mk.hex()}",
+        f"secretbox key                            = {msg_key.hex()}",
+        f"secretbox nonce                          = {msg_nonce.hex()}",
         f"plaintext = {hi.decode()}",
         f"message   = {first.hex()}",
         f"body      = r1.{keys_a.sid.hex()}.{base64.b64encode(first).decode()}",
