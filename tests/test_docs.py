@@ -107,3 +107,66 @@ def test_the_examples_private_values_give_k_isk_and_the_first_ratchet_message():
     out = _hkdf(mk, b"", b"msgr/v1/ratchet-msg" + len(ad).to_bytes(4, "big") + ad + header, 56)
     message = header + crypto_secretbox(b'{"k":"hi"}', out[32:], out[:32])
     assert message.hex() == rt["message"]
+
+
+class _Link:
+    """A connection as the sans-I/O relay sees it: every frame it writes, decoded."""
+
+    def __init__(self, host: str) -> None:
+        import framing
+
+        self.address = self.host = host
+        self.decoder = framing.FrameDecoder(max_size=1 << 20)
+        self.frames: list[dict] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.frames.extend(self.decoder.feed(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> list[dict]:
+        out, self.frames = self.frames, []
+        return out
+
+
+def test_the_relay_does_what_protocol_section_3_says():
+    """PROTOCOL.md 3.1-3.4, on the sans-I/O relay: the first hello for a name
+    is challenged too; welcome and the waiting messages come out together;
+    ids are 1..2^53-1; bye gets no reply; a ttl that is not an integer is a
+    protocol error; a ping's t that is not a number comes back as null."""
+    from helpers import auth_message
+    from nacl.signing import SigningKey
+
+    r = relay.Relay(relay.RelayConfig(), clock=lambda: 0.0, wallclock=lambda: 0.0,
+                    rng=os.urandom)
+
+    def login(name: str, key: SigningKey) -> tuple[relay.Client, _Link]:
+        link = _Link("192.0.2.1")
+        client = r.connect(link)
+        r.receive(client, {"type": "hello", "v": 1, "user": name,
+                           "key": base64.b64encode(bytes(key.verify_key)).decode()})
+        (challenge,) = link.take()  # never seen before, and challenged all the same
+        assert challenge["type"] == "challenge"
+        sig = key.sign(auth_message(challenge, name)).signature
+        r.receive(client, {"type": "auth", "sig": base64.b64encode(sig).decode()})
+        return client, link
+
+    alice, alice_link = login("alice", SigningKey.generate())
+    assert [f["type"] for f in alice_link.take()] == ["welcome"]
+    r.receive(alice, {"type": "send", "ref": 1, "to": "bob", "body": "x"})
+    r.receive(alice, {"type": "send", "ref": 2, "to": "bob", "kind": "hs", "body": "y"})
+    ids = [f["id"] for f in alice_link.take()]
+    assert all(type(i) is int and 1 <= i <= 2**53 - 1 for i in ids)
+    bob, bob_link = login("bob", SigningKey.generate())
+    frames = bob_link.take()  # in one go, before bob sends anything more
+    assert [f["type"] for f in frames] == ["welcome", "deliver", "deliver"]
+    assert [f["id"] for f in frames[1:]] == ids
+    r.receive(alice, {"type": "ping", "t": "x"})
+    assert alice_link.take() == [{"type": "pong", "t": None}]
+    r.receive(bob, {"type": "bye"})
+    assert bob_link.take() == [] and bob_link.closed
+    r.receive(alice, {"type": "send", "to": "bob", "ttl": 30.0, "body": "z"})
+    (error,) = alice_link.take()
+    assert error["code"] == "protocol" and error["fatal"] and alice_link.closed
