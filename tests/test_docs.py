@@ -170,3 +170,53 @@ def test_the_relay_does_what_protocol_section_3_says():
     r.receive(alice, {"type": "send", "to": "bob", "ttl": 30.0, "body": "z"})
     (error,) = alice_link.take()
     assert error["code"] == "protocol" and error["fatal"] and alice_link.closed
+
+
+def test_each_handshake_check_fails_as_protocol_section_6_2_says():
+    """The table in PROTOCOL.md 6.2, row by row where no other test covers
+    it: alice (A) waits for bob's resp and bob (B) for alice's share while
+    every kind of bad message arrives; the notices and silences are as
+    listed, nothing counts, and the attempt then completes. A second copy of
+    the resp (echoing the attempt, out of turn) is a notice and ends it."""
+    from test_chat import Net, attached
+
+    from msgrlib.client import core as chat
+
+    def body(msg: object) -> str:
+        return "h1." + base64.b64encode(json.dumps(msg).encode()).decode()
+
+    ident = iter(range(70_000, 80_000))
+
+    def noticed(core: chat.ChatCore, text: str, sender: str) -> bool:
+        core.handle({"type": "deliver", "id": next(ident), "from": sender, "kind": "hs",
+                     "ttl": 30, "expires_at": 0, "body": text})
+        return any(isinstance(e, chat.Notice) for e in core.take_events())
+
+    net = Net()
+    alice, bob = attached(net)
+    held: list[dict] = []
+    net.pump(drop=lambda f: f.get("kind") == "hs" and f["from"] == "bob"
+             and chat._parse_hs(f["body"]).get("hs") == "resp" and not held.append(f))
+    resp = chat._parse_hs(held[0]["body"])
+    na, nb = resp["na"], resp["nb"]
+    other = base64.b64encode(os.urandom(16)).decode()
+    assert noticed(alice, "h1.!!not base64", "bob")
+    assert noticed(bob, "h1." + base64.b64encode(b"[1]").decode(), "alice")
+    assert not noticed(alice, body({"hs": "nope", "v": 1}), "bob")
+    assert not noticed(bob, body({"hs": "req", "v": 1, "nr": other}), "alice")
+    assert not noticed(alice, body({"hs": "req", "v": 1, "nr": other[:-4]}), "bob")
+    assert noticed(alice, body({"hs": "init", "v": 1, "na": other}), "bob")
+    assert noticed(bob, body({"hs": "init", "v": True, "na": other}), "alice")
+    assert not noticed(alice, body({**resp, "na": other}), "bob")
+    assert not noticed(alice, body({**resp, "na": "not base64!"}), "bob")
+    assert not noticed(alice, body({"hs": "share", "v": 1, "na": na, "nb": nb}), "bob")
+    assert not noticed(bob, body({"hs": "confirm", "v": 1, "na": na, "nb": nb}), "alice")
+    assert not noticed(alice, body({"hs": "abort", "v": 1, "na": na, "nb": nb, "x": 1}), "bob")
+    assert not noticed(bob, body({"hs": "abort", "v": 1, "na": na, "nb": nb}), "alice")
+    for core in (alice, bob):
+        assert core.phase is chat.Phase.RUNNING and core._mode.failures == 0
+    alice.handle(held[0])
+    assert noticed(alice, held[0]["body"], "bob")  # the same resp again: out of turn
+    net.pump()
+    assert alice.session is None and alice._mode.failures == 0
+    assert alice.phase is chat.Phase.RUNNING  # until its timeout
