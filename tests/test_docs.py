@@ -220,3 +220,27 @@ def test_each_handshake_check_fails_as_protocol_section_6_2_says():
     net.pump()
     assert alice.session is None and alice._mode.failures == 0
     assert alice.phase is chat.Phase.RUNNING  # until its timeout
+
+
+def test_inner_fields_of_the_wrong_type_or_range_are_refused_with_a_notice():
+    """PROTOCOL.md 6.5: a `msg` whose `ttl` is not an integer, whose `n` is
+    below 1, or whose `ts` is not a number is refused with a notice; `e` is
+    an opaque string; unlisted fields are ignored."""
+    from test_chat import Net, pair
+
+    from msgrlib.client import core as chat
+
+    net = Net()
+    alice, bob = pair(net)
+    now = net.clock.now + 1.7e9
+    good = {"k": "msg", "from": "alice", "to": "bob", "e": "any string", "n": 1, "ts": now,
+            "ttl": 30, "text": "fine", "extra": [1]}
+    for bad in ({"ttl": 30.0}, {"ttl": "30"}, {"n": 0}, {"n": True}, {"ts": "now"},
+                {"e": 8}, {"text": None}):
+        alice._seal_and_submit({**good, **bad}, None)
+        net.pump()
+        assert net.of("bob", chat.Notice) and not net.received("bob"), bad
+        net.events["bob"].clear()
+    alice._seal_and_submit(good, None)
+    net.pump()
+    assert net.received("bob") == ["fine"] and not net.of("bob", chat.Notice)
