@@ -570,6 +570,18 @@ def test_static_box_refuses_a_deeply_nested_plaintext():
     assert bob.open(alice.seal("fine", 30)).text == "fine"
 
 
+
+def test_static_box_refuses_a_message_number_below_one():
+    """PROTOCOL.md 5: ``n`` counts from 1; a box with ``n`` 0 or below is refused."""
+    from msgrlib.crypto import staticbox as e2e
+    clock = Clock()
+    alice = e2e.StaticBox(KEY, "alice", "bob", rng=os.urandom, wallclock=clock)
+    bob = e2e.StaticBox(KEY, "bob", "alice", rng=os.urandom, wallclock=clock)
+    for n in (0, -5):
+        alice._n = n - 1  # the next seal carries n
+        with pytest.raises(e2e.SealError, match="fields are wrong"):
+            bob.open(alice.seal("numbered wrongly", 30))
+
 def test_a_lost_hi_is_sent_again_when_the_peer_comes_back():
     """A ratchet responder cannot send until the initiator's first message
     (``hi``) arrives. Found by review: a hi that expired unread while the

@@ -196,6 +196,19 @@ def test_a_copy_of_a_req_does_not_start_another_handshake():
     assert alice.session.sid == sid
 
 
+
+def test_a_req_of_another_version_starts_nothing():
+    """PROTOCOL.md 6.2: a ``req`` whose ``v`` is not the integer 1 is dropped."""
+    net = Net()
+    alice, bob = attached(net)
+    net.pump()
+    sid = alice.session.sid
+    for i, v in enumerate((2, 1.0, True, "1")):
+        req = {"hs": "req", "v": v, "nr": base64.b64encode(os.urandom(16)).decode()}
+        deliver(alice, hs_body(req), ident=70_000 + i, sender="bob")
+    assert not [f for f in _sends(alice.take_frames()) if f.get("kind") == "hs"]
+    assert alice.session.sid == sid
+
 # -- item 12: what a relay can make the client hold --------------------------------------
 
 def test_a_flood_of_handshake_starts_under_tiny_rates_holds_one_answer():

@@ -449,7 +449,8 @@ class RatchetMode:
             nonce = base64.b64decode(nr, validate=True) if isinstance(nr, str) else b""
         except (binascii.Error, ValueError):
             nonce = b""
-        if len(nonce) != 16 or set(msg) != {"hs", "v", "nr"}:
+        if (len(nonce) != 16 or set(msg) != {"hs", "v", "nr"} or type(msg["v"]) is not int
+                or msg["v"] != 1):
             return  # not a req this version sends
         if nonce in self._answered_reqs:
             return  # a copy: that request was answered already

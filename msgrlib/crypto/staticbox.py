@@ -143,7 +143,8 @@ def _parse_inner(plaintext: bytes) -> dict[str, Any]:
         raise SealError("a message decrypted but is not a valid JSON object") from None
     if (not isinstance(inner.get("from"), str)
             or not isinstance(inner.get("to"), str) or not isinstance(inner.get("epoch"), str)
-            or type(inner.get("n")) is not int or type(inner.get("ts")) not in (int, float)
+            or type(inner.get("n")) is not int or inner["n"] < 1
+            or type(inner.get("ts")) not in (int, float)
             or type(inner.get("ttl")) is not int or not isinstance(inner.get("text"), str)):
         raise SealError("a message decrypted but its fields are wrong")
     return inner
