@@ -160,3 +160,10 @@ def test_acknowledged_messages_do_not_pile_up_in_the_heap():
     assert len(s) == 100
     assert s.pop_expired(1000) == keep           # still expires exactly the live ones
     assert s.next_expiry() is None and s.heap_size == 0
+
+
+def test_relay_ids_never_pass_2_to_the_53():
+    """PROTOCOL.md 3.4: ids are at most 2^53 - 1, exact as JSON numbers anywhere."""
+    s = MemoryStore(first_id=store.MAX_ID - 1)
+    ids = [s.add("alice", "bob", "x", "msg", 30, 0.0, 1_000_000.0).id for _ in range(3)]
+    assert ids == [store.MAX_ID - 1, store.MAX_ID, 1]

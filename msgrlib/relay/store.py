@@ -69,6 +69,10 @@ OVERHEAD_BYTES = 200
 COMPACT_SLACK = 1024
 
 
+#: Relay ids stay at most 2^53 - 1, so JSON numbers are exact in every language
+#: (PROTOCOL.md 3.4).
+MAX_ID = 2**53 - 1
+
 class StoreError(LocalError):
     """The store refused a message; the sender is told, nothing was kept."""
 
@@ -218,6 +222,9 @@ class MemoryStore:
         if self.bytes + size > limit:
             raise StoreFull("the relay is full (memory budget reached); try again shortly")
         msg_id = next(self._ids)
+        if msg_id > MAX_ID:  # 2^53 - 2^48 messages later: start low again
+            self._ids = itertools.count(1)
+            msg_id = next(self._ids)
         expires_at = now + ttl
         # An exact tuple, untracked by the garbage collector: see Held.
         record = (msg_id, sender, recipient, body, kind, ttl, expires_at, wall + ttl, size,
