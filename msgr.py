@@ -5,13 +5,15 @@ This file is the command line: ``python msgr.py serve`` runs a relay,
 safe place, and turns every error into one line and an exit code. The work is
 done by the modules it imports lazily (so ``--help`` starts fast):
 
-    msgr.py -> server.py / client.py + ui.py -> relay.py, chat.py
-            -> framing.py, kdf.py, handshake.py, ratchet.py, e2e.py, certs.py -> errors.py
+    msgr.py -> msgrlib.relay.server          (serve)
+            -> msgrlib.ui.linemode | app     (chat: line mode, or the screen:
+               app -> terminal (curses) -> view (no curses) -> options)
+            -> msgrlib.client, crypto, tls, framing.py, kdf.py -> msgrlib.errors
 
 Exit codes: 0 success; 1 an error (one line on stderr says which); 2 bad usage;
 3 some messages were not delivered (named on stderr); 130 interrupted.
 
-Library use: see :func:`client.open_chat` and :func:`server.start_relay`.
+Library use: see ``msgr.open_chat`` and ``msgr.start_relay``.
 """
 
 from __future__ import annotations
@@ -167,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(line: str) -> None:
+    """One line on stderr, through the one sanitizer all output passes."""
+    from msgrlib.util.safetext import write_line
+
+    write_line(sys.stderr, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -179,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         return _chat(args)
     except UsageError as err:
-        print(f"msgr {args.command}: {err} (see msgr {args.command} --help)", file=sys.stderr)
+        _say(f"msgr {args.command}: {err} (see msgr {args.command} --help)")
         return EXIT_USAGE
     except MsgrError as err:
-        print(f"msgr: {err}", file=sys.stderr)
+        # The sentence may quote what a relay or peer chose: escaped like all output.
+        _say(f"msgr: {err}")
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -335,7 +345,8 @@ def _read_passcode(args: argparse.Namespace, interactive: bool) -> str:
 def _chat(args: argparse.Namespace) -> int:
     from msgrlib.client.connection import TlsOptions, parse_server
     from msgrlib.errors import MsgrError, UsageError
-    from msgrlib.ui import lines as ui
+    from msgrlib.ui import linemode
+    from msgrlib.ui.options import ChatOptions
     from msgrlib.util.names import check_name
 
     try:
@@ -369,13 +380,17 @@ def _chat(args: argparse.Namespace) -> int:
     passcode = _read_passcode(args, sys.stdin.isatty())
     tls = TlsOptions(cafile=args.cafile, pin=args.pin, known_hosts=args.known_hosts) \
         if args.tls else None
-    options = ui.ChatOptions(host=host, port=port, user=args.user, peer=args.peer,
-                             passcode=passcode, tls=tls, ttl=args.ttl, static=args.static,
-                             json=args.json, identity=args.identity, wait=args.wait)
+    options = ChatOptions(host=host, port=port, user=args.user, peer=args.peer,
+                          passcode=passcode, tls=tls, ttl=args.ttl, static=args.static,
+                          json=args.json, identity=args.identity, wait=args.wait)
     del passcode
     if interactive and not args.plain:
-        return ui.run_screen(options)
-    return ui.run_lines(options, interactive=interactive)
+        try:
+            from msgrlib.ui import app
+        except ImportError:   # no curses here (stock Windows Python): lines instead
+            return linemode.run_lines(options, interactive=True)
+        return app.run(options)
+    return linemode.run_lines(options, interactive=interactive)
 
 
 def main_entry() -> None:

@@ -23,15 +23,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import PYTHON, ROOT, chat_process, relay_process
 
-curses = pytest.importorskip("curses")
-
-from helpers import PYTHON, ROOT, chat_process, relay_process  # noqa: E402
-
-from msgrlib.client import core as chat  # noqa: E402
-from msgrlib.client.connection import Status  # noqa: E402
-from msgrlib.ui import screen  # noqa: E402
-from msgrlib.ui.screen import ChatView, Command, InputLine, handle_key, parse_command, wrap  # noqa: E402
+from msgrlib.client import core as chat
+from msgrlib.client.connection import Status
+from msgrlib.ui import options as ui_options
+from msgrlib.ui import view as ui_view
+from msgrlib.ui.view import ChatView, Command, InputLine, Key, handle_key, parse_command, wrap
 
 NOW = 1_700_000_000.0
 
@@ -98,7 +96,8 @@ def test_a_full_input_line_says_so() -> None:
     """Found in review: a paste past the limit was cut without a word."""
     view = make_view()
     view.input.limit = 3
-    assert [handle_key(view, key) for key in "abcd"] == [None, None, None, ("full", "")]
+    assert [handle_key(view, key) for key in "abcd"] == [
+        None, None, None, ("full", "a message holds at most 3 characters")]
     assert view.input.text == "abc"
 
 
@@ -114,17 +113,17 @@ def test_input_window_keeps_the_cursor_visible() -> None:
     wide = InputLine()
     wide.insert("漢字" * 10)             # 2 cells each
     shown, col = wide.window(11)
-    assert screen.text_width(shown) <= 11 and col <= 10
+    assert ui_view.text_width(shown) <= 11 and col <= 10
 
 
 def test_keys_edit_the_line_and_submit() -> None:
     view = make_view()
     for key in "hi there":
         assert handle_key(view, key) is None
-    handle_key(view, curses.KEY_LEFT)
-    handle_key(view, curses.KEY_BACKSPACE)
+    handle_key(view, Key.LEFT)
+    handle_key(view, Key.BACKSPACE)
     handle_key(view, "\x01")               # Ctrl-A: home
-    handle_key(view, curses.KEY_DC)
+    handle_key(view, Key.DELETE)
     assert view.input.text == "i thee"
     handle_key(view, "\x05")               # Ctrl-E: end
     handle_key(view, "\x17")               # Ctrl-W
@@ -135,10 +134,10 @@ def test_keys_edit_the_line_and_submit() -> None:
     handle_key(view, "x")
     assert handle_key(view, "\x04") is None            # ...otherwise delete
     assert handle_key(view, "\x0c") == ("redraw", "")
-    assert handle_key(view, curses.KEY_RESIZE) == ("resize", "")
-    handle_key(view, curses.KEY_PPAGE)
+    assert handle_key(view, Key.RESIZE) == ("resize", "")
+    handle_key(view, Key.PAGE_UP)
     assert view.scroll == view.page
-    handle_key(view, curses.KEY_NPAGE)
+    handle_key(view, Key.PAGE_DOWN)
     assert view.scroll == 0
 
 
@@ -180,7 +179,7 @@ def test_wrap_fits_the_width_breaks_at_spaces_and_splits_long_words() -> None:
                 ("x" * 50, "text"), ("漢字かな" * 6, "text")]
     for width in (7, 20, 33, 80):
         rows = wrap(segments, width, indent=4)
-        assert all(screen.row_width(row) <= width for row in rows), width
+        assert all(ui_view.row_width(row) <= width for row in rows), width
         joined = "".join(text for row in rows for text, _ in row)
         assert joined.replace(" ", "") == "".join(t for t, _ in segments).replace(" ", "")
     rows = wrap([("aaa bbb ccc", "text")], 8, indent=2)
@@ -218,9 +217,9 @@ def test_received_expiry_is_clamped_against_clock_skew() -> None:
     view.apply(chat.Received("bob", "future", NOW, NOW + 10_000, 10_000), now=NOW)
     view.apply(chat.Received("bob", "nan", float("nan"), float("nan"), 30), now=NOW)
     assert "late" in screen_text(view, now=NOW + 1)
-    view.expire(NOW + screen.MIN_SHOW)
-    assert "late" not in screen_text(view, now=NOW + screen.MIN_SHOW)
-    view.expire(NOW + screen.TTL_MAX)
+    view.expire(NOW + ui_view.MIN_SHOW)
+    assert "late" not in screen_text(view, now=NOW + ui_view.MIN_SHOW)
+    view.expire(NOW + ui_options.TTL_MAX)
     assert view.lines == []
 
 
@@ -295,7 +294,7 @@ def test_render_fills_exactly_the_screen_and_scrolls() -> None:
     view.input.insert("draft")
     frame = view.render(50, 12, NOW)
     assert len(frame.rows) == 12
-    assert all(screen.row_width(row) <= 50 for row in frame.rows)
+    assert all(ui_view.row_width(row) <= 50 for row in frame.rows)
     lines = frame.lines()
     assert lines[-1] == "> draft" and frame.cursor == (11, 7)
     assert "message 39" in lines[-3] and "message 30" not in "".join(lines)
@@ -326,11 +325,45 @@ def test_progress_and_status_command_lines() -> None:
 
 
 def test_import_fails_cleanly_without_curses() -> None:
+    """Where curses is missing, the screen's modules fail to import (msgr.py
+    falls back to lines) while the view model and line mode still load."""
     code = ("import sys; sys.modules['curses'] = None\n"
-            "try:\n    import screen\nexcept ImportError:\n    print('fallback')\n")
+            "import msgrlib.ui.view, msgrlib.ui.linemode, msgrlib.ui.options\n"
+            "try:\n    import msgrlib.ui.app\nexcept ImportError:\n    print('fallback')\n")
     out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=30)
     assert out.stdout.strip() == "fallback", out.stderr
+
+
+def test_the_view_model_loads_no_curses_and_ui_modules_form_no_cycle() -> None:
+    """The view model is pure; the UI modules import one another one way only
+    (they used to import each other: ui.py <-> screen.py)."""
+    code = ("import sys\n"
+            "import msgrlib.ui.view, msgrlib.ui.linemode\n"
+            "print('curses' in sys.modules)\n")
+    out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=30)
+    assert out.stdout.strip() == "False", out.stderr
+    import ast
+    import pathlib
+    folder = pathlib.Path(ROOT, "msgrlib", "ui")
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        graph[path.stem] = {name.split(".")[2] for name in names
+                            if name.startswith("msgrlib.ui.") and name.count(".") >= 2}
+    order = ["options", "view", "terminal", "linemode", "app"]  # each imports only earlier ones
+    for module, imports in graph.items():
+        if module == "__init__":
+            continue
+        assert all(order.index(other) < order.index(module) for other in imports), (module,
+                                                                                     imports)
 
 
 # -- the real program in tmux ---------------------------------------------------------------

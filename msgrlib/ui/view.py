@@ -1,64 +1,43 @@
-"""The full-screen chat interface: curses on the terminal's alternate screen.
+"""The chat screen's view model: everything the screen shows, without curses.
 
-Three layers, from pure to impure:
+:class:`InputLine` (the line being typed), :func:`parse_command`,
+:func:`handle_key` (keys as characters or :class:`Key` names: the terminal
+translates curses key codes), :class:`PasteDecoder` (bracketed paste),
+:func:`wrap`, and :class:`ChatView`: messages with their expiry, scrolling,
+the status bar, and rendering all of it into rows of ``(text, style)`` segments
+for a given width, height and time. No curses, no clock, no I/O:
+``tests/test_screen.py`` drives it directly, and a test checks that importing
+it loads no curses.
 
-* **The view model** (:class:`InputLine`, :class:`ChatView`, :func:`parse_command`,
-  :func:`handle_key`, :func:`wrap`): messages with their expiry, the line being
-  typed, scrolling, the status bar, and rendering all of it into rows of
-  ``(text, style)`` segments for a given width, height and time. No curses
-  calls, no clock, no I/O: ``tests/test_screen.py`` drives it directly.
-* **The painter** (:class:`Painter`, :class:`Terminal`): maps styles to curses
-  attributes (colours follow the terminal via ``use_default_colors``; none at
-  all when ``NO_COLOR`` is set) and puts the rows on the screen. The terminal
-  is restored in a ``finally`` like :func:`curses.wrapper` does.
-* **The glue** (:class:`App`): one asyncio loop running the
-  :class:`client.ChatClient`, a reader on the stdin fd that drains curses
-  ``get_wch()``, a ticker for countdowns and expiry, and signal handlers
-  (Ctrl-C, SIGTERM, SIGHUP end the chat cleanly; SIGWINCH redraws).
-
-Everything that came over the network is passed through :func:`safe_text`
-(``safetext.escape`` plus the characters curses cannot draw safely) before it is
-stored in the view, so nothing a peer or relay sends can move the cursor.
-
-A message disappears from the screen when its TTL ends (a received one at the
-relay's expiry time, one of yours at its TTL from when you sent it); the chat
-runs on the alternate screen, so nothing is left in the scrollback at exit.
-
-Importing this module raises :class:`ImportError` where :mod:`curses` is
-missing (stock Windows Python); ``ui.run_screen`` then falls back to lines.
+Everything that came from outside is made safe (:func:`safe_text`:
+``safetext.escape``, plus everything outside ASCII where the terminal cannot
+draw it) before it is stored in the view, and :meth:`ChatView.render` passes
+every row through the same sanitizer once more on its way out, so nothing a
+peer or a relay sends can move the cursor whatever path it took.
 """
 
 from __future__ import annotations
 
-import asyncio
-import curses  # ImportError where there is no curses: ui.run_screen falls back to lines
-import locale
+import enum
+import json
 import math
-import os
 import re
-import signal
-import sys
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from msgrlib.client import core as chat
-from msgrlib.client.connection import ChatClient, Status
-from msgrlib.errors import MsgrError
-from msgrlib.ui import lines as ui
+from msgrlib.client.connection import Status
+from msgrlib.ui.options import MAX_TEXT, TTL_MAX, TTL_MIN
 from msgrlib.util.safetext import escape
 
-#: The TTL range users may choose (the relay enforces the same bounds).
-TTL_MIN, TTL_MAX = 5, 60
 #: A received message is shown for at least this long even if the relay's
 #: clock says it has (almost) expired: clocks of two machines disagree.
 MIN_SHOW = 2.0
 #: Non-message lines (notices, help, status) kept; older ones scroll away.
 MAX_INFO_LINES = 500
-#: Seconds to wait for the client to say goodbye to the relay at exit.
-CLOSE_TIMEOUT = 2.0
 
 #: Continuation rows of a message start under the sender ("HH:MM:SS 29s "),
 #: those of a notice under its text ("HH:MM:SS -- ").
@@ -91,20 +70,15 @@ HELP = (
 # -- text: safety and width -----------------------------------------------------
 
 def safe_text(text: str, *, unicode: bool = True) -> str:
-    """``safetext.escape`` plus what curses cannot draw safely: line/paragraph
-    separators, format characters (except the emoji joiner), unassigned and
-    private-use code points; and everything outside ASCII when the terminal's
-    encoding is not UTF-8."""
-    out = []
-    for ch in escape(text):
-        cat = unicodedata.category(ch)
-        if (cat in ("Zl", "Zp", "Cs", "Co", "Cn") or (cat == "Cf" and ch != "\u200d")
-                or (not unicode and ord(ch) > 0x7E)):
-            code = ord(ch)
-            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    """``safetext.escape`` (every control, format, separator, private-use,
+    surrogate and unassigned character as a visible escape), and everything
+    outside ASCII as well when the terminal cannot draw it (``unicode=False``)."""
+    text = escape(text)
+    if unicode or text.isascii():
+        return text
+    return "".join(ch if ord(ch) <= 0x7E else
+                   f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
+                   for ch in text)
 
 
 def char_width(ch: str) -> int:
@@ -164,7 +138,7 @@ def _merge(row: Row) -> Row:
     return merged
 
 
-_TOKENS = re.compile(r"\s+|\S+")
+_TOKENS = re.compile(r"\n|[^\S\n]+|\S+")
 
 
 def wrap(segments: Iterable[Segment], width: int, indent: int = 0) -> list[Row]:
@@ -172,7 +146,8 @@ def wrap(segments: Iterable[Segment], width: int, indent: int = 0) -> list[Row]:
 
     Continuation rows start with ``indent`` spaces (dropped when the terminal
     is too narrow for it); a break replaces the space it falls on; a word
-    longer than a row is split.
+    longer than a row is split; a newline ("\\n", kept in a multi-line
+    message) starts a new row.
     """
     width = max(1, width)
     if indent * 2 > width:
@@ -190,6 +165,9 @@ def wrap(segments: Iterable[Segment], width: int, indent: int = 0) -> list[Row]:
 
     for text, style in segments:
         for token in _TOKENS.findall(text):
+            if token == "\n":
+                newline()
+                continue
             w = text_width(token)
             if used + w <= width:
                 rows[-1].append((token, style))
@@ -222,23 +200,73 @@ def short_fingerprint(fp: str) -> str:
 
 # -- the line being typed --------------------------------------------------------
 
-class InputLine:
-    """An editable line with a cursor (an index into ``text``)."""
+def encoded_size(text: str) -> int:
+    """Bytes ``text`` takes in a message body (UTF-8, JSON-escaped): what the
+    relay's frame limit counts (``ChatCore.send`` measures it the same way)."""
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
-    def __init__(self, *, limit: int = ui.MAX_TEXT) -> None:
+
+class InputLine:
+    """An editable line with a cursor (an index into ``text``).
+
+    ``limit`` caps it in characters, ``max_bytes`` (once the relay has said
+    its frame limit) in encoded bytes: both are checked as you type, so a
+    message that fits is never refused afterwards. A paste may hold newlines
+    (``pasted`` is then set, and the line is sent as a message as it is, never
+    run as a command)."""
+
+    def __init__(self, *, limit: int = MAX_TEXT, max_bytes: int | None = None) -> None:
         self.text = ""
         self.cursor = 0
         self.limit = limit
+        self.max_bytes = max_bytes
+        self.pasted = False
+        self.overflow = ""       # why the last insert dropped characters, or ""
 
-    def insert(self, chars: str) -> bool:
-        """Insert printable characters at the cursor; False if none fit."""
-        chars = "".join(ch for ch in chars if ch.isprintable() or ch == "\u200d")
-        chars = chars[:max(0, self.limit - len(self.text))]
+    def _fits(self, text: str) -> bool:
+        return len(text) <= self.limit and (
+            self.max_bytes is None or encoded_size(text) <= self.max_bytes)
+
+    def insert(self, chars: str, *, paste: bool = False) -> bool:
+        """Insert printable characters at the cursor (and newlines from a
+        paste); False if none fit. What does not fit is left out, and
+        ``overflow`` says which limit it hit."""
+        if paste:
+            chars = chars.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
+        chars = "".join(ch for ch in chars
+                        if (ch.isprintable() and ch.isascii()) or (paste and ch == "\n")
+                        or (not ch.isascii() and ch.isprintable()
+                            and unicodedata.category(ch)[0] != "C"))
+        self.overflow = ""
         if not chars:
             return False
-        self.text = self.text[:self.cursor] + chars + self.text[self.cursor:]
-        self.cursor += len(chars)
+        before, after = self.text[:self.cursor], self.text[self.cursor:]
+        take = len(chars)
+        if not self._fits(before + chars + after):
+            low, high = 0, len(chars)   # the longest prefix that fits
+            while low < high:
+                mid = (low + high + 1) // 2
+                if self._fits(before + chars[:mid] + after):
+                    low = mid
+                else:
+                    high = mid - 1
+            take = low
+            if len(before) + len(chars) + len(after) > self.limit:
+                self.overflow = f"a message holds at most {self.limit:,} characters"
+            else:
+                self.overflow = (f"a message holds at most {self.max_bytes:,} bytes once "
+                                 "encoded (the relay's limit)")
+        if not take:
+            return False
+        self.text = before + chars[:take] + after
+        self.cursor += take
+        self.pasted = self.pasted or paste
         return True
+
+    def restore(self, text: str) -> None:
+        """Put back a line that could not be sent, in front of anything typed since."""
+        self.text = text + self.text
+        self.cursor += len(text)
 
     def backspace(self) -> None:
         if self.cursor > 0:
@@ -281,12 +309,12 @@ class InputLine:
 
     def take(self) -> str:
         """The whole line; the input is empty afterwards."""
-        text, self.text, self.cursor = self.text, "", 0
+        text, self.text, self.cursor, self.pasted = self.text, "", 0, False
         return text
 
-    def window(self, width: int) -> tuple[str, int]:
+    def window(self, width: int, *, newline: str = "↵") -> tuple[str, int]:
         """What fits in ``width`` cells, scrolled so the cursor is visible,
-        and the cursor's column in it."""
+        and the cursor's column in it. A newline shows as ``newline``."""
         width = max(1, width)
         start = 0
         if text_width(self.text[:self.cursor]) >= width:
@@ -296,7 +324,7 @@ class InputLine:
                 room -= char_width(self.text[start - 1])
                 start -= 1
         shown = clip(self.text[start:], width)
-        return shown, text_width(self.text[start:self.cursor])
+        return shown.replace("\n", newline), text_width(self.text[start:self.cursor])
 
 
 # -- commands and keys -------------------------------------------------------------
@@ -346,26 +374,59 @@ def parse_command(line: str) -> Command | None:
     return Command("unknown", word)
 
 
-_KEYS_LEFT = {curses.KEY_LEFT, "\x02"}             # Ctrl-B
-_KEYS_RIGHT = {curses.KEY_RIGHT, "\x06"}           # Ctrl-F
-_KEYS_HOME = {curses.KEY_HOME, "\x01"}             # Ctrl-A
-_KEYS_END = {curses.KEY_END, "\x05"}               # Ctrl-E
-_KEYS_BACKSPACE = {curses.KEY_BACKSPACE, "\x7f", "\x08"}
-_KEYS_ENTER = {curses.KEY_ENTER, "\n", "\r"}
+class Key(enum.Enum):
+    """Keys that are not characters; the terminal maps its key codes to these."""
+
+    LEFT = "left"
+    RIGHT = "right"
+    UP = "up"
+    DOWN = "down"
+    HOME = "home"
+    END = "end"
+    BACKSPACE = "backspace"
+    DELETE = "delete"
+    ENTER = "enter"
+    PAGE_UP = "page_up"
+    PAGE_DOWN = "page_down"
+    RESIZE = "resize"
 
 
-def handle_key(view: ChatView, key: str | int) -> tuple[str, str] | None:
-    """Apply one key (a ``get_wch()`` result) to the view.
+@dataclass(frozen=True)
+class Paste:
+    """Text the terminal said was pasted (bracketed paste), in one piece."""
 
-    Returns what the caller must do: ``("submit", line)``, ``("quit", "")``,
-    ``("redraw", "")``, ``("resize", "")``, or None (just redraw as usual).
+    text: str
+
+
+#: Ctrl-R: reconnect to the relay now instead of waiting for the next retry.
+RECONNECT_KEY = "\x12"
+
+_KEYS_LEFT = {Key.LEFT, "\x02"}             # Ctrl-B
+_KEYS_RIGHT = {Key.RIGHT, "\x06"}           # Ctrl-F
+_KEYS_HOME = {Key.HOME, "\x01"}             # Ctrl-A
+_KEYS_END = {Key.END, "\x05"}               # Ctrl-E
+_KEYS_BACKSPACE = {Key.BACKSPACE, "\x7f", "\x08"}
+_KEYS_ENTER = {Key.ENTER, "\n", "\r"}
+
+
+def handle_key(view: ChatView, key: str | Key | Paste) -> tuple[str, str] | None:
+    """Apply one key (a character, a :class:`Key` or a :class:`Paste`) to the view.
+
+    Returns what the caller must do: ``("submit", line)`` (typed: may be a
+    command), ``("send", line)`` (holds a paste: always a message),
+    ``("quit", "")``, ``("redraw", "")``, ``("resize", "")``, ``("reconnect", "")``,
+    ``("full", why)`` (some characters did not fit), or None (just redraw).
     """
     line = view.input
+    if isinstance(key, Paste):
+        line.insert(key.text, paste=True)
+        return ("full", line.overflow) if line.overflow else None
     if key in _KEYS_ENTER:
-        return ("submit", line.take())
+        pasted = line.pasted
+        return ("send" if pasted else "submit", line.take())
     if key in _KEYS_BACKSPACE:
         line.backspace()
-    elif key == curses.KEY_DC:
+    elif key == Key.DELETE:
         line.delete()
     elif key == "\x04":                            # Ctrl-D
         if not line.text:
@@ -387,21 +448,84 @@ def handle_key(view: ChatView, key: str | int) -> tuple[str, str] | None:
         line.kill_word()
     elif key == "\x0c":                            # Ctrl-L
         return ("redraw", "")
-    elif key == curses.KEY_PPAGE:
+    elif key == RECONNECT_KEY:
+        return ("reconnect", "")
+    elif key == Key.PAGE_UP:
         view.scroll_by(view.page)
-    elif key == curses.KEY_NPAGE:
+    elif key == Key.PAGE_DOWN:
         view.scroll_by(-view.page)
-    elif key == curses.KEY_UP:
+    elif key == Key.UP:
         view.scroll_by(1)
-    elif key == curses.KEY_DOWN:
+    elif key == Key.DOWN:
         view.scroll_by(-1)
-    elif key == curses.KEY_RESIZE:
+    elif key == Key.RESIZE:
         return ("resize", "")
     elif isinstance(key, str):
         # Ignores other control characters; says when the line is full.
-        if not line.insert(key) and len(line.text) >= line.limit:
-            return ("full", "")
+        line.insert(key)
+        if line.overflow:
+            return ("full", line.overflow)
     return None
+
+
+class PasteDecoder:
+    """Finds bracketed pastes in the stream of keys.
+
+    With bracketed paste on (``ESC [ ? 2004 h``), the terminal wraps pasted text
+    in ``ESC [ 200 ~`` ... ``ESC [ 201 ~``; curses hands those over as single
+    characters. :meth:`feed` takes one key and returns the keys to act on, a
+    whole paste as one :class:`Paste`. A paste longer than ``max_chars`` keeps
+    its start (the input line refuses more anyway). Keys that are not
+    characters inside a paste are dropped."""
+
+    START, END = "\x1b[200~", "\x1b[201~"
+
+    def __init__(self, *, max_chars: int = 4 * MAX_TEXT) -> None:
+        self.max_chars = max_chars
+        self._pending = ""                   # the start of a marker, maybe
+        self._paste: list[str] | None = None  # inside a paste: its characters
+        self._size = 0
+
+    @property
+    def in_paste(self) -> bool:
+        return self._paste is not None
+
+    def _release(self, chars: str, out: list[str | Key | Paste]) -> None:
+        if self._paste is None:
+            out.extend(chars)
+        elif self._size < self.max_chars:
+            chars = chars[:self.max_chars - self._size]
+            self._paste.append(chars)
+            self._size += len(chars)
+
+    def feed(self, key: str | Key) -> list[str | Key | Paste]:
+        out: list[str | Key | Paste] = []
+        if not isinstance(key, str):
+            self._release(self._pending, out)
+            self._pending = ""
+            if self._paste is None:
+                out.append(key)
+            return out
+        for ch in key:
+            marker = self.END if self._paste is not None else self.START
+            candidate = self._pending + ch
+            if marker.startswith(candidate):
+                self._pending = candidate
+                if candidate == marker:
+                    self._pending = ""
+                    if self._paste is None:
+                        self._paste, self._size = [], 0
+                    else:
+                        out.append(Paste("".join(self._paste)))
+                        self._paste = None
+                continue
+            if ch == "\x1b":   # a new marker may start here
+                self._release(self._pending, out)
+                self._pending = ch
+            else:
+                self._release(candidate, out)
+                self._pending = ""
+        return out
 
 
 # -- the view model ------------------------------------------------------------------
@@ -412,7 +536,8 @@ class Line:
 
     ``kind`` is "in" (from the peer), "out" (yours) or "info" (anything else).
     Messages have an ``expires_at`` (Unix time); info lines do not.
-    ``text`` is already safe to draw.
+    ``text`` is already safe to draw; a message's may hold newlines (a paste).
+    ``at`` is when it reached this screen, so the lines are in time order.
     """
 
     kind: str
@@ -425,6 +550,7 @@ class Line:
     reason: str = ""
     level: str = INFO           # "info" only: info, warn or error
     more: bool = False          # "info" only: continues the line before (no time shown)
+    hang: int = 0               # "info" only: extra indent of its continuation rows
     _cache: tuple[Any, list[Row]] | None = field(default=None, repr=False)
 
 
@@ -441,6 +567,18 @@ class Frame:
 
 _SPINNER_UNICODE = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 _SPINNER_ASCII = "|/-\\"
+
+
+def _sanitized(rows: list[Row]) -> list[Row]:
+    """Every row once more through the sanitizer on its way to the terminal:
+    whatever path a string took into the view, nothing unsafe leaves it. Text
+    stored in the view is already escaped, so this changes nothing (escaping
+    is idempotent) unless something skipped that."""
+    return [[(escape(text), style) for text, style in row] for row in rows]
+
+
+#: Width of the label column of /status ("certificate  ").
+STATUS_LABEL = 13
 
 
 class ChatView:
@@ -476,10 +614,13 @@ class ChatView:
 
     # -- adding and removing lines --------------------------------------------------
 
-    def info(self, text: str, level: str = INFO, *, now: float) -> None:
-        """A non-message line (notices, help, status). Text is made safe here."""
+    def info(self, text: str, level: str = INFO, *, now: float, hang: int = 0) -> None:
+        """A non-message line (notices, help, status). Text is made safe here.
+        Each line of ``text`` wraps ``hang`` cells further in than usual (a
+        table's value column)."""
         for i, part in enumerate(text.split("\n")):
-            self.lines.append(Line("info", self.safe(part), now, level=level, more=i > 0))
+            self.lines.append(Line("info", self.safe(part), now, level=level, more=i > 0,
+                                   hang=hang))
         infos = [line for line in self.lines if line.kind == "info"]
         for old in infos[:max(0, len(infos) - MAX_INFO_LINES)]:
             self.lines.remove(old)
@@ -487,7 +628,7 @@ class ChatView:
     def add_own(self, n: int, text: str, *, now: float, ttl: int) -> None:
         """A message you sent: it leaves the screen ``ttl`` seconds from now."""
         self._sent[n] = now
-        self.lines.append(Line("out", self.safe(text), now, now + ttl, self.me, n))
+        self.lines.append(Line("out", self.safe_lines(text), now, now + ttl, self.me, n))
         self.scroll = 0
 
     def add_received(self, event: chat.Received, *, now: float) -> None:
@@ -496,9 +637,9 @@ class ChatView:
             expires = now + TTL_MAX
         # Never longer than the longest TTL, never too short to read (clock skew).
         expires = max(now + MIN_SHOW, min(expires, now + TTL_MAX))
-        sent = event.sent_at
-        shown_at = sent if math.isfinite(sent) and abs(sent - now) <= 2 * TTL_MAX else now
-        self.lines.append(Line("in", self.safe(event.text), shown_at, expires,
+        # Shown at the time it arrived, not the sender's clock: the screen stays in
+        # time order whatever the two clocks say.
+        self.lines.append(Line("in", self.safe_lines(event.text), now, expires,
                                self.safe(event.sender)))
 
     def clear(self) -> None:
@@ -530,6 +671,10 @@ class ChatView:
 
     def safe(self, text: str) -> str:
         return safe_text(text, unicode=self.unicode)
+
+    def safe_lines(self, text: str) -> str:
+        """A message made safe, its newlines kept (each starts a row)."""
+        return "\n".join(self.safe(part) for part in text.split("\n"))
 
     # -- events ----------------------------------------------------------------------
 
@@ -617,12 +762,13 @@ class ChatView:
         """The whole screen: status bar, messages, activity line, input line."""
         width, height = max(1, width), max(1, height)
         prompt = "> "
-        shown, col = self.input.window(max(1, width - 1 - len(prompt)))
+        shown, col = self.input.window(max(1, width - 1 - len(prompt)),
+                                       newline="↵" if self.unicode else "|")
         input_row = clip_row([(prompt, PROMPT), (shown, TEXT)], width - 1)
         cursor = (height - 1, min(width - 1, len(prompt) + col))
         if height < 4:
             rows: list[Row] = [[] for _ in range(height - 1)] + [input_row]
-            return Frame(rows, cursor)
+            return Frame(_sanitized(rows), cursor)
         area = height - 3
         self.page = max(1, area - 1)
         body: list[Row] = []
@@ -633,12 +779,12 @@ class ChatView:
         visible = body[max(0, end - area):end]
         visible = [[] for _ in range(area - len(visible))] + visible  # newest at the bottom
         rows = [self.status_row(width), *visible, self.activity_row(width), input_row]
-        return Frame(rows, cursor)
+        return Frame(_sanitized(rows), cursor)
 
     def _line_rows(self, line: Line, width: int, now: float) -> list[Row]:
         key = (width, line.state, line.reason)
         if line._cache is None or line._cache[0] != key:
-            indent = INFO_INDENT if line.kind == "info" else MESSAGE_INDENT
+            indent = INFO_INDENT + line.hang if line.kind == "info" else MESSAGE_INDENT
             line._cache = (key, wrap(self._segments(line), width, indent=indent))
         rows = line._cache[1]
         if line.expires_at is None:
@@ -694,14 +840,19 @@ class ChatView:
             session = ("not verified", BAR)
         arrow = " → " if self.unicode else " -> "
         # (priority, segments): the lowest priority goes first when space is short
+        # What matters for safety stays longest: whether the session is verified,
+        # then whether we are connected at all, then the peer's presence.
         parts: list[tuple[int, list[Segment]]] = [
             (1, [(self.me + arrow + self.peer, BAR)]),
-            (6, [(self.address, BAR), state]),
-            (2, [tls]),
+            (3, [(self.address, BAR), state]),
+            (4, [tls]),
             (5, [peer]),
-            (4, [session]),
-            (3, [(f"TTL {self.ttl}s", BAR)]),
+            (7, [session]),
+            (2, [(f"TTL {self.ttl}s", BAR)]),
         ]
+        if state[0]:
+            # Connecting, reconnecting...: still said when the address has to go.
+            parts.append((6, [(state[0].strip(), state[1])]))
 
         def assemble(chosen: list[tuple[int, list[Segment]]]) -> Row:
             row: Row = [(" ", BAR)]
@@ -711,10 +862,15 @@ class ChatView:
                 row.extend(segments)
             return row
 
-        row = assemble(parts)
-        while row_width(row) > width and len(parts) > 1:
-            parts.remove(min(parts, key=lambda part: part[0]))
-            row = assemble(parts)
+        shown = [part for part in parts if part[0] != 6]   # the address says the state
+        row = assemble(shown)
+        while row_width(row) > width and len(shown) > 1:
+            lowest = min(shown, key=lambda part: part[0])
+            shown.remove(lowest)
+            if lowest[0] == 3 and state[0]:
+                shown.append(parts[-1])
+                shown.sort(key=lambda part: [p[0] for p in parts].index(part[0]))
+            row = assemble(shown)
         row = clip_row(row, width, ellipsis="…" if self.unicode else ">")
         row.append((" " * (width - row_width(row)), BAR))
         return _merge(row)
@@ -748,7 +904,8 @@ class ChatView:
     # -- command output ------------------------------------------------------------------
 
     def status_lines(self, *, mode: str, pending: int) -> list[str]:
-        """What /status shows."""
+        """What /status shows: a label column :data:`STATUS_LABEL` cells wide,
+        then the value (show with ``info(..., hang=STATUS_LABEL)``)."""
         lines = [f"relay        {self.address}, {self.connection}, "
                  + ("TLS" if self.tls else "no TLS: the relay link is not encrypted "
                     "(messages still are, end to end)")]
@@ -772,410 +929,3 @@ class ChatView:
         return lines
 
 
-# -- curses: painting and the terminal ------------------------------------------------
-
-class Painter:
-    """Map styles to curses attributes and put a Frame on the screen."""
-
-    def __init__(self, stdscr: Any, *, colours: bool) -> None:
-        self.stdscr = stdscr
-        green = yellow = red = cyan = 0
-        if colours:
-            try:
-                curses.start_color()
-                curses.use_default_colors()   # -1: the terminal's own background
-                for number, colour in enumerate((curses.COLOR_GREEN, curses.COLOR_YELLOW,
-                                                 curses.COLOR_RED, curses.COLOR_CYAN), 1):
-                    curses.init_pair(number, colour, -1)
-                green, yellow, red, cyan = (curses.color_pair(i) for i in range(1, 5))
-            except curses.error:
-                pass   # a terminal without (default) colours: attributes only
-        dim, bold, reverse = curses.A_DIM, curses.A_BOLD, curses.A_REVERSE
-        self.styles = {
-            PLAIN: 0, TEXT: 0, TIME: dim, TTL: dim, TTL_LOW: red | bold, PEER: cyan | bold,
-            ME: green | bold, STATE: dim, OK: green, BAD: red | bold, INFO: dim,
-            WARN: yellow, ERROR: red | bold, HINT: dim, PROMPT: bold,
-            BAR: reverse, BAR_OK: reverse | green, BAR_WARN: reverse | yellow,
-            BAR_BAD: reverse | red | bold,
-        }
-
-    def paint(self, frame: Frame, *, full: bool = False) -> None:
-        scr = self.stdscr
-        if full:
-            scr.clear()
-        else:
-            scr.erase()
-        height, width = scr.getmaxyx()
-        for y, row in enumerate(frame.rows[:height]):
-            x = 0
-            for text, style in clip_row(row, width):
-                try:
-                    scr.addstr(y, x, text, self.styles.get(style, 0))
-                except curses.error:
-                    pass   # the bottom-right cell, or a terminal that shrank meanwhile
-                x += text_width(text)
-        try:
-            scr.move(min(frame.cursor[0], height - 1), min(frame.cursor[1], width - 1))
-        except curses.error:
-            pass
-        scr.refresh()
-
-
-class Terminal:
-    """curses set up and torn down like :func:`curses.wrapper` (cbreak, no echo,
-    keypad, non-blocking reads), the alternate screen included."""
-
-    def __init__(self) -> None:
-        self.stdscr: Any = None
-        self.fd = sys.stdin.fileno()
-
-    def start(self) -> None:
-        self.stdscr = curses.initscr()
-        try:
-            curses.noecho()
-            curses.cbreak()   # Ctrl-C stays a signal: see App._on_signal
-            self.stdscr.keypad(True)
-            self.stdscr.nodelay(True)
-            try:
-                curses.curs_set(1)
-            except curses.error:
-                pass
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.stdscr is None:
-            return
-        scr, self.stdscr = self.stdscr, None
-        # Wipe first: on a terminal without an alternate screen this is what
-        # keeps the messages from staying visible after exit.
-        steps = (scr.erase, scr.refresh, lambda: scr.keypad(False), curses.echo,
-                 curses.nocbreak, curses.endwin)
-        for step in steps:
-            try:
-                step()
-            except curses.error:
-                pass   # e.g. the terminal is gone (SIGHUP); do the rest regardless
-
-    def read_keys(self) -> list[str | int]:
-        """Every key waiting, without blocking."""
-        keys: list[str | int] = []
-        while True:
-            try:
-                keys.append(self.stdscr.get_wch())
-            except curses.error:
-                return keys
-
-    def resize(self) -> None:
-        try:
-            size = os.get_terminal_size(sys.stdout.fileno())
-            curses.resizeterm(size.lines, size.columns)
-        except (OSError, curses.error):
-            pass
-
-
-# -- the glue --------------------------------------------------------------------------
-
-class App:
-    """Run one chat on a started :class:`Terminal`; see the module docstring."""
-
-    def __init__(self, options: ui.ChatOptions, terminal: Terminal, *,
-                 unicode: bool, colours: bool,
-                 wallclock: Callable[[], float] = time.time) -> None:
-        self.options = options
-        self.terminal = terminal
-        self.now = wallclock
-        self.view = ChatView(me=options.user, peer=options.peer,
-                             address=_address(options.host, options.port),
-                             tls=options.tls is not None, ttl=options.ttl,
-                             static=options.static, unicode=unicode)
-        self.painter = Painter(terminal.stdscr, colours=colours)
-        self.client: ChatClient | None = None
-        self.pending: list[str] = []      # typed before the client existed
-        self._told_full = False           # the input line is full: said once
-        self.exit_code = ui.EXIT_OK
-        self.quit_warned = False
-        self._quit: asyncio.Event | None = None
-        self._draw_scheduled = False
-        self._full_redraw = False
-
-    # -- main ---------------------------------------------------------------------------
-
-    async def main(self) -> int:
-        loop = asyncio.get_running_loop()
-        self._quit = asyncio.Event()
-        loop.set_exception_handler(self._on_loop_error)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(sig, self._on_signal)
-        loop.add_signal_handler(signal.SIGWINCH, self._on_resize)
-        loop.add_reader(self.terminal.fd, self._on_keys)
-        ticker = loop.create_task(self._ticker())
-        try:
-            return await self._chat()
-        finally:
-            ticker.cancel()
-            loop.remove_reader(self.terminal.fd)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH):
-                loop.remove_signal_handler(sig)
-
-    async def _chat(self) -> int:
-        import kdf
-
-        assert self._quit is not None
-        loop = asyncio.get_running_loop()
-        now = self.now()
-        if self.options.static:
-            self.view.info(ui.STATIC_WARNING, WARN, now=now)
-        params = self.options.kdf_params or kdf.DEFAULT_PARAMS
-        self.view.progress = (f"deriving the key from the passcode (Argon2id, "
-                              f"{params.memory_kib // 1024} MiB)")
-        self.draw()
-        quitting = loop.create_task(self._quit.wait())
-        deriving = loop.create_task(asyncio.to_thread(ui.derive_key, self.options, None))
-        await asyncio.wait({deriving, quitting}, return_when=asyncio.FIRST_COMPLETED)
-        if not deriving.done():
-            return self.exit_code   # the thread ends on its own within a second
-        key = deriving.result()
-        self.view.progress = ""
-        client = self.client = ui.make_client(self.options, key)
-        client.core.ttl = self.view.ttl
-        running = loop.create_task(client.run())
-        events = loop.create_task(self._events(client))
-        for text in self.pending:
-            self._send(text)
-        self.pending.clear()
-        self.draw()
-        try:
-            await asyncio.wait({running, quitting}, return_when=asyncio.FIRST_COMPLETED)
-            if running.done():
-                running.result()   # the reason it stopped: an error for msgr.py to print
-                return ui.EXIT_ERROR
-            client.close()
-            try:
-                await asyncio.wait_for(running, CLOSE_TIMEOUT)
-            except (asyncio.TimeoutError, MsgrError):
-                pass
-            return self.exit_code
-        finally:
-            quitting.cancel()
-            events.cancel()
-            if not running.done():
-                client.close()
-                running.cancel()
-
-    async def _events(self, client: ChatClient) -> None:
-        async for event in client.events():
-            self.view.apply(event, now=self.now())
-            self.draw()
-
-    async def _ticker(self) -> None:
-        """Redraw for countdowns and the spinner; wake exactly when a message expires."""
-        while True:
-            delay = 0.1 if self.view.busy else 0.5 if self.view.lines else 1.0
-            expiry = self.view.next_expiry()
-            if expiry is not None:
-                delay = min(delay, max(0.01, expiry - self.now()))
-            await asyncio.sleep(delay)
-            self.view.ticks += 1
-            self.draw()
-
-    # -- drawing ------------------------------------------------------------------------
-
-    def draw(self) -> None:
-        """Redraw soon (several requests in one loop iteration draw once)."""
-        if not self._draw_scheduled:
-            self._draw_scheduled = True
-            asyncio.get_running_loop().call_soon(self._draw_now)
-
-    def _draw_now(self) -> None:
-        self._draw_scheduled = False
-        if self.terminal.stdscr is None:
-            return
-        self._sync()
-        now = self.now()
-        self.view.expire(now)
-        height, width = self.terminal.stdscr.getmaxyx()
-        self.painter.paint(self.view.render(width, height, now), full=self._full_redraw)
-        self._full_redraw = False
-
-    def _sync(self) -> None:
-        """Copy what the status bar shows from the client."""
-        if self.client is None:
-            return
-        core, view = self.client.core, self.view
-        view.peer_online = core.peer_online
-        view.verified = core.verified
-        view.ttl = core.ttl
-        if self.client.fingerprint:
-            view.fingerprint = self.client.fingerprint
-        if core.session is not None:
-            view.session_id = core.session.sid
-            view.safety_number = core.safety_number
-
-    # -- input --------------------------------------------------------------------------
-
-    def _on_keys(self) -> None:
-        for key in self.terminal.read_keys():
-            action = handle_key(self.view, key)
-            if action is None:
-                continue
-            what, text = action
-            if what == "submit":
-                self._submit(text)
-            elif what == "quit":
-                self._request_quit()
-            elif what in ("redraw", "resize"):
-                if what == "resize":
-                    self.terminal.resize()
-                self._full_redraw = True
-            elif what == "full" and not self._told_full:
-                self._told_full = True  # once per message (a paste is many keys)
-                self.view.info(f"a message holds at most {self.view.input.limit:,} "
-                               "characters: the rest was not added", WARN, now=self.now())
-        self.draw()
-
-    def _submit(self, line: str) -> None:
-        self._told_full = False
-        command = parse_command(line)
-        if command is None:
-            return
-        now = self.now()
-        view, client = self.view, self.client
-        name, arg = command.name, command.arg
-        if name != "quit":
-            self.quit_warned = False
-        if name == "send":
-            if client is None:
-                self.pending.append(arg)
-            else:
-                self._send(arg)
-        elif name == "quit":
-            self._request_quit()
-        elif name == "help":
-            view.info("\n".join(HELP), now=now)
-        elif name == "unknown":
-            view.info(f"unknown command /{arg}: nothing was sent", ERROR, now=now)
-            view.info("\n".join(HELP), now=now)
-        elif name == "error":
-            view.info(arg + ": nothing was sent", ERROR, now=now)
-        elif name == "ttl":
-            if arg:
-                view.ttl = int(arg)
-                if client is not None:
-                    client.core.ttl = view.ttl
-                    client.poke()
-                view.info(f"messages you send from now on last {arg} s", now=now)
-            else:
-                view.info(f"messages you send last {view.ttl} s; /ttl SECONDS "
-                          f"({TTL_MIN}-{TTL_MAX}) changes it", now=now)
-        elif name == "status":
-            self._sync()
-            pending = len(client.core.unsettled()) if client is not None else 0
-            mode = ("static: one key from the passcode" if self.options.static
-                    else "ratchet: a fresh handshake per session, forward secrecy")
-            view.info("\n".join(view.status_lines(mode=mode, pending=pending)), now=now)
-        elif name == "clear":
-            view.clear()
-        elif name == "verify":
-            self._verify(arg, now)
-
-    def _send(self, text: str) -> None:
-        assert self.client is not None
-        try:
-            n = self.client.send(text)
-        except MsgrError as err:
-            self.view.info(f"{err}: nothing was sent", ERROR, now=self.now())
-            return
-        self.view.add_own(n, text, now=self.now(), ttl=self.client.core.ttl)
-
-    def _verify(self, arg: str, now: float) -> None:
-        self._sync()
-        view = self.view
-        if self.options.static:
-            view.info("--static mode has no session and no safety number to compare",
-                      WARN, now=now)
-        elif view.session_id is None or view.safety_number is None:
-            view.info(f"no secure session yet: it starts when {view.peer} is online; "
-                      "then /verify shows the safety number", WARN, now=now)
-        elif arg == "ok":
-            assert self.client is not None
-            self.client.core.mark_verified()
-            view.verified = True
-            view.info("session marked verified (until the session changes)", now=now)
-        else:
-            view.info(f"safety number: {view.safety_number}\n"
-                      f"compare it with {view.peer}'s screen over another channel (in "
-                      "person, or a call where you know the voice). If it is the same, type "
-                      "/verify ok. If not, someone may be in the middle: stop, and check the "
-                      "passcode and the relay.", now=now)
-
-    def _request_quit(self) -> None:
-        """/quit or Ctrl-D: leave, but ask once if messages are still unconfirmed."""
-        client = self.client
-        pending = len(client.core.unsettled()) if client is not None else len(self.pending)
-        if pending and not self.quit_warned:
-            self.quit_warned = True
-            self.view.info(f"{pending} message(s) not confirmed yet: /quit again (or "
-                           "Ctrl-C) to leave anyway", WARN, now=self.now())
-            return
-        self.exit_code = ui.EXIT_OK
-        assert self._quit is not None
-        self._quit.set()
-
-    def _on_signal(self) -> None:
-        self.exit_code = ui.EXIT_INTERRUPTED
-        assert self._quit is not None
-        self._quit.set()
-
-    def _on_resize(self) -> None:
-        self.terminal.resize()
-        self._full_redraw = True
-        self.draw()
-
-    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        # Tracebacks on stderr would scribble over the screen; show one line instead.
-        error = context.get("exception")
-        self.view.info(f"internal error: {context.get('message')}"
-                       + (f": {error!r}" if error else ""), ERROR, now=self.now())
-        self.draw()
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _utf8(stdscr: Any) -> bool:
-    """Whether curses can draw non-ASCII text. Not locale.getpreferredencoding():
-    Python's UTF-8 mode says "utf-8" in the C locale, where curses cannot."""
-    try:
-        import codecs
-        return codecs.lookup(stdscr.encoding).name == "utf-8"
-    except (AttributeError, LookupError):
-        return False
-
-
-def run(options: ui.ChatOptions) -> int:
-    """The full-screen chat; returns the exit code (0 after /quit, 130 after
-    Ctrl-C or a signal). Errors (:class:`MsgrError`) propagate after the
-    terminal is restored, for ``msgr.py`` to print as one line.
-
-    Falls back to the line interface when stdin or stdout is not a terminal.
-    """
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        return ui.run_lines(options, interactive=sys.stdin.isatty())
-    try:
-        locale.setlocale(locale.LC_ALL, "")   # so curses draws UTF-8
-    except locale.Error:
-        pass   # an unknown locale in the environment: ASCII only (see _utf8)
-    os.environ.setdefault("ESCDELAY", "25")   # Esc sequences: do not wait a whole second
-    colours = not os.environ.get("NO_COLOR")
-    terminal = Terminal()
-    terminal.start()
-    try:
-        app = App(options, terminal, unicode=_utf8(terminal.stdscr), colours=colours)
-        return asyncio.run(app.main())
-    except KeyboardInterrupt:
-        return ui.EXIT_INTERRUPTED
-    finally:
-        terminal.stop()

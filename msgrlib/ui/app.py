@@ -1,0 +1,386 @@
+"""The chat screen's glue: one asyncio loop around the view and the terminal.
+
+:class:`App` runs the :class:`~msgrlib.client.connection.ChatClient`, a reader
+on the stdin fd that drains curses ``get_wch()`` (through the
+:class:`~msgrlib.ui.view.PasteDecoder`, so a paste is one message), a ticker
+for countdowns and expiry, and signal handlers (Ctrl-C, SIGTERM, SIGHUP end the
+chat cleanly; SIGWINCH redraws).
+
+A message disappears from the screen when its TTL ends (a received one at the
+relay's expiry time, one of yours at its TTL from when you sent it); the chat
+runs on the alternate screen, so nothing is left in the scrollback at exit.
+
+Importing this module raises :class:`ImportError` where :mod:`curses` is
+missing; ``msgr.py`` then falls back to line mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import locale
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from msgrlib.client.connection import ChatClient
+from msgrlib.errors import MsgrError
+from msgrlib.ui import linemode
+from msgrlib.ui.options import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    STATIC_WARNING,
+    TTL_MAX,
+    TTL_MIN,
+    ChatOptions,
+    address,
+    derive_key,
+    make_client,
+)
+from msgrlib.ui.terminal import Painter, Terminal
+from msgrlib.ui.view import (
+    ERROR,
+    HELP,
+    STATUS_LABEL,
+    WARN,
+    ChatView,
+    PasteDecoder,
+    handle_key,
+    parse_command,
+)
+
+#: Seconds to wait for the client to say goodbye to the relay at exit.
+CLOSE_TIMEOUT = 2.0
+
+
+# -- the glue --------------------------------------------------------------------------
+
+class App:
+    """Run one chat on a started :class:`Terminal`; see the module docstring."""
+
+    def __init__(self, options: ChatOptions, terminal: Terminal, *,
+                 unicode: bool, colours: bool,
+                 wallclock: Callable[[], float] = time.time) -> None:
+        self.options = options
+        self.terminal = terminal
+        self.now = wallclock
+        self.view = ChatView(me=options.user, peer=options.peer,
+                             address=address(options.host, options.port),
+                             tls=options.tls is not None, ttl=options.ttl,
+                             static=options.static, unicode=unicode)
+        self.painter = Painter(terminal.stdscr, colours=colours)
+        self.client: ChatClient | None = None
+        self.pending: list[str] = []      # typed before the client existed
+        self._told_full = False           # the input line is full: said once
+        self.exit_code = EXIT_OK
+        self.quit_warned = False
+        self._quit: asyncio.Event | None = None
+        self._draw_scheduled = False
+        self._full_redraw = False
+        self.paste = PasteDecoder()
+
+    # -- main ---------------------------------------------------------------------------
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._quit = asyncio.Event()
+        loop.set_exception_handler(self._on_loop_error)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._on_signal)
+        loop.add_signal_handler(signal.SIGWINCH, self._on_resize)
+        loop.add_reader(self.terminal.fd, self._on_keys)
+        ticker = loop.create_task(self._ticker())
+        try:
+            return await self._chat()
+        finally:
+            ticker.cancel()
+            loop.remove_reader(self.terminal.fd)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH):
+                loop.remove_signal_handler(sig)
+
+    async def _chat(self) -> int:
+        import kdf
+
+        assert self._quit is not None
+        loop = asyncio.get_running_loop()
+        now = self.now()
+        if self.options.static:
+            self.view.info(STATIC_WARNING, WARN, now=now)
+        params = self.options.kdf_params or kdf.DEFAULT_PARAMS
+        self.view.progress = (f"deriving the key from the passcode (Argon2id, "
+                              f"{params.memory_kib // 1024} MiB)")
+        self.draw()
+        quitting = loop.create_task(self._quit.wait())
+        deriving = loop.create_task(asyncio.to_thread(derive_key, self.options, None))
+        await asyncio.wait({deriving, quitting}, return_when=asyncio.FIRST_COMPLETED)
+        if not deriving.done():
+            return self.exit_code   # the thread ends on its own within a second
+        key = deriving.result()
+        self.view.progress = ""
+        client = self.client = make_client(self.options, key)
+        client.core.ttl = self.view.ttl
+        running = loop.create_task(client.run())
+        events = loop.create_task(self._events(client))
+        for text in self.pending:
+            self._send(text)
+        self.pending.clear()
+        self.draw()
+        try:
+            await asyncio.wait({running, quitting}, return_when=asyncio.FIRST_COMPLETED)
+            if running.done():
+                running.result()   # the reason it stopped: an error for msgr.py to print
+                return EXIT_ERROR
+            client.close()
+            try:
+                await asyncio.wait_for(running, CLOSE_TIMEOUT)
+            except (asyncio.TimeoutError, MsgrError):
+                pass
+            return self.exit_code
+        finally:
+            quitting.cancel()
+            events.cancel()
+            if not running.done():
+                client.close()
+                running.cancel()
+
+    async def _events(self, client: ChatClient) -> None:
+        async for event in client.events():
+            self.view.apply(event, now=self.now())
+            self.draw()
+
+    async def _ticker(self) -> None:
+        """Redraw for countdowns and the spinner; wake exactly when a message expires."""
+        while True:
+            delay = 0.1 if self.view.busy else 0.5 if self.view.lines else 1.0
+            expiry = self.view.next_expiry()
+            if expiry is not None:
+                delay = min(delay, max(0.01, expiry - self.now()))
+            await asyncio.sleep(delay)
+            self.view.ticks += 1
+            self.draw()
+
+    # -- drawing ------------------------------------------------------------------------
+
+    def draw(self) -> None:
+        """Redraw soon (several requests in one loop iteration draw once)."""
+        if not self._draw_scheduled:
+            self._draw_scheduled = True
+            asyncio.get_running_loop().call_soon(self._draw_now)
+
+    def _draw_now(self) -> None:
+        self._draw_scheduled = False
+        if self.terminal.stdscr is None:
+            return
+        self._sync()
+        now = self.now()
+        self.view.expire(now)
+        height, width = self.terminal.stdscr.getmaxyx()
+        self.painter.paint(self.view.render(width, height, now), full=self._full_redraw)
+        self._full_redraw = False
+
+    def _sync(self) -> None:
+        """Copy what the status bar shows from the client."""
+        if self.client is None:
+            return
+        core, view = self.client.core, self.view
+        view.peer_online = core.peer_online
+        view.verified = core.verified
+        view.ttl = core.ttl
+        # The relay's frame limit, checked as the user types (not only at Enter).
+        max_bytes = getattr(core, "max_text_bytes", None)
+        if isinstance(max_bytes, int):
+            view.input.max_bytes = max_bytes
+        if self.client.fingerprint:
+            view.fingerprint = self.client.fingerprint
+        if core.session is not None:
+            view.session_id = core.session.sid
+            view.safety_number = core.safety_number
+
+    # -- input --------------------------------------------------------------------------
+
+    def _on_keys(self) -> None:
+        self._sync()   # the relay's limits, for the input line
+        keys = [item for key in self.terminal.read_keys() for item in self.paste.feed(key)]
+        for key in keys:
+            action = handle_key(self.view, key)
+            if action is None:
+                continue
+            what, text = action
+            if what == "submit":
+                self._submit(text)
+            elif what == "send":
+                # The line holds a paste: a message as it is, never a command.
+                self._told_full = False
+                if text.strip():
+                    self._send_or_hold(text)
+            elif what == "reconnect":
+                self._reconnect()
+            elif what == "quit":
+                self._request_quit()
+            elif what in ("redraw", "resize"):
+                if what == "resize":
+                    self.terminal.resize()
+                self._full_redraw = True
+            elif what == "full" and not self._told_full:
+                self._told_full = True  # once per message (a paste may be many keys)
+                self.view.info(f"{text}: the rest was not added", WARN, now=self.now())
+        self.draw()
+
+    def _submit(self, line: str) -> None:
+        self._told_full = False
+        command = parse_command(line)
+        if command is None:
+            return
+        now = self.now()
+        view, client = self.view, self.client
+        name, arg = command.name, command.arg
+        if name != "quit":
+            self.quit_warned = False
+        if name == "send":
+            self._send_or_hold(arg)
+        elif name == "quit":
+            self._request_quit()
+        elif name == "help":
+            view.info("\n".join(HELP), now=now)
+        elif name == "unknown":
+            view.info(f"unknown command /{arg}: nothing was sent", ERROR, now=now)
+            view.info("\n".join(HELP), now=now)
+        elif name == "error":
+            view.info(arg + ": nothing was sent", ERROR, now=now)
+        elif name == "ttl":
+            if arg:
+                view.ttl = int(arg)
+                if client is not None:
+                    client.core.ttl = view.ttl
+                    client.poke()
+                view.info(f"messages you send from now on last {arg} s", now=now)
+            else:
+                view.info(f"messages you send last {view.ttl} s; /ttl SECONDS "
+                          f"({TTL_MIN}-{TTL_MAX}) changes it", now=now)
+        elif name == "status":
+            self._sync()
+            pending = len(client.core.unsettled()) if client is not None else 0
+            mode = ("static: one key from the passcode" if self.options.static
+                    else "ratchet: a fresh handshake per session, forward secrecy")
+            view.info("\n".join(view.status_lines(mode=mode, pending=pending)), now=now,
+                      hang=STATUS_LABEL)
+        elif name == "clear":
+            view.clear()
+        elif name == "verify":
+            self._verify(arg, now)
+
+    def _send_or_hold(self, text: str) -> None:
+        if self.client is None:
+            self.pending.append(text)   # typed before the key was ready
+        else:
+            self._send(text)
+
+    def _send(self, text: str) -> None:
+        assert self.client is not None
+        try:
+            n = self.client.send(text)
+        except MsgrError as err:
+            # Never lose what was typed: it goes back to the input line.
+            self.view.input.restore(text)
+            self.view.info(f"{err}: nothing was sent; the text is back in the input line",
+                           ERROR, now=self.now())
+            return
+        self.view.add_own(n, text, now=self.now(), ttl=self.client.core.ttl)
+
+    def _reconnect(self) -> None:
+        """Ctrl-R: try the relay now instead of waiting for the next retry."""
+        reconnect = getattr(self.client, "reconnect_now", None)
+        if reconnect is None:
+            self.view.info("not connected to the relay yet", WARN, now=self.now())
+            return
+        reconnect()
+
+    def _verify(self, arg: str, now: float) -> None:
+        self._sync()
+        view = self.view
+        if self.options.static:
+            view.info("--static mode has no session and no safety number to compare",
+                      WARN, now=now)
+        elif view.session_id is None or view.safety_number is None:
+            view.info(f"no secure session yet: it starts when {view.peer} is online; "
+                      "then /verify shows the safety number", WARN, now=now)
+        elif arg == "ok":
+            assert self.client is not None
+            self.client.core.mark_verified()
+            view.verified = True
+            view.info("session marked verified (until the session changes)", now=now)
+        else:
+            view.info(f"safety number: {view.safety_number}\n"
+                      f"compare it with {view.peer}'s screen over another channel (in "
+                      "person, or a call where you know the voice). If it is the same, type "
+                      "/verify ok. If not, someone may be in the middle: stop, and check the "
+                      "passcode and the relay.", now=now)
+
+    def _request_quit(self) -> None:
+        """/quit or Ctrl-D: leave, but ask once if messages are still unconfirmed."""
+        client = self.client
+        pending = len(client.core.unsettled()) if client is not None else len(self.pending)
+        if pending and not self.quit_warned:
+            self.quit_warned = True
+            self.view.info(f"{pending} message(s) not confirmed yet: /quit again (or "
+                           "Ctrl-C) to leave anyway", WARN, now=self.now())
+            return
+        self.exit_code = EXIT_OK
+        assert self._quit is not None
+        self._quit.set()
+
+    def _on_signal(self) -> None:
+        self.exit_code = EXIT_INTERRUPTED
+        assert self._quit is not None
+        self._quit.set()
+
+    def _on_resize(self) -> None:
+        self.terminal.resize()
+        self._full_redraw = True
+        self.draw()
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # Tracebacks on stderr would scribble over the screen; show one line instead.
+        error = context.get("exception")
+        self.view.info(f"internal error: {context.get('message')}"
+                       + (f": {error!r}" if error else ""), ERROR, now=self.now())
+        self.draw()
+
+
+def _utf8(stdscr: Any) -> bool:
+    """Whether curses can draw non-ASCII text. Not locale.getpreferredencoding():
+    Python's UTF-8 mode says "utf-8" in the C locale, where curses cannot."""
+    try:
+        import codecs
+        return codecs.lookup(stdscr.encoding).name == "utf-8"
+    except (AttributeError, LookupError):
+        return False
+
+
+def run(options: ChatOptions) -> int:
+    """The full-screen chat; returns the exit code (0 after /quit, 130 after
+    Ctrl-C or a signal). Errors (:class:`MsgrError`) propagate after the
+    terminal is restored, for ``msgr.py`` to print as one line.
+
+    Falls back to the line interface when stdin or stdout is not a terminal.
+    """
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return linemode.run_lines(options, interactive=sys.stdin.isatty())
+    try:
+        locale.setlocale(locale.LC_ALL, "")   # so curses draws UTF-8
+    except locale.Error:
+        pass   # an unknown locale in the environment: ASCII only (see _utf8)
+    os.environ.setdefault("ESCDELAY", "25")   # Esc sequences: do not wait a whole second
+    colours = not os.environ.get("NO_COLOR")
+    terminal = Terminal()
+    terminal.start()
+    try:
+        app = App(options, terminal, unicode=_utf8(terminal.stdscr), colours=colours)
+        return asyncio.run(app.main())
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        terminal.stop()
