@@ -202,8 +202,12 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
             refused.append(count)
             notice(f"input line {count} not sent: {err}")
 
-    def cannot_read(err: BaseException) -> None:
-        notice(f"cannot read input: {getattr(err, 'strerror', None) or err}")
+    read_failed = False
+
+    def cannot_read(err: OSError) -> None:
+        nonlocal read_failed
+        read_failed = True
+        notice(f"cannot read input: {err.strerror or err}")
 
     fd = sys.stdin.fileno()
 
@@ -278,6 +282,8 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
         notice(f"{len(refused)} input line(s) not sent: line {listed}")
     if interrupted.is_set():
         return EXIT_INTERRUPTED
+    if read_failed:
+        return EXIT_ERROR
     return EXIT_UNDELIVERED if failed or refused else EXIT_OK
 
 

@@ -1,0 +1,155 @@
+"""Line mode's input: read as bytes, decoded by msgr, the same in every locale.
+
+Found in the hostile-input review: under a locale where Python decodes stdin
+strictly (en_US.UTF-8), one non-UTF-8 line killed the reader thread with a
+TypeError (``call_soon_threadsafe(print, ..., file=...)``); nothing was sent and
+the client never exited. Now a bad line is named, the others go, exit code 3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from helpers import ROOT, chat_argv, relay_running, run
+from hypothesis import given
+from hypothesis import strategies as st
+
+from msgrlib.ui.linemode import MAX_LINE_BYTES, LineSplitter, decode_line
+
+PASSCODE = "line mode tests passcode"
+
+
+# -- the splitter, sans-I/O ------------------------------------------------------------
+
+def test_lines_come_out_whole_and_an_unfinished_last_line_at_eof() -> None:
+    splitter = LineSplitter()
+    assert splitter.feed(b"one\ntw") == [b"one\n"]
+    assert splitter.feed(b"o\r\n\nthree") == [b"two\r\n", b"\n"]
+    assert splitter.feed_eof() == [b"three"]
+    assert decode_line(b"two\r\n") == "two"
+    with pytest.raises(UnicodeDecodeError):
+        decode_line(b"caf\xe9\n")
+
+
+def test_an_overlong_line_is_skipped_not_buffered() -> None:
+    splitter = LineSplitter(max_bytes=10)
+    assert splitter.feed(b"x" * 8) == []
+    assert splitter.feed(b"y" * 8) == []
+    assert len(splitter._buffer) == 0
+    assert splitter.feed(b"zz\nok\n") == [None, b"ok\n"]
+    assert splitter.feed(b"x" * 11) == [] and splitter.feed_eof() == [None]
+    assert MAX_LINE_BYTES > 4 * 16 * 1024
+
+
+@given(st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), max_size=10),
+       st.data())
+def test_any_split_of_the_input_gives_the_same_lines(lines: list[bytes],
+                                                     data: st.DataObject) -> None:
+    stream = b"".join(line + b"\n" for line in lines)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    splitter = LineSplitter()
+    out: list[bytes | None] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        out.extend(splitter.feed(stream[start:end]))
+    out.extend(splitter.feed_eof())
+    assert out == [line + b"\n" for line in lines]
+
+
+# -- real processes, two locales ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def strict_locale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """en_US.UTF-8, built with localedef if the system lacks it."""
+    probe = "import sys; print(sys.stdin.errors)"
+    env = {**os.environ, "LC_ALL": "en_US.UTF-8", "LANG": "en_US.UTF-8"}
+    env.pop("PYTHONUTF8", None)
+    env.pop("PYTHONIOENCODING", None)
+    out = subprocess.run([os.sys.executable, "-c", probe], env=env, capture_output=True,
+                         text=True, stdin=subprocess.DEVNULL)
+    if out.stdout.strip() != "strict":
+        if shutil.which("localedef") is None:
+            pytest.skip("no en_US.UTF-8 locale and no localedef to build one")
+        path = tmp_path_factory.mktemp("locale")
+        made = subprocess.run(["localedef", "-i", "en_US", "-f", "UTF-8",
+                               str(path / "en_US.UTF-8")], capture_output=True)
+        env["LOCPATH"] = str(path)
+        out = subprocess.run([os.sys.executable, "-c", probe], env=env, capture_output=True,
+                             text=True, stdin=subprocess.DEVNULL)
+        if out.stdout.strip() != "strict":
+            pytest.skip(f"cannot build en_US.UTF-8: {made.stderr[-200:]!r}")
+    yield {k: env[k] for k in ("LC_ALL", "LANG", "LOCPATH") if k in env}
+
+
+async def _chat(port: int, user: str, peer: str, stdin: bytes | int, env: dict[str, str],
+                *, wait_for: bytes | None = None) -> tuple[int, bytes, bytes]:
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("LC_ALL", "LANG", "PYTHONUTF8", "PYTHONIOENCODING")}
+    environ.update(env, MSGR_PASSCODE=PASSCODE,
+                   HOME=os.environ.get("MSGR_TEST_HOME", os.environ.get("HOME", "/tmp")))
+    pipe = isinstance(stdin, bytes)
+    proc = await asyncio.create_subprocess_exec(
+        *chat_argv(port, user, peer, "--static", "--ttl", "10", "--wait", "5"),
+        stdin=asyncio.subprocess.PIPE if pipe else stdin, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=environ)
+    assert proc.stdout is not None and proc.stderr is not None
+    if wait_for is None:
+        out, err = await asyncio.wait_for(proc.communicate(stdin if pipe else None), 60)
+        return await proc.wait(), out, err
+    # A receiver: keep stdin open until the expected text arrived.
+    seen = b""
+    while wait_for not in seen:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line, seen
+        seen += line
+    assert proc.stdin is not None
+    proc.stdin.close()
+    rest, err = await asyncio.gather(proc.stdout.read(), proc.stderr.read())
+    return await proc.wait(), seen + rest, err
+
+
+@pytest.mark.parametrize("where", ["C.UTF-8", "strict en_US.UTF-8"])
+def test_a_line_that_is_not_utf8_is_named_and_the_others_go(
+        where: str, strict_locale: dict[str, str]) -> None:
+    env = ({"LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"} if where == "C.UTF-8"
+           else strict_locale)
+    text = "first ✓\n".encode() + b"caf\xe9 latin-1\n" + "third ✓\n".encode()
+
+    async def main() -> tuple[tuple[int, bytes, bytes], tuple[int, bytes, bytes]]:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            sender = await _chat(port, "alice", "bob", text, env)
+            receiver = await _chat(port, "bob", "alice", b"", env,
+                                   wait_for="alice: third ✓".encode())
+            return sender, receiver
+
+    (code, _, err), (_, out, _) = run(main(), timeout=120)
+    assert code == 3, err
+    assert b"input line 2 not sent: it is not UTF-8 text (byte 4 is 0xe9)" in err
+    assert b"1 input line(s) not sent: line 2" in err
+    assert "alice: first ✓\n".encode() in out and "alice: third ✓\n".encode() in out
+    assert b"caf" not in out
+    assert b"Traceback" not in err
+
+
+def test_input_that_cannot_be_read_is_one_line_and_exit_1() -> None:
+    """The old reader hit call_soon_threadsafe(print, ..., file=...) here: a
+    TypeError in its thread, and the client never exited."""
+    reading_end, fd = os.pipe()       # the writing end as stdin: read() fails, EBADF
+    os.close(reading_end)
+
+    async def main() -> tuple[int, bytes, bytes]:
+        async with relay_running() as srv:
+            return await _chat(srv.address[1], "carol", "dave", fd, {"LC_ALL": "C.UTF-8"})
+
+    try:
+        code, _, err = run(main(), timeout=60)
+    finally:
+        os.close(fd)
+    assert code == 1, err
+    assert b"msgr: cannot read input: Bad file descriptor" in err
+    assert b"Traceback" not in err
