@@ -333,7 +333,15 @@ def _read_passcode(args: argparse.Namespace, interactive: bool) -> str:
         passcode = os.environ.pop("MSGR_PASSCODE")
     elif interactive:
         import getpass
-        passcode = getpass.getpass("passcode: ")
+        try:
+            passcode = getpass.getpass("passcode: ")
+        except (KeyboardInterrupt, EOFError) as stop:
+            # The prompt left the cursor after "passcode: ": end that line, so
+            # the shell's prompt (or our error) starts on its own.
+            print(file=sys.stderr, flush=True)
+            if isinstance(stop, EOFError):
+                raise MsgrError("no passcode: the prompt reached end of input") from None
+            raise
     else:
         raise MsgrError("no passcode: stdin is not a terminal, so set MSGR_PASSCODE or use "
                         "--passcode-file FILE")

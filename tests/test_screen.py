@@ -324,6 +324,101 @@ def test_progress_and_status_command_lines() -> None:
     assert any("2 message(s)" in line for line in lines)
 
 
+# -- paste, limits, order, status (the chat screen review) -------------------------------
+
+def feed_all(decoder: ui_view.PasteDecoder, keys: list[Any]) -> list[Any]:
+    return [item for key in keys for item in decoder.feed(key)]
+
+
+def test_a_paste_is_one_message_with_its_newlines_and_never_a_command() -> None:
+    """Found in review: a pasted multi-line text sent each line at once, and a
+    pasted line starting with "/" ran as a command."""
+    decoder = ui_view.PasteDecoder()
+    keys = feed_all(decoder, list("\x1b[200~/quit\rsecond\tline\r\n/verify ok\x1b[201~"))
+    assert keys == [ui_view.Paste("/quit\rsecond\tline\r\n/verify ok")]
+    view = make_view()
+    assert handle_key(view, keys[0]) is None
+    assert view.input.text == "/quit\nsecond    line\n/verify ok"
+    assert "> /quit↵second    line↵/verify ok" in screen_text(view, width=100)
+    assert handle_key(view, "\n") == ("send", "/quit\nsecond    line\n/verify ok")
+    # typed, the same words are a command
+    for key in "/quit":
+        handle_key(view, key)
+    assert handle_key(view, "\n") == ("submit", "/quit")
+    # markers split across reads, other escape sequences and keys pass through
+    assert feed_all(decoder, ["\x1b", "[", "2", "0", "0"]) == []
+    assert feed_all(decoder, ["~", "a", "\x1b[201", "~", "\x1b", "[", "A", Key.LEFT]) == [
+        ui_view.Paste("a"), "\x1b", "[", "A", Key.LEFT]
+    # a message with newlines shows them as rows, under its sender
+    view.add_own(1, "first row\nsecond row", now=NOW, ttl=30)
+    rows = screen_text(view).splitlines()
+    at = next(i for i, row in enumerate(rows) if "alice: first row" in row)
+    assert rows[at + 1].startswith(" " * ui_view.MESSAGE_INDENT + "second row")
+
+
+def test_the_byte_limit_is_checked_as_you_type_and_the_text_is_never_wiped() -> None:
+    """Found in review: 13,000 emoji were refused at Enter (52,002 bytes, the
+    relay allows 48,256) and the typed text was gone."""
+    view = make_view()
+    view.input.max_bytes = 100
+    action = handle_key(view, ui_view.Paste("😀" * 30))
+    assert view.input.text == "😀" * 24                    # 24 * 4 + 2 quotes = 98 bytes
+    assert action == ("full", "a message holds at most 100 bytes once encoded "
+                              "(the relay's limit)")
+    assert handle_key(view, "😀") == ("full", action[1])
+    assert [handle_key(view, key) for key in "xyz"] == [None, None, ("full", action[1])]
+    assert handle_key(view, Key.BACKSPACE) is None and handle_key(view, "a") is None
+    assert view.input.text == "😀" * 24 + "xa"              # exactly 100 bytes
+    line = InputLine()
+    line.insert("typed after")
+    line.home()
+    line.restore("could not be sent ")                     # put back, never lost
+    assert line.text == "could not be sent typed after"
+
+
+def test_lines_are_in_time_order_whatever_the_senders_clock_says() -> None:
+    """Found in review: notices appeared out of time order around messages
+    stamped with the sender's clock."""
+    view = make_view()
+    view.info("bob is online", now=NOW)
+    view.apply(chat.Received("bob", "from a slow clock", NOW - 90, NOW + 30, 30), now=NOW + 1)
+    view.apply(chat.Received("bob", "from a fast clock", NOW + 90, NOW + 30, 30), now=NOW + 2)
+    view.info("later notice", now=NOW + 3)
+    stamps = re.findall(r"^(\d\d:\d\d:\d\d) ", screen_text(view, now=NOW + 3), re.M)
+    assert len(stamps) == 4 and stamps == sorted(stamps)
+
+
+def test_status_values_wrap_under_their_column() -> None:
+    """Found in review: the fingerprint in /status wrapped out of alignment."""
+    view = make_view(tls=True)
+    view.fingerprint = "SHA256:" + ":".join(["AB"] * 32)
+    view.info("\n".join(view.status_lines(mode="ratchet", pending=0)), now=NOW,
+              hang=ui_view.STATUS_LABEL)
+    rows = screen_text(view, width=60, height=30).splitlines()
+    at = next(i for i, row in enumerate(rows) if "certificate  SHA256:" in row)
+    column = rows[at].index("SHA256:")
+    assert column == ui_view.INFO_INDENT + ui_view.STATUS_LABEL
+    assert rows[at + 1].startswith(" " * column) and rows[at + 1][column] != " "
+
+
+def test_the_status_bar_keeps_verified_longest() -> None:
+    """Found in review: at 40 columns the bar dropped "verified" before the
+    relay address."""
+    view = make_view()
+    view.apply(Status("connected", "connected", "SHA256:" + "AB:" * 31 + "AB"), now=NOW)
+    view.apply(chat.Presence(True), now=NOW)
+    view.apply(chat.SessionStarted("1 2 3", "abcd", False), now=NOW)
+    view.verified = True
+    for width in (40, 30, 14):
+        bar = view_text(view.status_row(width))
+        assert "verified ✓" in bar, (width, bar)
+        assert len(bar) == width
+    assert "bob online" in view_text(view.status_row(40))
+    view.apply(Status("reconnecting", "the relay went away"), now=NOW)
+    bar = view_text(view.status_row(40))
+    assert "verified ✓" in bar and "reconnecting" in bar, bar
+
+
 def test_import_fails_cleanly_without_curses() -> None:
     """Where curses is missing, the screen's modules fail to import (msgr.py
     falls back to lines) while the view model and line mode still load."""
@@ -688,3 +783,63 @@ def _child_pid(parent: int) -> int:
             if int(fields[1]) == parent:
                 return int(entry)
     raise AssertionError(f"no child of {parent}")
+
+
+@needs_tmux
+def test_a_pasted_text_is_one_message_and_runs_no_command(chat_term: Chat) -> None:
+    """Bracketed paste, as a real terminal (tmux) does it: the pasted lines,
+    a "/quit" among them, go as one message with their newlines."""
+    term = chat_term.term
+    peer = chat_term.start_peer()
+    chat_term.start()
+    chat_term.wait_session()
+    term.tmux("set-buffer", "/etc/passwd is the file\n/quit\nthird line")
+    term.tmux("paste-buffer", "-p", "-t", "t")
+    wait_until(lambda: term.input_row() == "> /etc/passwd is the file↵/quit↵third line", 5,
+               "the paste in the input line", term.screen)
+    term.press("Enter")
+    peer.wait_line(f"{chat_term.me}: /etc/passwd is the file\\x0a/quit\\x0athird line")
+    shown = term.wait(r"delivered")
+    assert "unknown command" not in shown
+    rows = shown.splitlines()
+    at = next(i for i, row in enumerate(rows) if "alice: /etc/passwd is the file" in row)
+    assert rows[at + 1].strip() == "/quit" and rows[at + 2].strip().startswith("third line")
+    term.run("/quit")
+    chat_term.wait_exit(0)
+
+
+@needs_tmux
+def test_a_paste_over_the_byte_limit_keeps_what_fits_and_sends_it(chat_term: Chat) -> None:
+    """Found in review: 13,000 emoji were refused at Enter and the input line
+    was wiped. The limit is now checked as the paste arrives."""
+    term = chat_term.term
+    peer = chat_term.start_peer()
+    chat_term.start()
+    chat_term.wait_session()
+    paste = os.path.join(chat_term.tmp, "emoji.txt")
+    with open(paste, "w", encoding="utf-8") as f:
+        f.write("😀" * 13000)   # 52,002 bytes once encoded: over the relay's 48,256
+    term.tmux("load-buffer", paste)
+    term.tmux("paste-buffer", "-p", "-t", "t")
+    term.wait(r"bytes once encoded \(the relay's limit\): the rest was not\s+added")
+    assert term.input_row().startswith("> 😀")
+    term.press("Enter")
+    wait_until(lambda: any(line.startswith(f"{chat_term.me}: 😀😀") for line in peer.lines),
+               15, "the message at the peer", lambda: "\n".join(peer.lines + peer.errors))
+    got = next(line for line in peer.lines if line.startswith(f"{chat_term.me}: "))
+    assert 11000 < got.count("😀") < 13000
+    assert "nothing was sent" not in term.screen()
+    term.run("/quit")
+    chat_term.wait_exit(0)
+
+
+@needs_tmux
+def test_ctrl_c_at_the_passcode_prompt_ends_the_line(chat_term: Chat) -> None:
+    """Found in review: the shell's prompt came after "passcode: " on one line."""
+    term = chat_term.term
+    chat_term.start(prefix="env -u MSGR_PASSCODE ")
+    term.wait(r"passcode: $|passcode:\s*$")
+    term.press("C-c")
+    shown = term.wait(r"(?m)^rc=130$")
+    assert re.search(r"(?m)^passcode: *$", shown), shown
+    assert "Traceback" not in shown and "internal error" not in shown
