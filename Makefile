@@ -3,11 +3,19 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
 
 .PHONY: install test lint serve demo bench bench-quick fuzz soak churn clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+# Two stamps: running a relay or the demo needs the runtime dependencies only
+# (PyNaCl, argon2-cffi); tests, lint and benchmarks add the development ones.
+$(RUNTIME): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME) requirements-dev.txt
 	@# The engine tests run a real redis-server: installed from Debian's packages
 	@# when missing and we may (root with apt-get); otherwise they are skipped.
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -18,9 +26,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 			echo "note: redis-server is not installed; the engine tests will be skipped" \
 				"(apt-get install redis-server)"; \
 		fi; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv with runtime and dev dependencies
@@ -33,10 +39,10 @@ test: $(STAMP)  ## lint, then the whole test suite (what CI runs)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-serve: $(STAMP)  ## run a relay with TLS on port 8765 (creates cert.pem/key.pem if missing)
+serve: $(RUNTIME)  ## run a relay with TLS on port 8765 (creates cert.pem/key.pem if missing)
 	$(BIN)/python msgr.py serve --tls
 
-demo: $(STAMP)  ## a local TLS relay and two scripted clients exchanging messages
+demo: $(RUNTIME)  ## a local TLS relay and two scripted clients exchanging messages
 	$(BIN)/python -m tools.demo
 
 bench: $(STAMP)  ## the benchmark table (several minutes)

@@ -88,6 +88,11 @@ _LIMIT_OPTIONS = [
 ]
 
 
+#: The name rules as --help states them (msgrlib.util.names enforces them).
+NAME_RULES = ("1-32 characters from a-z, 0-9, '.', '_' and '-', starting with a letter "
+              "or digit; capitals are taken as lower case")
+
+
 def _number(value: float) -> str:
     return f"{int(value):,}" if value == int(value) and value >= 1 else f"{value:g}"
 
@@ -135,8 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="The passcode is read, in order, from --passcode-file, MSGR_PASSCODE, or a "
         "hidden prompt. --passcode VALUE works but other local users can see it.")
     chat.add_argument("--server", required=True, metavar="HOST:PORT", help="the relay")
-    chat.add_argument("--user", required=True, metavar="NAME", help="your name")
-    chat.add_argument("--peer", required=True, metavar="NAME", help="who you chat with")
+    chat.add_argument("--user", required=True, metavar="NAME",
+                      help=f"your name: {NAME_RULES}")
+    chat.add_argument("--peer", required=True, metavar="NAME",
+                      help="who you chat with (same rules)")
     chat.add_argument("--tls", action="store_true", help="connect with TLS")
     chat.add_argument("--cafile", metavar="FILE",
                       help="trust relay certificates signed by this CA (or this self-signed "
@@ -311,6 +318,10 @@ def _warn_if_others_can_read(path: str | None, what: str) -> None:
 def _read_passcode(args: argparse.Namespace, interactive: bool) -> str:
     from msgrlib.errors import MsgrError
 
+    if args.passcode_file and os.path.isdir(args.passcode_file):
+        # Said first: advice about its permissions would be beside the point.
+        raise MsgrError(f"--passcode-file {args.passcode_file} is a directory: give the "
+                        "file whose first line is the passcode")
     _warn_if_others_can_read(args.passcode_file, "--passcode-file")
     _warn_if_others_can_read(args.identity, "--identity")
     if args.passcode_file:
@@ -356,8 +367,17 @@ def _chat(args: argparse.Namespace) -> int:
     from msgrlib.ui import linemode
     from msgrlib.ui.options import ChatOptions
     from msgrlib.util.names import check_name
+    from msgrlib.util.names import is_valid_name as check_name_ok
 
+    notes: list[str] = []
     try:
+        for option in ("user", "peer"):
+            name = getattr(args, option)
+            if name != name.lower() and check_name_ok(name.lower()):
+                # Names are lower case so that "Bob" and "bob" cannot be two people.
+                notes.append(f"--{option} {name} is taken as {name.lower()} (names are "
+                             "lower case)")
+                setattr(args, option, name.lower())
         check_name(args.user, what="--user")
         check_name(args.peer, what="--peer")
         if args.user == args.peer:
@@ -384,13 +404,21 @@ def _chat(args: argparse.Namespace) -> int:
         raise
     except MsgrError as err:
         raise UsageError(str(err)) from None
+    for note in notes:
+        _say(f"msgr: {note}")
     interactive = sys.stdin.isatty() and not args.json
     passcode = _read_passcode(args, sys.stdin.isatty())
+    warnings: tuple[str, ...] = ()
+    if args.static:
+        from msgrlib.ui.options import weak_passcode_warning
+        warning = weak_passcode_warning(passcode)
+        warnings = (warning,) if warning else ()
     tls = TlsOptions(cafile=args.cafile, pin=args.pin, known_hosts=args.known_hosts) \
         if args.tls else None
     options = ChatOptions(host=host, port=port, user=args.user, peer=args.peer,
                           passcode=passcode, tls=tls, ttl=args.ttl, static=args.static,
-                          json=args.json, identity=args.identity, wait=args.wait)
+                          json=args.json, identity=args.identity, wait=args.wait,
+                          warnings=warnings)
     del passcode
     if interactive and not args.plain:
         try:

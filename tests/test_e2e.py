@@ -249,7 +249,7 @@ def test_lines_that_cannot_be_sent_are_named_and_the_rest_go_through():
     assert code == 3
     assert bob.stdout == ["alice: before", "alice: after"]
     errors = "\n".join(alice.stderr)
-    assert "input line 2 not sent: the message is not valid Unicode" in errors
+    assert "input line 2 not sent: it is not UTF-8 text (byte 1 is 0xff)" in errors
     assert "input line 3 not sent: it is 20,000 characters" in errors
     assert "2 input line(s) not sent: line 2, 3" in errors
     assert "internal error" not in errors
@@ -379,7 +379,8 @@ def test_help_and_version():
     chat = ("chat", "--server", "x:1", "--user", "a", "--peer", "b")
     assert usage(*chat, "--ttl", "99") == (
         "msgr chat: --ttl 99 is out of range: use 5 to 60 seconds (see msgr chat --help)")
-    assert "--user" in usage("chat", "--server", "x:1", "--user", "Alice", "--peer", "b")
+    bad_name = usage("chat", "--server", "x:1", "--user", "Al!ce", "--peer", "b")
+    assert "--user" in bad_name and "a-z, 0-9" in bad_name   # the rules, not only a pointer
     assert "same name" in usage("chat", "--server", "x:1", "--user", "a", "--peer", "a")
     assert "only make sense with --tls" in usage(*chat, "--pin", "SHA256:" + "0" * 64)
     assert "1-65535" in usage("chat", "--server", "localhost:99999", "--user", "a",

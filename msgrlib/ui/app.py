@@ -109,6 +109,8 @@ class App:
         now = self.now()
         if self.options.static:
             self.view.info(STATIC_WARNING, WARN, now=now)
+        for warning in self.options.warnings:
+            self.view.info(warning, WARN, now=now)
         params = self.options.kdf_params or kdf.DEFAULT_PARAMS
         self.view.progress = (f"deriving the key from the passcode (Argon2id, "
                               f"{params.memory_kib // 1024} MiB)")

@@ -152,6 +152,8 @@ def run_lines(options: ChatOptions, *, interactive: bool = False) -> int:
     """Run line mode until end of input (or Ctrl-C); return the exit code."""
     if options.static:
         notice(STATIC_WARNING)
+    for warning in options.warnings:
+        notice(warning)
     key = derive_key(options)
     try:
         return asyncio.run(_lines(options, key, interactive))

@@ -33,6 +33,58 @@ STATIC_WARNING = ("warning: --static mode: the relay (or anyone who records the 
                   "could test passcode guesses offline; use a long random passcode")
 
 
+#: In --static mode the relay (or anyone recording the traffic) can test passcode
+#: guesses offline, each costing one Argon2id run (64 MiB). Below this many bits of
+#: estimated strength, msgr warns: 50 bits is about 10^15 guesses, which is years
+#: of work even on many machines at that cost; a random 10-character passcode of
+#: letters and digits, or four random words, is above it.
+WEAK_PASSCODE_BITS = 50
+
+
+def passcode_bits(passcode: str) -> float:
+    """A rough, deliberately modest estimate of a passcode's strength in bits.
+
+    Each character adds log2 of the size of its class pool (lower case 26, upper
+    case 26, digits 10, other ASCII 33, anything else 100), as if chosen at
+    random from the classes the passcode uses; a character that repeats the one
+    before or continues a run (``abc``, ``321``) adds 1 bit. People do not choose
+    at random, so this overestimates ordinary words: it is a floor for a warning,
+    never a promise of strength."""
+    import math
+
+    pool = 0
+    if any(c.islower() and c.isascii() for c in passcode):
+        pool += 26
+    if any(c.isupper() and c.isascii() for c in passcode):
+        pool += 26
+    if any(c.isdigit() and c.isascii() for c in passcode):
+        pool += 10
+    if any(c.isascii() and not c.isalnum() for c in passcode):
+        pool += 33
+    if any(not c.isascii() for c in passcode):
+        pool += 100
+    per_char = math.log2(pool) if pool > 1 else 0.0
+    bits = 0.0
+    previous: str | None = None
+    for ch in passcode:
+        if previous is not None and abs(ord(ch) - ord(previous)) <= 1:
+            bits += 1.0   # "aaaa", "abcd", "4321": next to no choice
+        else:
+            bits += per_char
+        previous = ch
+    return bits
+
+
+def weak_passcode_warning(passcode: str) -> str | None:
+    """The --static warning for a weak passcode, or None."""
+    bits = passcode_bits(passcode)
+    if bits >= WEAK_PASSCODE_BITS:
+        return None
+    return (f"warning: this passcode is weak for --static mode: about {bits:.0f} bits "
+            f"(estimated; at least {WEAK_PASSCODE_BITS} recommended), and the relay can test "
+            "guesses offline; use a longer random passcode, e.g. four random words")
+
+
 @dataclass
 class ChatOptions:
     host: str
@@ -47,6 +99,8 @@ class ChatOptions:
     identity: str | None = None
     wait: float | None = None
     kdf_params: Any = None
+    #: Warnings the CLI found while reading the options (shown by either interface).
+    warnings: tuple[str, ...] = ()
 
 
 def derive_key(options: ChatOptions, progress: TextIO | None = sys.stderr) -> bytes:
