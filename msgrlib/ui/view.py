@@ -234,10 +234,8 @@ class InputLine:
         ``overflow`` says which limit it hit."""
         if paste:
             chars = chars.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
-        chars = "".join(ch for ch in chars
-                        if (ch.isprintable() and ch.isascii()) or (paste and ch == "\n")
-                        or (not ch.isascii() and ch.isprintable()
-                            and unicodedata.category(ch)[0] != "C"))
+        # isprintable() is False for every unsafe category (and tabs, newlines).
+        chars = "".join(ch for ch in chars if ch.isprintable() or (paste and ch == "\n"))
         self.overflow = ""
         if not chars:
             return False
