@@ -843,3 +843,13 @@ def test_ctrl_c_at_the_passcode_prompt_ends_the_line(chat_term: Chat) -> None:
     shown = term.wait(r"(?m)^rc=130$")
     assert re.search(r"(?m)^passcode: *$", shown), shown
     assert "Traceback" not in shown and "internal error" not in shown
+
+
+def test_ctrl_r_asks_to_reconnect_and_the_activity_line_says_so() -> None:
+    view = make_view()
+    assert handle_key(view, ui_view.RECONNECT_KEY) == ("reconnect", "")
+    view.apply(Status("reconnecting", "the relay went away; next try in 4 s"), now=NOW)
+    assert "Ctrl-R" not in view_text(view.activity_row(100))   # only where it works
+    view.can_reconnect = True
+    row = view_text(view.activity_row(100))
+    assert row.startswith("Ctrl-R reconnects now") and "next try in 4 s" in row

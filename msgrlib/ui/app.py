@@ -189,6 +189,7 @@ class App:
             return
         core, view = self.client.core, self.view
         view.peer_online = core.peer_online
+        view.can_reconnect = callable(getattr(self.client, "reconnect_now", None))
         view.verified = core.verified
         view.ttl = core.ttl
         # The relay's frame limit, checked as the user types (not only at Enter).
@@ -247,6 +248,9 @@ class App:
             self._request_quit()
         elif name == "help":
             view.info("\n".join(HELP), now=now)
+            if view.can_reconnect:
+                view.info("Ctrl-R: reconnect to the relay now, instead of waiting for the "
+                          "next try", now=now)
         elif name == "unknown":
             view.info(f"unknown command /{arg}: nothing was sent", ERROR, now=now)
             view.info("\n".join(HELP), now=now)
@@ -295,10 +299,8 @@ class App:
     def _reconnect(self) -> None:
         """Ctrl-R: try the relay now instead of waiting for the next retry."""
         reconnect = getattr(self.client, "reconnect_now", None)
-        if reconnect is None:
-            self.view.info("not connected to the relay yet", WARN, now=self.now())
-            return
-        reconnect()
+        if callable(reconnect):
+            reconnect()
 
     def _verify(self, arg: str, now: float) -> None:
         self._sync()

@@ -602,6 +602,7 @@ class ChatView:
         self.detail = ""               # the latest connection sentence
         self.progress = ""             # a slow step in progress (key derivation)
         self.hs_failed = False         # the last handshake failed: no retry by itself
+        self.can_reconnect = False     # the client can be told to reconnect now (Ctrl-R)
         self.fingerprint: str | None = None
         self.peer_online: bool | None = None
         self.session_id: str | None = None
@@ -884,6 +885,9 @@ class ChatView:
             row = [(f"-- scrolled back {self.scroll} rows: PgDn to see the newest --", HINT)]
         elif self.connection in ("starting", "connecting", "reconnecting", "disconnected"):
             row = [(spin + (self.detail or "starting"), WARN)]
+            if self.can_reconnect and self.connection in ("reconnecting", "disconnected"):
+                row.insert(0, ("Ctrl-R reconnects now · " if self.unicode else
+                               "Ctrl-R reconnects now | ", HINT))
         elif not self.static and self.peer_online is False:
             row = [(f"waiting for {self.peer} to come online; what you type is sent once "
                     "a secure session starts", HINT)]
