@@ -310,9 +310,11 @@ def _warn_if_others_can_read(path: str | None, what: str) -> None:
         mode = os.stat(path).st_mode
     except OSError:
         return  # missing (an identity is then created 0600) or unreadable: said later
-    if mode & 0o077:
-        print(f"msgr: warning: {what} {path} can be read by other users (mode "
-              f"{mode & 0o777:04o}); chmod 600 {path}", file=sys.stderr)
+    import stat
+
+    if stat.S_ISREG(mode) and mode & 0o077:   # not a directory: that is said on its own
+        _say(f"msgr: warning: {what} {path} can be read by other users (mode "
+             f"{mode & 0o777:04o}); chmod 600 {path}")
 
 
 def _read_passcode(args: argparse.Namespace, interactive: bool) -> str:
