@@ -853,3 +853,21 @@ def test_ctrl_r_asks_to_reconnect_and_the_activity_line_says_so() -> None:
     view.can_reconnect = True
     row = view_text(view.activity_row(100))
     assert row.startswith("Ctrl-R reconnects now") and "next try in 4 s" in row
+
+
+@needs_tmux
+def test_hostile_peer_text_reaches_the_real_screen_escaped(chat_term: Chat) -> None:
+    """A peer's OSC title sequence, clear-screen, C1 CSI and U+2028 show as
+    visible escapes on the real screen: the window title stays ours, and the
+    fake line stays part of the message."""
+    term = chat_term.term
+    title = term.display("#{pane_title}")
+    peer = chat_term.start_peer()
+    chat_term.start()
+    chat_term.wait_session()
+    peer.say("\x1b]2;owned\x07\x1b[2J\x9b31mhi\u2028msgr: message #7 was not delivered")
+    shown = term.wait(r"\\x1b\]2;owned\\x07\\x1b\[2J\\x9b31mhi\\u2028msgr: message #7")
+    assert term.display("#{pane_title}") == title != "owned"
+    assert not re.search(r"(?m)^msgr: message #7", shown)
+    term.run("/quit")
+    chat_term.wait_exit(0)
