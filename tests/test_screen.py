@@ -871,3 +871,31 @@ def test_hostile_peer_text_reaches_the_real_screen_escaped(chat_term: Chat) -> N
     assert not re.search(r"(?m)^msgr: message #7", shown)
     term.run("/quit")
     chat_term.wait_exit(0)
+
+
+@pytest.mark.skipif(not hasattr(chat, "HandshakeRetry"),
+                    reason="this chat core has no late messages or HandshakeRetry yet")
+def test_a_late_message_is_marked_and_a_refused_handshake_counts_down() -> None:
+    """The chat core shows a message written before one already shown marked
+    late (issue 13 item 3), and says when it tries a refused handshake again
+    (issue 14 item 1): the screen, line mode's JSON and the activity line say so."""
+    from types import SimpleNamespace
+
+    from msgrlib.ui import linemode
+
+    late = chat.Received("bob", "old news", NOW, NOW + 30, 30, late=True)
+    view = make_view()
+    view.apply(late, now=NOW)
+    view.apply(received("fresh"), now=NOW)
+    shown = screen_text(view)
+    assert "bob (late): old news" in shown and "bob: fresh" in shown
+    client = SimpleNamespace(core=SimpleNamespace(safety_number=None, peer="bob"))
+    assert linemode.json_line(late, client)["late"] is True   # type: ignore[arg-type]
+    assert linemode.json_line(received("x"), client)["late"] is False  # type: ignore[arg-type]
+    view.apply(Status("connected", "connected"), now=NOW)
+    view.apply(chat.Presence(True), now=NOW)
+    view.apply(chat.HandshakeRetry(NOW + 9.5, "rate_limited"), now=NOW)
+    assert "the relay limits handshakes between you; next try in 10 s" in screen_text(view)
+    assert "next try in 4 s" in screen_text(view, now=NOW + 6)
+    view.apply(chat.HandshakeRetry(None, "trying again now"), now=NOW + 10)
+    assert "starting a secure session with bob" in screen_text(view, now=NOW + 10)

@@ -65,7 +65,9 @@ def json_line(event: Any, client: ChatClient) -> dict[str, Any] | None:
     if isinstance(event, chat.Received):
         return {"type": "message", "from": event.sender, "text": event.text,
                 "sent_at": event.sent_at, "expires_at": event.expires_at, "ttl": event.ttl,
-                "safety_number": client.core.safety_number}
+                "safety_number": client.core.safety_number,
+                # written before a message already shown (the core says so on stderr too)
+                "late": bool(getattr(event, "late", False))}
     if isinstance(event, chat.SessionStarted):
         return {"type": "session", "peer": client.core.peer,
                 "safety_number": event.safety_number, "session_id": event.session_id,

@@ -550,6 +550,7 @@ class Line:
     level: str = INFO           # "info" only: info, warn or error
     more: bool = False          # "info" only: continues the line before (no time shown)
     hang: int = 0               # "info" only: extra indent of its continuation rows
+    late: bool = False          # "in" only: written before a message already shown
     _cache: tuple[Any, list[Row]] | None = field(default=None, repr=False)
 
 
@@ -575,6 +576,10 @@ def _sanitized(rows: list[Row]) -> list[Row]:
     is idempotent) unless something skipped that."""
     return [[(escape(text), style) for text, style in row] for row in rows]
 
+
+#: The core's event for "the relay refused a handshake; next try at ...", where the
+#: chat core has it (it tells the screen how long until the next try).
+_HANDSHAKE_RETRY: type | None = getattr(chat, "HandshakeRetry", None)
 
 #: Width of the label column of /status ("certificate  ").
 STATUS_LABEL = 13
@@ -603,6 +608,7 @@ class ChatView:
         self.progress = ""             # a slow step in progress (key derivation)
         self.hs_failed = False         # the last handshake failed: no retry by itself
         self.can_reconnect = False     # the client can be told to reconnect now (Ctrl-R)
+        self.hs_retry_at: float | None = None   # the relay refused a handshake: next try
         self.fingerprint: str | None = None
         self.peer_online: bool | None = None
         self.session_id: str | None = None
@@ -639,8 +645,10 @@ class ChatView:
         expires = max(now + MIN_SHOW, min(expires, now + TTL_MAX))
         # Shown at the time it arrived, not the sender's clock: the screen stays in
         # time order whatever the two clocks say.
+        # A message written before one already shown (the core says so) is marked late.
         self.lines.append(Line("in", self.safe_lines(event.text), now, expires,
-                               self.safe(event.sender)))
+                               self.safe(event.sender),
+                               late=bool(getattr(event, "late", False))))
 
     def clear(self) -> None:
         self.lines.clear()
@@ -705,8 +713,12 @@ class ChatView:
         elif isinstance(event, chat.Presence):
             self.peer_online = event.online
             self.info(f"{self.peer} is {'online' if event.online else 'offline'}", now=now)
+        elif _HANDSHAKE_RETRY is not None and isinstance(event, _HANDSHAKE_RETRY):
+            at = getattr(event, "at", None)
+            self.hs_retry_at = at if isinstance(at, float | int) and math.isfinite(at) else None
         elif isinstance(event, chat.SessionStarted):
             self.hs_failed = False
+            self.hs_retry_at = None
             self.session_id = event.session_id
             self.safety_number = event.safety_number
             self.verified = False
@@ -778,7 +790,7 @@ class ChatView:
         end = len(body) - self.scroll
         visible = body[max(0, end - area):end]
         visible = [[] for _ in range(area - len(visible))] + visible  # newest at the bottom
-        rows = [self.status_row(width), *visible, self.activity_row(width), input_row]
+        rows = [self.status_row(width), *visible, self.activity_row(width, now), input_row]
         return Frame(_sanitized(rows), cursor)
 
     def _line_rows(self, line: Line, width: int, now: float) -> list[Row]:
@@ -800,7 +812,10 @@ class ChatView:
             return [lead, (line.text, line.level)]
         who = PEER if line.kind == "in" else ME
         segments = [(clock(line.at) + " ", TIME), ("??s", TTL), (" ", PLAIN),
-                    (line.sender, who), (": ", PLAIN), (line.text, TEXT)]
+                    (line.sender, who)]
+        if line.late:
+            segments.append((" (late)", WARN))
+        segments += [(": ", PLAIN), (line.text, TEXT)]
         if line.kind == "out":
             if line.state == "delivered":
                 segments.append((f"  delivered {self.check}", OK))
@@ -875,7 +890,7 @@ class ChatView:
         row.append((" " * (width - row_width(row)), BAR))
         return _merge(row)
 
-    def activity_row(self, width: int) -> Row:
+    def activity_row(self, width: int, now: float | None = None) -> Row:
         """Progress of a slow step, where the view is scrolled, or a hint."""
         spinner = _SPINNER_UNICODE if self.unicode else _SPINNER_ASCII
         spin = spinner[self.ticks % len(spinner)] + " "
@@ -894,6 +909,12 @@ class ChatView:
         elif not self.static and self.hs_failed:
             row = [(f"no secure session: check the passcode with {self.peer}, then one of "
                     "you restarts", ERROR)]
+        elif (not self.static and self.peer_online and self.session_id is None
+              and self.hs_retry_at is not None):
+            wait = max(0, math.ceil(self.hs_retry_at - now)) if now is not None else None
+            row = [("no secure session yet: the relay limits handshakes between you; "
+                    + (f"next try in {wait} s" if wait is not None else "msgr tries again by "
+                       "itself"), WARN)]
         elif not self.static and self.peer_online and self.session_id is None:
             row = [(spin + f"starting a secure session with {self.peer}", WARN)]
         else:
