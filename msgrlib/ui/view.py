@@ -225,8 +225,13 @@ class InputLine:
         self.overflow = ""       # why the last insert dropped characters, or ""
 
     def _fits(self, text: str) -> bool:
-        return len(text) <= self.limit and (
-            self.max_bytes is None or encoded_size(text) <= self.max_bytes)
+        if len(text) > self.limit:
+            return False
+        # Printable characters take at most 4 bytes each, or 2 for '"' and '\\' and
+        # newlines once escaped: only a line near the byte limit is measured exactly
+        # (a paste without bracketed paste comes one key at a time).
+        return (self.max_bytes is None or 4 * len(text) + 2 <= self.max_bytes
+                or encoded_size(text) <= self.max_bytes)
 
     def insert(self, chars: str, *, paste: bool = False) -> bool:
         """Insert printable characters at the cursor (and newlines from a
