@@ -386,6 +386,16 @@ def test_lines_are_in_time_order_whatever_the_senders_clock_says() -> None:
     view.info("later notice", now=NOW + 3)
     stamps = re.findall(r"^(\d\d:\d\d:\d\d) ", screen_text(view, now=NOW + 3), re.M)
     assert len(stamps) == 4 and stamps == sorted(stamps)
+    # a message of yours that failed leaves its notice at the bottom when it expires
+    mine = make_view()
+    mine.add_own(1, "lost", now=NOW, ttl=10)
+    mine.apply(chat.Undelivered(1, "the relay went away"), now=NOW + 1)
+    mine.info("a notice after it", now=NOW + 5)
+    mine.expire(NOW + 10)
+    shown = screen_text(mine, now=NOW + 10)
+    stamps = re.findall(r"^(\d\d:\d\d:\d\d) ", shown, re.M)
+    assert stamps == sorted(stamps) and shown.rstrip().splitlines()[-3].endswith(
+        "was not delivered: the relay went away"), shown
 
 
 def test_status_values_wrap_under_their_column() -> None:

@@ -661,18 +661,20 @@ class ChatView:
 
     def expire(self, now: float) -> bool:
         """Drop every message whose TTL has ended; True if any was dropped.
-        One of yours that was not delivered leaves a line saying so (no text)."""
+        One of yours that was not delivered leaves a line saying so (no text),
+        at the bottom: it is news now, and the lines stay in time order."""
         keep: list[Line] = []
+        fates: list[Line] = []
         changed = False
         for line in self.lines:
             if line.expires_at is not None and line.expires_at <= now:
                 changed = True
                 if line.kind == "out" and line.state == "failed":
-                    keep.append(Line("info", self._own_fate(line.at, line.reason),
-                                     now, level=WARN))
+                    fates.append(Line("info", self._own_fate(line.at, line.reason),
+                                      now, level=WARN))
             else:
                 keep.append(line)
-        self.lines = keep
+        self.lines = keep + fates
         return changed
 
     def next_expiry(self) -> float | None:
