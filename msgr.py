@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from typing import Any
 
@@ -310,8 +311,6 @@ def _warn_if_others_can_read(path: str | None, what: str) -> None:
         mode = os.stat(path).st_mode
     except OSError:
         return  # missing (an identity is then created 0600) or unreadable: said later
-    import stat
-
     if stat.S_ISREG(mode) and mode & 0o077:   # not a directory: that is said on its own
         _say(f"msgr: warning: {what} {path} can be read by other users (mode "
              f"{mode & 0o777:04o}); chmod 600 {path}")
@@ -368,14 +367,13 @@ def _chat(args: argparse.Namespace) -> int:
     from msgrlib.errors import MsgrError, UsageError
     from msgrlib.ui import linemode
     from msgrlib.ui.options import ChatOptions
-    from msgrlib.util.names import check_name
-    from msgrlib.util.names import is_valid_name as check_name_ok
+    from msgrlib.util.names import check_name, is_valid_name
 
     notes: list[str] = []
     try:
         for option in ("user", "peer"):
             name = getattr(args, option)
-            if name != name.lower() and check_name_ok(name.lower()):
+            if name != name.lower() and is_valid_name(name.lower()):
                 # Names are lower case so that "Bob" and "bob" cannot be two people.
                 notes.append(f"--{option} {name} is taken as {name.lower()} (names are "
                              "lower case)")
