@@ -127,11 +127,12 @@ def raw_unsafe(data: bytes) -> list[str]:
     return unsafe(text.replace("\n", ""))
 
 
-async def chat_bytes(port: int, *extra: str, stdin: bytes) -> tuple[int, bytes, bytes]:
+async def chat_bytes(port: int, user: str, *extra: str,
+                     stdin: bytes) -> tuple[int, bytes, bytes]:
     env = {**os.environ, "MSGR_PASSCODE": "correct horse battery staple",
            "HOME": os.environ.get("MSGR_TEST_HOME", os.environ.get("HOME", "/tmp"))}
     proc = await asyncio.create_subprocess_exec(
-        *chat_argv(port, "alice", "bob", *extra), stdin=asyncio.subprocess.PIPE,
+        *chat_argv(port, user, "bob", *extra), stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=env)
     out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
     return await proc.wait(), out, err
@@ -159,10 +160,12 @@ def test_a_hostile_relays_error_sentences_reach_no_output_raw() -> None:
         results = []
         async with relay_running() as srv:
             port = srv.address[1]
-            for hook, extra in ((refuse_sends, ()), (refuse_sends, ("--json",)),
-                                (refuse_hello, ())):
+            # One name per run: a name stays bound to its key for a while after bye.
+            for user, hook, extra in (("alice", refuse_sends, ()),
+                                      ("carol", refuse_sends, ("--json",)),
+                                      ("dave", refuse_hello, ())):
                 proxy = await Proxy(port, hook).start()
-                results.append(await chat_bytes(proxy.port, "--static", "--ttl", "5",
+                results.append(await chat_bytes(proxy.port, user, "--static", "--ttl", "5",
                                                 "--wait", "5", *extra,
                                                 stdin=b"hello\nsecond\n"))
                 await proxy.close()
