@@ -909,3 +909,22 @@ def test_a_late_message_is_marked_and_a_refused_handshake_counts_down() -> None:
     assert "next try in 4 s" in screen_text(view, now=NOW + 6)
     view.apply(chat.HandshakeRetry(None, "trying again now"), now=NOW + 10)
     assert "starting a secure session with bob" in screen_text(view, now=NOW + 10)
+
+
+@needs_tmux
+def test_ctrl_r_reconnects_at_once_while_the_relay_is_away(chat_term: Chat) -> None:
+    """Issue 14 item 3: the screen reconnects now on a key, and says so."""
+    term = chat_term.term
+    with relay_process("--log-level", "warning") as (_, port):
+        term.run(f"{PYTHON} msgr.py chat --server 127.0.0.1:{port} --user {chat_term.me} "
+                 f"--peer {chat_term.peer}; echo rc=$?")
+        term.wait(r"connected to 127\.0\.0\.1")
+        term.press("C-r")                      # connected: nothing to cut short
+        term.wait(r"not\s+waiting to reconnect now")
+    term.wait(r"Ctrl-R reconnects now")        # the relay is gone: the activity line says so
+    with relay_process("--port", str(port), "--log-level", "warning"):
+        term.press("C-r")
+        term.wait(r"reconnecting now \(Ctrl-R\)")
+        term.wait(r"(?s)reconnecting now \(Ctrl-R\).*connected to 127\.0\.0\.1")
+        term.run("/quit")
+        chat_term.wait_exit(0)

@@ -189,7 +189,7 @@ class App:
             return
         core, view = self.client.core, self.view
         view.peer_online = core.peer_online
-        view.can_reconnect = callable(getattr(self.client, "reconnect_now", None))
+        view.can_reconnect = True   # the client exists: Ctrl-R works
         view.verified = core.verified
         view.ttl = core.ttl
         # The relay's frame limit, checked as the user types (not only at Enter).
@@ -248,9 +248,7 @@ class App:
             self._request_quit()
         elif name == "help":
             view.info("\n".join(HELP), now=now)
-            if view.can_reconnect:
-                view.info("Ctrl-R: reconnect to the relay now, instead of waiting for the "
-                          "next try", now=now)
+
         elif name == "unknown":
             view.info(f"unknown command /{arg}: nothing was sent", ERROR, now=now)
             view.info("\n".join(HELP), now=now)
@@ -298,9 +296,13 @@ class App:
 
     def _reconnect(self) -> None:
         """Ctrl-R: try the relay now instead of waiting for the next retry."""
-        reconnect = getattr(self.client, "reconnect_now", None)
-        if callable(reconnect):
-            reconnect()
+        if self.client is None:
+            return   # still deriving the key: not connecting yet
+        if self.client.reconnect_now():
+            self.view.info("reconnecting now (Ctrl-R)", now=self.now())
+        else:
+            self.view.info("Ctrl-R reconnects while the relay is away; the client is not "
+                           "waiting to reconnect now", now=self.now())
 
     def _verify(self, arg: str, now: float) -> None:
         self._sync()

@@ -64,7 +64,8 @@ HELP = (
     "  //text          send a message that starts with '/'",
     "A paste (several lines too) becomes one message, sent with Enter; it never runs a command.",
     "Keys: Left/Right Home/End move, Backspace/Delete, Ctrl-U/Ctrl-K cut to start/end, "
-    "Ctrl-W cut a word, PgUp/PgDn/Up/Down scroll, Ctrl-L redraw.",
+    "Ctrl-W cut a word, PgUp/PgDn/Up/Down scroll, Ctrl-L redraw, Ctrl-R reconnect now "
+    "(while the relay is away).",
 )
 
 
