@@ -883,8 +883,6 @@ def test_hostile_peer_text_reaches_the_real_screen_escaped(chat_term: Chat) -> N
     chat_term.wait_exit(0)
 
 
-@pytest.mark.skipif(not hasattr(chat, "HandshakeRetry"),
-                    reason="this chat core has no late messages or HandshakeRetry yet")
 def test_a_late_message_is_marked_and_a_refused_handshake_counts_down() -> None:
     """The chat core shows a message written before one already shown marked
     late (issue 13 item 3), and says when it tries a refused handshake again

@@ -24,7 +24,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from msgrlib.client import core as chat
+from msgrlib.client import events
 from msgrlib.client.connection import ChatClient, Status
 from msgrlib.errors import MsgrError
 from msgrlib.ui.options import (
@@ -47,34 +47,34 @@ def describe(event: Any, peer: str) -> str | None:
     Not yet escaped: :func:`notice` does that on the way out."""
     if isinstance(event, Status):
         return event.detail
-    if isinstance(event, chat.Notice):
+    if isinstance(event, events.Notice):
         return event.text
-    if isinstance(event, chat.SessionStarted):
+    if isinstance(event, events.SessionStarted):
         what = "new secure session" if event.replaced else "secure session"
         return (f"{what} with {peer}; safety number {event.safety_number} "
                 "(compare it with your peer to rule out a man in the middle)")
-    if isinstance(event, chat.Presence):
+    if isinstance(event, events.Presence):
         return f"{peer} is {'online' if event.online else 'offline'}"
-    if isinstance(event, chat.Undelivered):
+    if isinstance(event, events.Undelivered):
         return f"message #{event.n} was not delivered: {event.reason}"
     return None
 
 
 def json_line(event: Any, client: ChatClient) -> dict[str, Any] | None:
     """The --json object for an event, or None if it has none."""
-    if isinstance(event, chat.Received):
+    if isinstance(event, events.Received):
         return {"type": "message", "from": event.sender, "text": event.text,
                 "sent_at": event.sent_at, "expires_at": event.expires_at, "ttl": event.ttl,
                 "safety_number": client.core.safety_number,
                 # written before a message already shown (the core says so on stderr too)
-                "late": bool(getattr(event, "late", False))}
-    if isinstance(event, chat.SessionStarted):
+                "late": event.late}
+    if isinstance(event, events.SessionStarted):
         return {"type": "session", "peer": client.core.peer,
                 "safety_number": event.safety_number, "session_id": event.session_id,
                 "replaced": event.replaced}
-    if isinstance(event, chat.Delivered):
+    if isinstance(event, events.Delivered):
         return {"type": "delivered", "n": event.n}
-    if isinstance(event, chat.Undelivered):
+    if isinstance(event, events.Undelivered):
         return {"type": "undelivered", "n": event.n, "reason": event.reason}
     return None
 
@@ -95,12 +95,12 @@ class Output:
         self.err = err
 
     def event(self, event: Any, client: ChatClient) -> None:
-        if isinstance(event, chat.Received) and not self.json:
+        if isinstance(event, events.Received) and not self.json:
             write_line(self.out, f"{self.peer}: {event.text}")
         elif self.json and (obj := json_line(event, client)) is not None:
             self.out.write(dumps_line(obj) + "\n")
             self.out.flush()
-        if not isinstance(event, chat.Received):
+        if not isinstance(event, events.Received):
             shown = describe(event, self.peer)
             if shown is not None:
                 notice(shown, self.err)

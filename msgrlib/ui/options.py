@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from msgrlib.client import core as chat
-from msgrlib.client.connection import ChatClient, TlsOptions, load_identity
+from msgrlib.client.connection import ChatClient, TlsOptions
+from msgrlib.client.core import ChatCore, Mode
+from msgrlib.client.identity import load_identity
 from msgrlib.util.safetext import write_line
 
 EXIT_OK, EXIT_ERROR, EXIT_UNDELIVERED, EXIT_INTERRUPTED = 0, 1, 3, 130
@@ -117,10 +118,10 @@ def derive_key(options: ChatOptions, progress: TextIO | None = sys.stderr) -> by
 
 
 def make_client(options: ChatOptions, key: bytes, on_event: Any = None) -> ChatClient:
-    core = chat.ChatCore(me=options.user, peer=options.peer, key=key,
-                         mode=chat.Mode.STATIC if options.static else chat.Mode.RATCHET,
-                         ttl=options.ttl, clock=time.monotonic, wallclock=time.time,
-                         rng=os.urandom)
+    core = ChatCore(me=options.user, peer=options.peer, key=key,
+                    mode=Mode.STATIC if options.static else Mode.RATCHET,
+                    ttl=options.ttl, clock=time.monotonic, wallclock=time.time,
+                    rng=os.urandom)
     return ChatClient(core, host=options.host, port=options.port, tls=options.tls,
                       identity=load_identity(options.identity), on_event=on_event)
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from msgrlib.client import core as chat
+from msgrlib.client import events
 from msgrlib.client.connection import Status
 from msgrlib.ui.options import MAX_TEXT, TTL_MAX, TTL_MIN
 from msgrlib.util.safetext import escape
@@ -583,10 +583,6 @@ def _sanitized(rows: list[Row]) -> list[Row]:
     return [[(escape(text), style) for text, style in row] for row in rows]
 
 
-#: The core's event for "the relay refused a handshake; next try at ...", where the
-#: chat core has it (it tells the screen how long until the next try).
-_HANDSHAKE_RETRY: type | None = getattr(chat, "HandshakeRetry", None)
-
 #: Width of the label column of /status ("certificate  ").
 STATUS_LABEL = 13
 
@@ -643,7 +639,7 @@ class ChatView:
         self.lines.append(Line("out", self.safe_lines(text), now, now + ttl, self.me, n))
         self.scroll = 0
 
-    def add_received(self, event: chat.Received, *, now: float) -> None:
+    def add_received(self, event: events.Received, *, now: float) -> None:
         expires = event.expires_at
         if not math.isfinite(expires):
             expires = now + TTL_MAX
@@ -654,7 +650,7 @@ class ChatView:
         # A message written before one already shown (the core says so) is marked late.
         self.lines.append(Line("in", self.safe_lines(event.text), now, expires,
                                self.safe(event.sender),
-                               late=bool(getattr(event, "late", False))))
+                               late=event.late))
 
     def clear(self) -> None:
         self.lines.clear()
@@ -695,21 +691,21 @@ class ChatView:
     # -- events ----------------------------------------------------------------------
 
     def apply(self, event: Any, *, now: float) -> None:
-        """Show one ChatClient event (chat.* or client.Status)."""
-        if isinstance(event, chat.Received):
+        """Show one ChatClient event (client.events.* or connection.Status)."""
+        if isinstance(event, events.Received):
             self.add_received(event, now=now)
-        elif isinstance(event, chat.Accepted):
+        elif isinstance(event, events.Accepted):
             line = self._own(event.n)
             if line is not None and line.state == "sending":
                 line.state = "sent"
-        elif isinstance(event, chat.Delivered):
+        elif isinstance(event, events.Delivered):
             line = self._own(event.n)
             if line is not None:
                 line.state, line.reason = "delivered", ""
             elif event.n in self._sent:
                 self.info(f"your message sent at {clock(self._sent[event.n])} was delivered "
                           "(after it left your screen)", now=now)
-        elif isinstance(event, chat.Undelivered):
+        elif isinstance(event, events.Undelivered):
             line = self._own(event.n)
             if line is not None:
                 line.state, line.reason = "failed", self.safe(event.reason)
@@ -718,13 +714,14 @@ class ChatView:
             else:
                 self.info(f"message #{event.n} was not delivered: {event.reason}", WARN,
                           now=now)
-        elif isinstance(event, chat.Presence):
+        elif isinstance(event, events.Presence):
             self.peer_online = event.online
             self.info(f"{self.peer} is {'online' if event.online else 'offline'}", now=now)
-        elif _HANDSHAKE_RETRY is not None and isinstance(event, _HANDSHAKE_RETRY):
-            at = getattr(event, "at", None)
-            self.hs_retry_at = at if isinstance(at, float | int) and math.isfinite(at) else None
-        elif isinstance(event, chat.SessionStarted):
+        elif isinstance(event, events.HandshakeRetry):
+            # The relay refused a handshake: the activity line counts down to the next try.
+            at = event.at
+            self.hs_retry_at = at if at is not None and math.isfinite(at) else None
+        elif isinstance(event, events.SessionStarted):
             self.hs_failed = False
             self.hs_retry_at = None
             self.session_id = event.session_id
@@ -736,7 +733,7 @@ class ChatView:
             else:
                 self.info(f"secure session with {self.peer}; type /verify to compare the "
                           "safety number", now=now)
-        elif isinstance(event, chat.Notice):
+        elif isinstance(event, events.Notice):
             if event.code == "passcode_mismatch":
                 self.hs_failed = True
             self.info(event.text, event.level if event.level in (WARN, ERROR) else INFO,
