@@ -831,7 +831,8 @@ def test_a_paste_over_the_byte_limit_keeps_what_fits_and_sends_it(chat_term: Cha
         f.write("😀" * 13000)   # 52,002 bytes once encoded: over the relay's 48,256
     term.tmux("load-buffer", paste)
     term.tmux("paste-buffer", "-p", "-t", "t")
-    term.wait(r"bytes once encoded \(the relay's limit\): the rest was not\s+added")
+    # 52 KB through tmux and curses one character at a time: generous on a busy machine
+    term.wait(r"bytes once encoded \(the relay's limit\): the rest was not\s+added", 30)
     assert term.input_row().startswith("> 😀")
     term.press("Enter")
     wait_until(lambda: any(line.startswith(f"{chat_term.me}: 😀😀") for line in peer.lines),
@@ -839,6 +840,7 @@ def test_a_paste_over_the_byte_limit_keeps_what_fits_and_sends_it(chat_term: Cha
     got = next(line for line in peer.lines if line.startswith(f"{chat_term.me}: "))
     assert 11000 < got.count("😀") < 13000
     assert "nothing was sent" not in term.screen()
+    term.wait(r"delivered ✓")   # else /quit asks again: a message is unconfirmed
     term.run("/quit")
     chat_term.wait_exit(0)
 
@@ -913,7 +915,8 @@ def test_a_late_message_is_marked_and_a_refused_handshake_counts_down() -> None:
 def test_ctrl_r_reconnects_at_once_while_the_relay_is_away(chat_term: Chat) -> None:
     """Issue 14 item 3: the screen reconnects now on a key, and says so."""
     term = chat_term.term
-    with relay_process("--log-level", "warning") as (_, port):
+    port = _port_outside_the_ephemeral_range()
+    with relay_process("--port", str(port), "--log-level", "warning"):
         term.run(f"{PYTHON} msgr.py chat --server 127.0.0.1:{port} --user {chat_term.me} "
                  f"--peer {chat_term.peer}; echo rc=$?")
         term.wait(r"connected to 127\.0\.0\.1")
@@ -926,3 +929,19 @@ def test_ctrl_r_reconnects_at_once_while_the_relay_is_away(chat_term: Chat) -> N
         term.wait(r"(?s)reconnecting now \(Ctrl-R\).*connected to 127\.0\.0\.1")
         term.run("/quit")
         chat_term.wait_exit(0)
+
+
+def _port_outside_the_ephemeral_range() -> int:
+    """A free port below Linux's ephemeral range (32768-60999), so that no relay
+    started elsewhere on "port 0" takes it while ours restarts."""
+    import random
+    import socket
+
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port in 20000-31999")
