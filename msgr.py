@@ -26,7 +26,14 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNDELIVERED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from msgrlib.limits import TTL_DEFAULT, TTL_MAX, TTL_MIN, ttl_in_range
+from msgrlib.util.exitcodes import (  # noqa: F401 (part of msgr's API)
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNDELIVERED,
+    EXIT_USAGE,
+)
 
 # The library API, imported on first use so that `msgr --help` stays fast.
 _LAZY = {
@@ -53,8 +60,8 @@ def __getattr__(name: str) -> Any:
 _LIMIT_OPTIONS = [
     # (option, RelayConfig field, type, help)
     ("--max-frame", "max_frame", int, "largest frame in bytes"),
-    ("--ttl-max", "ttl_max", int, "longest message TTL in seconds (at most 60)"),
-    ("--ttl-min", "ttl_min", int, "shortest message TTL in seconds (at least 5)"),
+    ("--ttl-max", "ttl_max", int, f"longest message TTL in seconds (at most {TTL_MAX})"),
+    ("--ttl-min", "ttl_min", int, f"shortest message TTL in seconds (at least {TTL_MIN})"),
     ("--mailbox-messages", "mailbox_messages", int, "messages waiting per recipient"),
     ("--mailbox-bytes", "mailbox_bytes", int, "bytes waiting per recipient"),
     ("--store-bytes", "store_bytes", int, "total bytes of stored ciphertext (memory budget)"),
@@ -154,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--known-hosts", metavar="FILE",
                       help="where trust-on-first-use fingerprints are kept "
                       "(default ~/.config/msgr/known_hosts; /dev/null: remember nothing)")
-    chat.add_argument("--ttl", type=int, default=30, metavar="SECONDS",
-                      help="how long the relay keeps your messages (5-60, default 30)")
+    chat.add_argument("--ttl", type=int, default=TTL_DEFAULT, metavar="SECONDS",
+                      help=f"how long the relay keeps your messages ({TTL_MIN}-{TTL_MAX}, "
+                           f"default {TTL_DEFAULT})")
     chat.add_argument("--static", action="store_true",
                       help="the original passcode-key mode: messages can wait for a peer who "
                       "is not online yet, but the relay could test weak passcodes offline")
@@ -223,8 +231,9 @@ def _relay_config(args: argparse.Namespace) -> Any:
     overrides = {field: getattr(args, field) for _, field, _, _ in _LIMIT_OPTIONS
                  if getattr(args, field) is not None}
     config = RelayConfig(**overrides)
-    if not 5 <= config.ttl_min <= config.ttl_max <= 60:
-        raise UsageError("TTL bounds must satisfy 5 <= --ttl-min <= --ttl-max <= 60")
+    if not TTL_MIN <= config.ttl_min <= config.ttl_max <= TTL_MAX:
+        raise UsageError(f"TTL bounds must satisfy {TTL_MIN} <= --ttl-min <= --ttl-max "
+                         f"<= {TTL_MAX}")
     if config.claim_ttl < config.ttl_max:  # a name outlives any message sent to it
         raise UsageError(f"--claim-ttl must be at least --ttl-max ({config.ttl_max} s)")
     # A client that names no TTL gets 30 s, or the nearest bound.
@@ -382,8 +391,9 @@ def _chat(args: argparse.Namespace) -> int:
         check_name(args.peer, what="--peer")
         if args.user == args.peer:
             raise UsageError("--user and --peer are the same name")
-        if not 5 <= args.ttl <= 60:
-            raise UsageError(f"--ttl {args.ttl} is out of range: use 5 to 60 seconds")
+        if not ttl_in_range(args.ttl):
+            raise UsageError(f"--ttl {args.ttl} is out of range: use {TTL_MIN} to {TTL_MAX} "
+                             "seconds")
         if args.wait is not None and not 0 <= args.wait < 86400:
             raise UsageError(f"--wait {args.wait:g} is out of range: use 0 to 86399 seconds")
         server = parse_server(args.server)

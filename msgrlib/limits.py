@@ -16,6 +16,12 @@ TTL_MAX = 60
 TTL_DEFAULT = 30
 
 
+#: Longest message accepted from the user, in characters. Keeps every sealed
+#: frame well under the relay's 64 KiB frame limit (the byte limit the relay
+#: sets is checked too: ``ChatCore.max_text_bytes``).
+MAX_TEXT = 16 * 1024
+
+
 def ttl_in_range(ttl: object) -> bool:
     """True if ``ttl`` is a whole number of seconds in ``TTL_MIN..TTL_MAX``."""
     return type(ttl) is int and TTL_MIN <= ttl <= TTL_MAX

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import msgr
 from msgrlib.client import core as chat
-from msgrlib.client.connection import Status
+from msgrlib.client.events import Status
 from msgrlib.ui import linemode
 from msgrlib.ui.view import ChatView
 from msgrlib.util.safetext import UNSAFE_CATEGORIES

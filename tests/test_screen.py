@@ -26,7 +26,7 @@ import pytest
 from helpers import PYTHON, ROOT, chat_process, relay_process
 
 from msgrlib.client import core as chat
-from msgrlib.client.connection import Status
+from msgrlib.client.events import Status
 from msgrlib.ui import options as ui_options
 from msgrlib.ui import view as ui_view
 from msgrlib.ui.view import ChatView, Command, InputLine, Key, handle_key, parse_command, wrap

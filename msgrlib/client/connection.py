@@ -41,7 +41,7 @@ from nacl.signing import SigningKey
 import framing
 from msgrlib import protocol
 from msgrlib.client.core import ChatCore, Mode
-from msgrlib.client.events import Event, Notice, Received
+from msgrlib.client.events import Event, Notice, Received, Status  # noqa: F401 (Status re-exported)
 from msgrlib.client.identity import (  # noqa: F401 (load_identity: re-exported for the UI)
     IdentityError,
     default_identity_path,
@@ -51,6 +51,7 @@ from msgrlib.client.identity import (  # noqa: F401 (load_identity: re-exported 
 from msgrlib.client.session import Ended, ForChat, Ignored, Ready, RelaySession, SessionEvent
 from msgrlib.errors import LocalError, MsgrError, Refused
 from msgrlib.limits import TTL_MAX, TTL_MIN, ttl_in_range
+from msgrlib.util.netaddr import host_port
 from msgrlib.util.safetext import escape
 
 #: Seconds to open the TCP connection and finish TLS.
@@ -91,16 +92,6 @@ class ConnectFailed(ClientError):
 
 class WrongTransport(ClientError):
     code = "transport"
-
-
-@dataclass(frozen=True)
-class Status:
-    """Connection news for the UI: ``state`` is connecting, connected,
-    disconnected or reconnecting; ``detail`` is a sentence."""
-
-    state: str
-    detail: str
-    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -259,8 +250,7 @@ class ChatClient:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host.lower()}:{self.port}"
+        return host_port(self.host.lower(), self.port)
 
     # -- public API ------------------------------------------------------------
 

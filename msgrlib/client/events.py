@@ -83,3 +83,14 @@ class HandshakeRetry:
 
 Event = (Received | Notice | Accepted | Delivered | Undelivered | Presence | SessionStarted
          | HandshakeRetry)
+
+
+@dataclass(frozen=True)
+class Status:
+    """Connection news for the UI, from the asyncio layer: ``state`` is
+    connecting, connected, disconnected or reconnecting; ``detail`` is a
+    sentence."""
+
+    state: str
+    detail: str
+    fingerprint: str | None = None

@@ -25,7 +25,8 @@ import threading
 from typing import Any, TextIO
 
 from msgrlib.client import events
-from msgrlib.client.connection import ChatClient, Status
+from msgrlib.client.connection import ChatClient
+from msgrlib.client.events import Status
 from msgrlib.errors import MsgrError
 from msgrlib.ui.options import (
     EXIT_ERROR,

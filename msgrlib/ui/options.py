@@ -18,17 +18,15 @@ from typing import Any, TextIO
 from msgrlib.client.connection import ChatClient, TlsOptions
 from msgrlib.client.core import ChatCore, Mode
 from msgrlib.client.identity import load_identity
+from msgrlib.limits import MAX_TEXT, TTL_MAX, TTL_MIN  # noqa: F401 (re-exported)
+from msgrlib.util.exitcodes import (  # noqa: F401 (re-exported)
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNDELIVERED,
+)
+from msgrlib.util.netaddr import host_port
 from msgrlib.util.safetext import write_line
-
-EXIT_OK, EXIT_ERROR, EXIT_UNDELIVERED, EXIT_INTERRUPTED = 0, 1, 3, 130
-
-#: Longest message accepted from the user, in characters. Keeps every sealed
-#: frame well under the relay's 64 KiB frame limit (the byte limit the relay
-#: sets is checked too: ``ChatCore.max_text_bytes``).
-MAX_TEXT = 16 * 1024
-
-#: The TTL range users may choose (the relay enforces the same bounds).
-TTL_MIN, TTL_MAX = 5, 60
 
 STATIC_WARNING = ("warning: --static mode: the relay (or anyone who records the traffic) "
                   "could test passcode guesses offline; use a long random passcode")
@@ -128,4 +126,4 @@ def make_client(options: ChatOptions, key: bytes, on_event: Any = None) -> ChatC
 
 def address(host: str, port: int) -> str:
     """``host:port``, an IPv6 address in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host, port)

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from msgrlib.client import events
-from msgrlib.client.connection import Status
-from msgrlib.ui.options import MAX_TEXT, TTL_MAX, TTL_MIN
+from msgrlib.client.events import Status
+from msgrlib.limits import MAX_TEXT, TTL_MAX, TTL_MIN
 from msgrlib.util.safetext import escape
 
 #: A received message is shown for at least this long even if the relay's
