@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 from nacl.signing import SigningKey
@@ -332,3 +333,12 @@ async def relay_subprocess(
             except asyncio.TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+def send_frame(to: str, body: str = "s1.opaque", ref: int = 1, ttl: int = 30,
+               kind: str = "msg") -> dict:
+    return {"type": "send", "ref": ref, "to": to, "ttl": ttl, "body": body, "kind": kind}
+
+
+#: Published test vectors (RFC 9106, the CFRG CPace draft), with their sources.
+VECTORS = Path(__file__).resolve().parent / "vectors"

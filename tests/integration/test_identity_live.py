@@ -1,17 +1,11 @@
-"""msgrlib.client.identity: one name-ownership key per relay and name, kept 0600.
-
-Issue 14 item 2: with a key per run, `echo msg | msgr chat ...` run twice in a
-row was often refused its own name (the relay still held it for the last
-run's key). The key is now kept under the user's state directory.
-"""
+"""test_identity, the tests that need real processes, sockets or a terminal (the
+unit tests are in tests/unit/client/test_identity.py)."""
 
 from __future__ import annotations
 
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from helpers import Chat, relay_subprocess, run
 
 from msgrlib.client import connection as client
@@ -23,16 +17,6 @@ def _client(host: str, port: int, user: str = "alice") -> client.ChatClient:
     core = chat.ChatCore(me=user, peer="bob", key=bytes(32), clock=lambda: 0.0,
                          wallclock=lambda: 0.0, rng=os.urandom)
     return client.ChatClient(core, host=host, port=port)
-
-
-def test_the_default_path_follows_xdg_and_separates_relays_and_names():
-    env = {"XDG_STATE_HOME": "/state", "HOME": "/home/u"}
-    path = identity.default_identity_path("[::1]:8765", "alice", env)
-    assert str(path) == "/state/msgr/names/[__1]_8765/alice.key"
-    relative = {"XDG_STATE_HOME": "state", "HOME": "/home/u"}
-    assert str(identity.default_identity_dir(relative)) == "/home/u/.local/state/msgr/names"
-    assert identity.default_identity_path("relay:1", "a", env) != \
-        identity.default_identity_path("relay:2", "a", env)
 
 
 def test_a_client_keeps_one_key_per_relay_and_name(tmp_path, monkeypatch):
@@ -49,13 +33,6 @@ def test_a_client_keeps_one_key_per_relay_and_name(tmp_path, monkeypatch):
     assert sorted(p.name for p in path.parent.iterdir()) == ["alice.key", "carol.key"]
 
 
-def test_runs_starting_together_get_the_same_key(tmp_path):
-    path = tmp_path / "ids" / "alice.key"
-    with ThreadPoolExecutor(8) as pool:
-        keys = list(pool.map(lambda _: bytes(identity.load_or_create(path)), range(16)))
-    assert len(set(keys)) == 1
-
-
 def test_a_state_directory_that_cannot_be_written_falls_back_with_a_notice(tmp_path,
                                                                              monkeypatch):
     blocked = tmp_path / "file"
@@ -63,14 +40,6 @@ def test_a_state_directory_that_cannot_be_written_falls_back_with_a_notice(tmp_p
     monkeypatch.setenv("XDG_STATE_HOME", str(blocked))
     c = _client("relay", 1)
     assert c.identity is not None and "for this run only" in c._identity_notice
-
-
-def test_a_file_that_is_not_an_identity_is_named(tmp_path):
-    bad = tmp_path / "id"
-    bad.write_text("hello")
-    with pytest.raises(identity.IdentityError, match="not a msgr identity"):
-        identity.load_identity(bad)
-    assert identity.load_identity(None) is None
 
 
 def test_the_same_user_run_twice_in_a_row_always_gets_the_name():
@@ -90,3 +59,4 @@ def test_the_same_user_run_twice_in_a_row_always_gets_the_name():
                 await r5.wait_for(f"build {i} finished")
             await r5.kill()
     run(main(), timeout=120)
+

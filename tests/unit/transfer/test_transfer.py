@@ -15,6 +15,7 @@ import random
 import stat
 
 import pytest
+from helpers import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -873,7 +874,7 @@ def test_a_whole_file_transfer_through_real_files(tmp_path):
 def test_docs_transfer_examples_are_what_the_code_computes():
     from tools import transfer_examples
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+    path = os.path.join(ROOT, "docs",
                         "transfer.md")
     with open(path, encoding="utf-8") as f:
         doc = f.read()

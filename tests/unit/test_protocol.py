@@ -7,23 +7,20 @@ ownership signature and the integer-only hello are checked on a real relay.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
 import os
 import re
 
 import pytest
-from helpers import ROOT, RawClient, relay_running, run, tls_contexts
+from helpers import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 import framing
-import kdf
 from msgrlib import protocol
 from msgrlib.client import connection as client
-from msgrlib.errors import Refused
 from msgrlib.protocol import ErrorCode, FrameError
 from msgrlib.relay import rules, store
 
@@ -136,95 +133,6 @@ def test_one_error_enum_for_both_sides_and_the_spec():
     assert client.FATAL_CODES == protocol.PERMANENT_CODES
 
 
-# -- on a real relay -------------------------------------------------------------------
-
-async def _hello(port: int, v: object) -> dict:
-    raw = await RawClient.connect(port)
-    key = SigningKey.generate()
-    await raw.send({"type": "hello", "v": v, "user": "alice",
-                    "key": base64.b64encode(bytes(key.verify_key)).decode()})
-    answer = await raw.recv()
-    closed = await raw.closed(2)
-    await raw.close()
-    return {**answer, "closed": closed}
-
-
-@pytest.mark.parametrize("v", [True, 1.0])
-def test_relay_refuses_a_hello_whose_version_is_not_an_integer(v):
-    """Issue 13 item 13: the relay took "v": true and "v": 1.0 for 1."""
-    async def main():
-        async with relay_running() as srv:
-            answer = await _hello(srv.address[1], v)
-            assert answer["type"] == "error" and answer["code"] == "protocol", answer
-            assert answer["fatal"] is True and answer["closed"]
-            assert (await _hello(srv.address[1], 1))["type"] == "challenge"
-    run(main())
-
-
-def test_a_signature_for_one_relays_id_does_not_sign_in_at_another():
-    async def main():
-        async with relay_running() as one, relay_running() as two:
-            key = SigningKey.generate()
-            first = await RawClient.connect(one.address[1])
-            await first.send(protocol.Hello("alice", bytes(key.verify_key)).to_json())
-            id_one = (await first.recv())["relay"]
-            raw = await RawClient.connect(two.address[1])
-            await raw.send(protocol.Hello("alice", bytes(key.verify_key)).to_json())
-            challenge = protocol.parse_relay_frame(await raw.recv())
-            assert challenge.relay == two.relay.instance != id_one
-            wrong = protocol.auth_message(challenge.nonce, protocol.id_binding(id_one), "alice")
-            await raw.send(protocol.Auth(key.sign(wrong).signature).to_json())
-            answer = await raw.recv()
-            assert answer["code"] == "bad_signature", answer
-            for c in (first, raw):
-                await c.close()
-    run(main())
-
-
-def test_a_hostile_tls_relay_cannot_forward_another_relays_challenge(tmp_path):
-    """Issue 13 item 11: a relay the client trusts (its own certificate) passes
-    hello, challenge and auth on to another relay to sign in there as the
-    client. The signature names the certificate the client saw: refused."""
-    (tmp_path / "real").mkdir()
-    (tmp_path / "evil").mkdir()
-    real_server, real_client = tls_contexts(tmp_path / "real")
-    evil_server, _ = tls_contexts(tmp_path / "evil")
-    answers: list[dict] = []
-
-    async def forward(reader, writer, port):
-        up_reader, up_writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=real_client, server_hostname="localhost")
-        try:
-            for _ in range(2):  # hello -> challenge, auth -> welcome or error
-                frame = await framing.read_frame(reader)
-                up_writer.write(framing.encode_frame(frame))
-                answer = await framing.read_frame(up_reader)
-                answers.append(answer)
-                writer.write(framing.encode_frame(answer))
-                await writer.drain()
-        finally:
-            up_writer.close()
-            writer.close()
-
-    async def main():
-        async with relay_running(ssl_context=real_server) as real:
-            evil = await asyncio.start_server(
-                lambda r, w: forward(r, w, real.address[1]), "127.0.0.1", 0, ssl=evil_server)
-            port = evil.sockets[0].getsockname()[1]
-            try:
-                with pytest.raises(Refused) as err:
-                    await client.open_chat(
-                        server=f"127.0.0.1:{port}", user="alice", peer="bob", passcode="pw",
-                        tls=client.TlsOptions(cafile=str(tmp_path / "evil" / "cert.pem")),
-                        kdf_params=kdf.KdfParams(time_cost=1, memory_kib=8, parallelism=1))
-                assert err.value.code == "bad_signature"
-                assert [a["type"] for a in answers] == ["challenge", "error"], answers
-                assert "alice" not in real.relay.claims
-            finally:
-                evil.close()
-    run(main())
-
-
 class _Link:
     address = "test"
 
@@ -304,3 +212,4 @@ def test_the_client_imports_nothing_from_the_relay_and_the_cores_no_io():
         found = _imports(relpath)
         assert not found & {"asyncio", "socket", "ssl", "curses"}, relpath
         assert not {m for m in found if m.startswith(("msgrlib.relay", "msgrlib.ui"))}, relpath
+

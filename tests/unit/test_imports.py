@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TOP = ("msgr", "framing", "kdf")
 IO_MODULES = {"asyncio", "socket", "ssl", "selectors", "curses", "_curses", "threading",
               "subprocess"}

@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any
 
-from test_chat import OTHER_KEY, Net, _sends, attached, pair
+from chatnet import OTHER_KEY, Net, _sends, attached, pair
 
 from msgrlib.client import core as chat
 from msgrlib.client import window

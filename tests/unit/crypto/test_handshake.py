@@ -8,11 +8,11 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import nacl.bindings
 import pytest
+from helpers import VECTORS as VECTOR_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +35,7 @@ WRONG_PRS = hashlib.sha512(b"another passcode").digest()[:32]
 ALICE, BOB = "alice", "bob"
 
 LOW_ORDER = json.loads(
-    (Path(__file__).parent / "vectors" / "cpace-x25519-sha512.json").read_text()
+    (VECTOR_DIR / "cpace-x25519-sha512.json").read_text()
 )["low_order"]
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from helpers import RawClient, relay_running, run
-from test_relay import send_frame
+from helpers import RawClient, relay_running, run, send_frame
 
 from msgrlib.relay import config as relay_config
 

@@ -7,17 +7,12 @@ import base64
 import struct
 
 import pytest
-from helpers import RawClient, relay_running, run, tls_contexts
+from helpers import RawClient, relay_running, run, send_frame, tls_contexts
 from nacl.signing import SigningKey
 
 from msgrlib.relay import rules as relay
 
 FAST = relay.RelayConfig(ttl_min=1, hello_timeout=1.0, claim_ttl=1.0)
-
-
-def send_frame(to: str, body: str = "s1.opaque", ref: int = 1, ttl: int = 30,
-               kind: str = "msg") -> dict:
-    return {"type": "send", "ref": ref, "to": to, "ttl": ttl, "body": body, "kind": kind}
 
 
 def test_delivery_both_ways_ack_and_ttl_clamped():

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from pathlib import Path
 
 import pytest
 from argon2.low_level import Type, hash_secret_raw
+from helpers import VECTORS as VECTOR_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +29,7 @@ from kdf import (
 )
 from msgrlib.errors import MsgrError
 
-VECTORS = Path(__file__).resolve().parent / "vectors"
+VECTORS = VECTOR_DIR
 
 # Fast parameters for tests; only test_default_params_* pays for the real ones.
 TINY = KdfParams(time_cost=1, memory_kib=8, parallelism=1)

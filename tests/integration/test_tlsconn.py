@@ -20,9 +20,8 @@ import ssl
 import weakref
 
 import pytest
-from helpers import RawClient, relay_running, run, tls_contexts
+from helpers import RawClient, relay_running, run, send_frame, tls_contexts
 from nacl.signing import SigningKey
-from test_relay import send_frame
 
 import framing
 from msgrlib.relay import rules as relay

@@ -10,17 +10,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from pathlib import Path
 
 import nacl.bindings
 import pytest
+from helpers import VECTORS as VECTOR_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from msgrlib.crypto import cpace
 from msgrlib.errors import CryptoError
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "cpace-x25519-sha512.json").read_text())
+VECTORS = json.loads((VECTOR_DIR / "cpace-x25519-sha512.json").read_text())
 H = bytes.fromhex
 
 PRS = VECTORS["PRS_text"].encode()

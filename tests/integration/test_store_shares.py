@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from helpers import RawClient, relay_running, run
-from test_relay import send_frame
+from helpers import RawClient, relay_running, run, send_frame
 
 import framing
 from msgrlib.relay import config as relay_config

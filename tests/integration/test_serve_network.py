@@ -15,8 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, RawClient, listening_port, run
-from test_relay import send_frame
+from helpers import ROOT, RawClient, listening_port, run, send_frame
 
 from msgrlib.relay import server
 from msgrlib.util.netaddr import host_port

@@ -12,9 +12,8 @@ import asyncio
 import os
 
 import pytest
-from helpers import RawClient, chat_argv, relay_running, relay_subprocess, run
+from helpers import RawClient, chat_argv, relay_running, relay_subprocess, run, send_frame
 from nacl.signing import SigningKey
-from test_relay import send_frame
 
 from msgrlib.relay import config as relay_config
 

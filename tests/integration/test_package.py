@@ -16,7 +16,7 @@ import sysconfig
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 #: Files an ordinary project has; each would have broken msgr when it
 #: installed twenty generic top-level modules.

@@ -13,7 +13,7 @@ import re
 from msgrlib.relay import rules as relay
 from tools import protocol_examples
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def read(name: str) -> str:
@@ -178,7 +178,7 @@ def test_each_handshake_check_fails_as_protocol_section_6_2_says():
     every kind of bad message arrives; the notices and silences are as
     listed, nothing counts, and the attempt then completes. A second copy of
     the resp (echoing the attempt, out of turn) is a notice and ends it."""
-    from test_chat import Net, attached
+    from chatnet import Net, attached
 
     from msgrlib.client import core as chat
 
@@ -226,7 +226,7 @@ def test_inner_fields_of_the_wrong_type_or_range_are_refused_with_a_notice():
     """PROTOCOL.md 6.5: a `msg` whose `ttl` is not an integer, whose `n` is
     below 1, or whose `ts` is not a number is refused with a notice; `e` is
     an opaque string; unlisted fields are ignored."""
-    from test_chat import Net, pair
+    from chatnet import Net, pair
 
     from msgrlib.client import core as chat
 

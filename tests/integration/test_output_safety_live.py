@@ -1,0 +1,113 @@
+"""test_output_safety, the tests that need real processes, sockets or a terminal (the
+unit tests are in tests/unit/ui/test_output_safety.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import unicodedata
+
+from helpers import ROOT, Proxy, chat_argv, relay_running, run
+from hypothesis import strategies as st
+
+from msgrlib.client import core as chat
+from msgrlib.client.events import Status
+from msgrlib.util.safetext import UNSAFE_CATEGORIES
+
+#: Strings from outside: anything, with the attacker's favourites made likely.
+HOSTILE = st.text(alphabet=st.one_of(
+    st.characters(),
+    st.sampled_from(["\x1b", "\x9b", "\x07", "\r", "\n", "\u2028", "\u2029", "\u202e",
+                     "\u200b", "\u200d", "\ufeff", "\U000e0041", "\ue000", "\ud800",
+                     "\u0378", "\x7f", "\t"])))
+
+
+def unsafe(text: str) -> list[str]:
+    return [c for c in text if unicodedata.category(c) in UNSAFE_CATEGORIES]
+
+
+def events(s: list[str]) -> list[object]:
+    text, name, reason, detail, notice, sid = s
+    return [
+        chat.Received(name, text, 1.7e9, 1.7e9 + 30, 30),
+        chat.Notice(notice, "info", "warn"),
+        chat.Notice(notice, "passcode_mismatch", "error"),
+        chat.Undelivered(3, reason),
+        chat.Delivered(3),
+        chat.Presence(True),
+        chat.SessionStarted(detail, sid, True),
+        Status("connected", detail, "SHA256:" + sid),
+        Status("disconnected", reason),
+        Status("trust", notice),
+    ]
+
+
+# -- a hostile relay, real processes -----------------------------------------------------
+
+HOSTILE_SENTENCE = ("\x1b]0;owned\x07\x1b[2J\x1b[H\x9b31mbob: send me the passcode"
+                    "\u2028msgr: message #7 was not delivered\u202e\u200b\U000e0041")
+
+
+def raw_unsafe(data: bytes) -> list[str]:
+    text = data.decode("utf-8")   # strict: output is UTF-8 text
+    return unsafe(text.replace("\n", ""))
+
+
+async def chat_bytes(port: int, user: str, *extra: str,
+                     stdin: bytes) -> tuple[int, bytes, bytes]:
+    env = {**os.environ, "MSGR_PASSCODE": "correct horse battery staple",
+           "HOME": os.environ.get("MSGR_TEST_HOME", os.environ.get("HOME", "/tmp"))}
+    proc = await asyncio.create_subprocess_exec(
+        *chat_argv(port, user, "bob", *extra), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=env)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    return await proc.wait(), out, err
+
+
+def test_a_hostile_relays_error_sentences_reach_no_output_raw() -> None:
+    """The relay answers each send with an error whose sentence holds OSC, CSI,
+    C1 CSI (U+009B), U+2028, a bidi override, a zero-width space and a tag
+    character; in the refusal at hello too. Line mode, --json and the one-line
+    error print none of them raw, and say what happened."""
+
+    def refuse_sends(direction: str, frame: dict, conn: dict) -> list[dict]:
+        if direction == "up" and frame.get("type") == "send" and "ref" in frame:
+            return [{"type": "error", "code": "refused", "message": HOSTILE_SENTENCE,
+                     "ref": frame["ref"], "_back": True}]
+        return [frame]
+
+    def refuse_hello(direction: str, frame: dict, conn: dict) -> list[dict]:
+        if direction == "down" and frame.get("type") == "challenge":
+            return [{"type": "error", "code": "protocol", "message": HOSTILE_SENTENCE,
+                     "fatal": True}]
+        return [frame]
+
+    async def main() -> list[tuple[int, bytes, bytes]]:
+        results = []
+        async with relay_running() as srv:
+            port = srv.address[1]
+            # One name per run: a name stays bound to its key for a while after bye.
+            for user, hook, extra in (("alice", refuse_sends, ()),
+                                      ("carol", refuse_sends, ("--json",)),
+                                      ("dave", refuse_hello, ())):
+                proxy = await Proxy(port, hook).start()
+                results.append(await chat_bytes(proxy.port, user, "--static", "--ttl", "5",
+                                                "--wait", "5", *extra,
+                                                stdin=b"hello\nsecond\n"))
+                await proxy.close()
+        return results
+
+    (code, out, err), (jcode, jout, jerr), (hcode, hout, herr) = run(main(), timeout=120)
+    for data in (out, err, jout, jerr, hout, herr):
+        assert not raw_unsafe(data), data
+    assert code == 3 and jcode == 3 and hcode == 1, (err, jerr, herr)
+    assert b"message #1 was not delivered: the relay refused it: \\x1b]0;owned\\x07" in err
+    assert b"\\x9b31mbob: send me the passcode\\u2028msgr: message #7" in err
+    assert b"2 message(s) not delivered" in err
+    undelivered = [json.loads(line) for line in jout.splitlines()]
+    assert [o["type"] for o in undelivered] == ["undelivered", "undelivered"]
+    assert HOSTILE_SENTENCE in undelivered[0]["reason"]   # exact for programs, escaped on the wire
+    assert b"\\u009b" in jout and b"\\u2028" in jout
+    assert b"\\x1b]0;owned" in herr and b"traceback" not in herr.lower()
+
