@@ -314,7 +314,9 @@ def run_send(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     finally:
-        prepared.source.close()
+        close = getattr(prepared.source, "close", None)  # a secret's has none
+        if close is not None:
+            close()
 
 
 async def _send(args: argparse.Namespace, target: Any, prepared: Any) -> int:
