@@ -392,10 +392,8 @@ def _chat(args: argparse.Namespace) -> int:
         return transfer_cli.run_invite_chat(args)
     if not (args.user and args.peer):
         raise UsageError("give --user and --peer (and the passcode), or use --invite")
-    if not args.server:
-        from msgrlib.ui.transfer_cli import relay_target
-        host, port, _ = relay_target(args)  # MSGR_SERVER or the config file
-        args.server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    from msgrlib.ui.transfer_cli import server_text
+    args.server = server_text(args.server)  # or MSGR_SERVER, or the config file
     notes: list[str] = []
     try:
         for option in ("user", "peer"):

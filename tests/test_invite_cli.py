@@ -239,3 +239,30 @@ def test_a_bad_code_is_one_clear_line(tmp_path: Any) -> None:
             assert receiver.stderr[-1].startswith("msgr receive: bad invite code")
             assert all("Traceback" not in line for line in receiver.stderr)
     run(main(), timeout=30)
+
+
+def test_a_receiver_stopped_mid_file_keeps_nothing_and_the_sender_is_told(tmp_path: Any) -> None:
+    import signal
+
+    (tmp_path / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            sender = await start(["send", "big.bin"], str(tmp_path), port, name="sender")
+            code = await code_of(sender)
+            receiver = await start(["receive", "--dir", str(out), "--json"], str(tmp_path),
+                                   port, name="receiver")
+            await receiver.say(code)
+            await receiver.say("y")
+            await receiver.wait_for(r'"event": "progress"')
+            assert any(p.name.endswith(".part") for p in out.iterdir())
+            receiver.proc.send_signal(signal.SIGINT)
+            assert await receiver.exit_code() == 130
+            await sender.wait_for(r"the other side reports: the other side stopped "
+                                  r"\(cancelled\)", stream="stderr")
+            assert await sender.exit_code() == 1
+            assert list(out.iterdir()) == []
+    run(main(), timeout=60)

@@ -425,6 +425,12 @@ class ChatCore:
         self.transfers.send(offer, source, self._clock())
         self._flush_transfers()
 
+    def cancel_transfers(self, reason: str) -> None:
+        """Stop every running transfer, telling the peer (the program is ending)."""
+        if self.transfers is not None:
+            self.transfers.cancel_all(reason, self._clock())
+            self._flush_transfers()
+
     def quiet(self) -> bool:
         """Nothing waits to go to the relay, and the relay answered every send."""
         return not (self._acks or self._frames or self._sends.refs)

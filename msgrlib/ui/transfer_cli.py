@@ -27,7 +27,7 @@ from msgrlib.util.safetext import escape
 EXIT_OK, EXIT_ERROR, EXIT_UNDELIVERED, EXIT_INTERRUPTED = 0, 1, 3, 130
 
 #: Keys the config file may set (one ``key = value`` per line, ``#`` comments).
-CONFIG_KEYS = ("server", "cafile", "pin")
+CONFIG_KEYS = ("server",)
 #: Seconds to wait, at the end, for our last frames (``xfer.done``...) to reach the relay.
 FLUSH_WAIT = 5.0
 #: Progress lines per second on a terminal.
@@ -72,24 +72,28 @@ def read_config(path: str | None = None) -> dict[str, str]:
     return out
 
 
+def server_text(given: str | None) -> str:
+    """The relay: ``--server``, else MSGR_SERVER, else the config file's ``server``."""
+    text = given or os.environ.get("MSGR_SERVER") or read_config().get("server")
+    if not text:
+        raise UsageError("no relay given: use --server HOST:PORT (msgrs://HOST:PORT for "
+                         f"TLS), set MSGR_SERVER, or write 'server = HOST:PORT' in "
+                         f"{config_path()}")
+    return text
+
+
 def relay_target(args: argparse.Namespace) -> tuple[str, int, Any]:
     """(host, port, TlsOptions or None) from the options, MSGR_SERVER or the config file."""
     from msgrlib.client.connection import ClientError, TlsOptions, parse_server
     from msgrlib.tls import x509
 
-    config = read_config()
-    text = args.server or os.environ.get("MSGR_SERVER") or config.get("server")
-    if not text:
-        raise UsageError("no relay given: use --server HOST:PORT (msgrs://HOST:PORT for "
-                         f"TLS), set MSGR_SERVER, or write 'server = HOST:PORT' in "
-                         f"{config_path()}")
+    text = server_text(args.server)
     try:
         address = parse_server(text)
     except ClientError as err:
         raise UsageError(str(err)) from None
-    cafile = args.cafile or (config.get("cafile") if not args.pin else None)
-    pin = args.pin or (config.get("pin") if not args.cafile else None)
-    tls = bool(args.tls or address.tls or ((cafile or pin) and address.tls is not False))
+    cafile, pin = args.cafile, args.pin
+    tls = bool(args.tls or address.tls)
     if address.tls is False and args.tls:
         raise UsageError(f"{text} names a relay without TLS, but --tls is given")
     if (cafile or pin) and not tls:
@@ -254,21 +258,24 @@ async def _drive(client: Any, finished: asyncio.Future[int]) -> int:
             pass
     stop = loop.create_task(interrupted.wait())
     running = loop.create_task(client.run())
+    core = client.core
     try:
         await asyncio.wait({running, finished, stop}, return_when=asyncio.FIRST_COMPLETED)
         if running.done():
             running.result()  # raises why it could not go on
             return EXIT_ERROR
-        if interrupted.is_set():
-            return EXIT_INTERRUPTED
-        code = finished.result()
-        # Our last frames (xfer.done, a decline...) reach the relay before we go.
-        end = loop.time() + FLUSH_WAIT
-        while not client.core.quiet() and loop.time() < end and not running.done():
+        code = EXIT_INTERRUPTED if interrupted.is_set() else finished.result()
+        # A transfer still running is cancelled (the other side is told, a receiver
+        # keeps nothing); our last frames (xfer.done, a decline...) reach the relay.
+        core.cancel_transfers("the other side stopped")
+        client.poke()
+        end = loop.time() + (1.0 if interrupted.is_set() else FLUSH_WAIT)
+        while not core.quiet() and loop.time() < end and not running.done():
             await asyncio.sleep(0.02)
         return code
     finally:
         stop.cancel()
+        core.cancel_transfers("the other side stopped")
         client.close()
         try:
             await asyncio.wait_for(running, 5)
@@ -482,11 +489,23 @@ def _received(state: dict[str, Any]) -> None:
 
 
 async def _ask(question: str) -> bool:
-    def ask() -> str:
-        print(question, end="", file=sys.stderr, flush=True)
-        return sys.stdin.readline()
+    """A yes/no question on stderr, answered on stdin (no answer: no). A daemon thread
+    reads, so a program that ends meanwhile does not wait for a line."""
+    import threading
 
-    answer = await asyncio.to_thread(ask)
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[str] = loop.create_future()
+
+    def ask() -> None:
+        print(question, end="", file=sys.stderr, flush=True)
+        try:
+            line = sys.stdin.readline()
+        except (OSError, ValueError, UnicodeDecodeError):
+            line = ""
+        loop.call_soon_threadsafe(lambda: reply.done() or reply.set_result(line))
+
+    threading.Thread(target=ask, name="msgr-ask", daemon=True).start()
+    answer = await reply
     if not answer:
         print(file=sys.stderr)
     return answer.strip().lower() in ("y", "yes")
