@@ -32,6 +32,7 @@ relay that raises it and the client that receives it. The tree
     │   │   ├── client.connection.ConnectFailed connect
     │   │   └── client.connection.WrongTransport transport
     │   ├── client.identity.IdentityError       identity
+    │   ├── client.invite.InviteError           invite
     │   ├── client.session.SessionError         session_state
     │   ├── relay.store.StoreError              store
     │   │   ├── relay.store.MailboxFull         mailbox_full

@@ -17,7 +17,8 @@ States (one table; DONE and FAILED are terminal)::
 Errors::
 
     MsgrError
-    └── InviteError      the invite cannot go on (lapsed, cancelled, no such
+    └── LocalError
+        └── InviteError  the invite cannot go on (lapsed, cancelled, no such
                          number, the relay refused); ``code`` says which
 """
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from msgrlib import protocol
-from msgrlib.errors import MsgrError
+from msgrlib.errors import LocalError
 from msgrlib.invite import InviteCode, invite_prs, make_code
 from msgrlib.util.safetext import escape
 
@@ -41,7 +42,11 @@ NAMEPLATE_CODES = frozenset({
     protocol.ErrorCode.TOO_MANY_NAMEPLATES, protocol.ErrorCode.NAMEPLATES_FULL})
 
 
-class InviteError(MsgrError):
+class InviteError(LocalError):
+    """``code``: expired, cancelled, lost, protocol, or the relay's nameplate code."""
+
+    code = "invite"
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code

@@ -488,6 +488,11 @@ def _received(state: dict[str, Any]) -> None:
              "matched")
 
 
+def _settle(future: asyncio.Future[str], value: str) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
 async def _ask(question: str) -> bool:
     """A yes/no question on stderr, answered on stdin (no answer: no). A daemon thread
     reads, so a program that ends meanwhile does not wait for a line."""
@@ -502,7 +507,7 @@ async def _ask(question: str) -> bool:
             line = sys.stdin.readline()
         except (OSError, ValueError, UnicodeDecodeError):
             line = ""
-        loop.call_soon_threadsafe(lambda: reply.done() or reply.set_result(line))
+        loop.call_soon_threadsafe(_settle, reply, line)
 
     threading.Thread(target=ask, name="msgr-ask", daemon=True).start()
     answer = await reply
