@@ -1,6 +1,7 @@
 """Measure one file transfer: ``msgr send`` / ``msgr receive`` through a local TLS relay.
 
     python -m tools.transfer_speed [--mib 100] [--rate-bytes N --burst-bytes N]
+                                   [--rate-messages N --burst-messages N]
 
 Starts a relay in this process (TLS, a fresh self-signed certificate, the limits given or
 msgr's defaults), writes a random file of ``--mib`` MiB, runs ``msgr.py send`` and
@@ -104,9 +105,11 @@ def main() -> None:
     parser.add_argument("--mib", type=float, default=100.0)
     parser.add_argument("--rate-bytes", type=float, default=None)
     parser.add_argument("--burst-bytes", type=float, default=None)
+    parser.add_argument("--rate-messages", type=float, default=None)
+    parser.add_argument("--burst-messages", type=float, default=None)
     args = parser.parse_args()
-    overrides = {k: v for k, v in (("rate_bytes", args.rate_bytes),
-                                   ("burst_bytes", args.burst_bytes)) if v is not None}
+    overrides = {k: getattr(args, k) for k in ("rate_bytes", "burst_bytes", "rate_messages",
+                                               "burst_messages") if getattr(args, k) is not None}
     result = asyncio.run(measure(args.mib, RelayConfig(**overrides)))
     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in result.items()))
