@@ -306,3 +306,79 @@ def test_a_connection_cut_mid_file_resumes(tmp_path: Any) -> None:
             assert (out / "big.bin").read_bytes() == data
             await proxy.close()
     run(main(), timeout=90)
+
+
+def test_a_hostile_offer_is_shown_escaped_and_refused(tmp_path: Any) -> None:
+    """A sender (our own client, driven by hand) offers '../' plus a screen-clearing escape:
+    the receiver shows it escaped, refuses it without asking, writes nothing, and the
+    sender is told why. ``send --json`` prints the code as a JSON line."""
+    import hashlib as _hashlib
+    import json as _json
+
+    from msgrlib.client.events import SessionStarted, TransferEvent
+    from msgrlib.client.invite import InviteReady
+    from msgrlib.transfer import Transfers
+    from msgrlib.transfer.files import BytesSource
+    from msgrlib.transfer.machine import Declined, make_offer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    hostile = "../\x1b[2Jevil"
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            codes: asyncio.Queue[str] = asyncio.Queue()
+            declined: list[str] = []
+
+            def on_event(event: Any) -> None:
+                if isinstance(event, InviteReady):
+                    codes.put_nowait(event.code)
+                elif isinstance(event, SessionStarted):
+                    offer = make_offer("ee" * 16, kind="file", name=hostile, size=5,
+                                       mime="text/plain",
+                                       sha256=_hashlib.sha256(b"hello").hexdigest())
+                    client.core.send_transfer(offer, BytesSource(b"hello"))
+                    client.poke()
+                elif isinstance(event, TransferEvent) and isinstance(event.event, Declined):
+                    declined.append(event.event.reason)
+
+            client = transfer_cli._make_client(("127.0.0.1", port, None), None, on_event,
+                                               transfers=Transfers())
+            running = asyncio.get_running_loop().create_task(client.run())
+            code = await asyncio.wait_for(codes.get(), 10)
+            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), port,
+                                   name="receiver")
+            await receiver.say(code)
+            assert await receiver.exit_code() == 1
+            shown = "\n".join(receiver.stderr)
+            assert "\x1b" not in shown and "'../\\x1b[2Jevil'" in shown, shown
+            assert "refused:" in shown and "accept it" not in shown
+            for _ in range(100):
+                if declined:
+                    break
+                await asyncio.sleep(0.05)
+            assert declined and "path separator" in declined[0]
+            assert list(out.iterdir()) == []
+            client.close()
+            await asyncio.wait_for(running, 5)
+            # --json: the code is a JSON line on stdout too.
+            sender = await start(["send", "-", "--json"], str(tmp_path), port, name="sender")
+            assert sender.proc.stdin is not None
+            sender.proc.stdin.write(b"x")
+            await sender.end_input()
+            line = await sender.wait_for(r'"event": "code"')
+            assert _json.loads(line)["code"] == await code_of(sender)
+            await sender.kill()
+    run(main(), timeout=60)
+
+
+def test_a_named_chat_takes_its_relay_from_msgr_server(tmp_path: Any) -> None:
+    async def main() -> None:
+        async with relay_running() as srv:
+            chat = await start(["chat", "--user", "alice", "--peer", "bob"], str(tmp_path),
+                               srv.address[1], env={"MSGR_PASSCODE": "a long passcode here"})
+            await chat.wait_for(r"connected to 127\.0\.0\.1", stream="stderr", timeout=20)
+            await chat.end_input()
+            assert await chat.exit_code() == 0, chat.stderr
+    run(main(), timeout=40)

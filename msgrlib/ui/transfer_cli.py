@@ -222,13 +222,17 @@ def _say(text: str) -> None:
     print(f"msgr: {text}", file=sys.stderr, flush=True)
 
 
-def _common_event(event: Any, command: str) -> int | None:
-    """Print what every invite command prints; an exit code if the event ends the run."""
+def _common_event(event: Any, command: str, as_json: bool = False) -> int | None:
+    """Print what every invite command prints; an exit code if the event ends the run.
+    With ``as_json``, the code is also one JSON line on stdout (for scripts)."""
     from msgrlib.client.connection import Status
     from msgrlib.client.events import Notice, SessionStarted
     from msgrlib.client.invite import InviteReady, PeerJoined
 
     if isinstance(event, InviteReady):
+        if as_json:
+            print(json.dumps({"event": "code", "code": event.code, "ttl": event.ttl}),
+                  flush=True)
         how = {"chat": "msgr chat --join", "send": "msgr receive"}[command]
         _say(f"your invite code is  {event.code}")
         _say(f"on the other side run  {how}  and type the code (it works once, for "
@@ -337,7 +341,7 @@ async def _send(args: argparse.Namespace, target: Any, prepared: Any) -> int:
 
     def on_event(event: Any) -> None:
         nonlocal started
-        code = _common_event(event, "send")
+        code = _common_event(event, "send", args.json)
         if code is not None:
             _finish(finished, code)
         if isinstance(event, SessionStarted) and not started:
@@ -594,7 +598,7 @@ async def _invite_chat(args: argparse.Namespace, target: Any, code: Any) -> int:
     up = asyncio.Event()
 
     def on_event(event: Any) -> None:
-        result = _common_event(event, "chat")
+        result = _common_event(event, "chat", args.json)
         if result is not None:
             _finish(finished, result)
         if isinstance(event, SessionStarted):
