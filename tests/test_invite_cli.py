@@ -382,3 +382,49 @@ def test_a_named_chat_takes_its_relay_from_msgr_server(tmp_path: Any) -> None:
             await chat.end_input()
             assert await chat.exit_code() == 0, chat.stderr
     run(main(), timeout=40)
+
+
+def test_receive_on_a_terminal_completes_the_words_with_tab(tmp_path: Any) -> None:
+    """In a real terminal (tmux): the code prompt completes a word with Tab (readline),
+    the offer is shown, 'y' accepts, the file arrives."""
+    import shutil
+
+    from test_screen import Tmux
+
+    from msgrlib.invite import complete
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    (tmp_path / "note.txt").write_text("typed by hand\n")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            sender = await start(["send", "note.txt"], str(tmp_path), port, name="sender")
+            code = parse_code(await code_of(sender))
+            word = code.words[0]
+            prefix = next(word[:n] for n in range(1, len(word) + 1)
+                          if complete(f"{code.nameplate}-{word[:n]}") == [
+                              f"{code.nameplate}-{word}-"])
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("TMUX", "MSGR_"))}
+            env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8", PS1="$ ", HOME=str(tmp_path),
+                       MSGR_SERVER=f"127.0.0.1:{port}")
+            term = Tmux(env)
+            try:
+                term.run(f"{PYTHON} msgr.py receive --dir {out}")
+                await asyncio.to_thread(term.wait, r"Invite code \(tab completes")
+                term.type(f"{code.nameplate}-{prefix}")
+                term.press("Tab")
+                await asyncio.to_thread(term.wait, re.escape(f"{code.nameplate}-{word}-"))
+                term.type(code.words[1])
+                term.press("Enter")
+                await asyncio.to_thread(term.wait, r"accept it into .*\[y/N\]", 20)
+                term.run("y")
+                await asyncio.to_thread(term.wait, r"received .*note\.txt", 20)
+                assert await sender.exit_code() == 0
+                assert (out / "note.txt").read_text() == "typed by hand\n"
+            finally:
+                term.kill()
+    run(main(), timeout=60)
