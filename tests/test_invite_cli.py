@@ -428,3 +428,30 @@ def test_receive_on_a_terminal_completes_the_words_with_tab(tmp_path: Any) -> No
             finally:
                 term.kill()
     run(main(), timeout=60)
+
+
+def test_a_directory_arrives_as_a_directory(tmp_path: Any) -> None:
+    src = tmp_path / "album"
+    (src / "inner").mkdir(parents=True)
+    (src / "a.txt").write_text("first\n")
+    (src / "inner" / "b.bin").write_bytes(os.urandom(70_000))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            sender = await start(["send", "album"], str(tmp_path), port, name="sender")
+            code = await code_of(sender)
+            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), port,
+                                   name="receiver")
+            await receiver.say(code)
+            await receiver.wait_for(r"offers a directory named 'album'", stream="stderr")
+            await receiver.say("y")
+            assert await receiver.exit_code() == 0, receiver.stderr
+            assert await sender.exit_code() == 0, sender.stderr
+    run(main(), timeout=60)
+    assert (out / "album" / "a.txt").read_text() == "first\n"
+    assert (out / "album" / "inner" / "b.bin").read_bytes() == \
+        (src / "inner" / "b.bin").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["album"]
