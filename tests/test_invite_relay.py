@@ -107,3 +107,17 @@ def test_too_many_invites_from_one_name() -> None:
             assert (await c.recv_type("error"))["code"] == "too_many_nameplates"
             await c.close()
     run(main())
+
+
+def test_joins_from_one_address_are_limited() -> None:
+    """Each join uses an invite up: trying numbers in a row would burn everyone's."""
+    async def main() -> None:
+        async with relay_running() as srv:
+            c = await RawClient.login(srv.address[1], "i-prober")
+            codes = []
+            for number in range(1, 12):
+                await c.send({"type": "join", "nameplate": number})
+                codes.append((await c.recv_type("error"))["code"])
+            assert codes == ["no_nameplate"] * 10 + ["rate_limited"]
+            await c.close()
+    run(main())

@@ -36,10 +36,6 @@ from msgrlib.util.safetext import escape
 
 #: Random bytes in an invite's routing name: two invites never pick the same name.
 NAME_BYTES = 8
-#: Relay error codes that end a rendezvous.
-NAMEPLATE_CODES = frozenset({
-    protocol.ErrorCode.NO_NAMEPLATE, protocol.ErrorCode.OWN_NAMEPLATE,
-    protocol.ErrorCode.TOO_MANY_NAMEPLATES, protocol.ErrorCode.NAMEPLATES_FULL})
 
 
 class InviteError(LocalError):
@@ -135,7 +131,8 @@ class Rendezvous:
                 raise InviteError("expired", "nobody used the invite code before it expired; "
                                   "start a new one")
             raise InviteError("cancelled", "the invite was cancelled")
-        if isinstance(frame, protocol.Error) and frame.code in NAMEPLATE_CODES:
+        if isinstance(frame, protocol.Error):
+            # Before the chat, whatever the relay refuses is about the invite.
             self._go("fail")
             if frame.code == protocol.ErrorCode.NO_NAMEPLATE:
                 raise InviteError(str(frame.code), "no invite with that number is waiting at "
@@ -151,5 +148,5 @@ class Rendezvous:
         return invite_prs(self.code)
 
 
-__all__ = ["InviteError", "InviteReady", "NAMEPLATE_CODES", "PeerJoined", "Rendezvous", "Step",
+__all__ = ["InviteError", "InviteReady", "PeerJoined", "Rendezvous", "Step",
            "TRANSITIONS", "invite_name"]

@@ -43,6 +43,12 @@ from msgrlib.util.names import is_valid_name
 
 log = logging.getLogger("msgr.relay")
 
+#: Nameplate joins one address (an IPv6 /64) may make: a burst of 10, then one
+#: every 6 s. A person joins once per code; each join uses an invite up, so
+#: without a limit one client could burn every waiting invite in a second.
+JOIN_BURST = 10.0
+JOIN_RATE = 1 / 6
+
 
 
 class Link(Protocol):
@@ -191,6 +197,7 @@ class Relay:
         self.watchers: dict[str, set[Client]] = {}
         self._hs_buckets: dict[tuple[str, str], TokenBucket] = {}
         self._claim_buckets: dict[str, TokenBucket] = {}
+        self._join_buckets: dict[str, TokenBucket] = {}
         self._prune_at: dict[str, float] = {}  # table -> no pruning before (clock s)
         self.stats = Stats()
         self.closing = False
@@ -634,6 +641,14 @@ class Relay:
     def _on_join(self, client: Client, msg: dict[str, Any]) -> None:
         frame: protocol.Join = self._nameplate_frame(msg)
         user: str = client.user  # type: ignore[assignment]
+        now = self.clock()
+        bucket = self._bucket(self._join_buckets, client.origin, "join",
+                              self.config.max_connections, JOIN_RATE, JOIN_BURST, now)
+        if bucket is None or not bucket.take(1.0, now):
+            # Each join uses up an invite, right code or not: whoever tries numbers
+            # in a row would burn everyone's invites.
+            raise Refused("rate_limited", "too many invite codes tried from your address; "
+                          "wait a minute")
         try:
             owner = self.nameplates.join(frame.nameplate, user, self.clock())
         except NameplateError as err:
