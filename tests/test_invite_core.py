@@ -122,3 +122,64 @@ def test_a_chat_without_transfers_ignores_an_offer_with_a_notice() -> None:
     net.pump()
     assert [e.code for e in net.of("bob", chat.Notice)] == ["transfer_ignored"]
     assert KEY != OTHER_KEY
+
+
+# -- the rendezvous, sans-I/O, and the nameplate frames' parsers --------------------------
+
+def test_the_rendezvous_table() -> None:
+    import os
+
+    import pytest
+
+    from msgrlib import protocol
+    from msgrlib.client.invite import InviteError, InviteReady, PeerJoined, Rendezvous
+    from msgrlib.invite import parse_code
+
+    inviter = Rendezvous(rng=lambda n: bytes([0x3C, 0x3B][:n]))
+    assert inviter.start() == [{"type": "allocate"}]
+    with pytest.raises(InviteError):
+        inviter.start()
+    assert inviter.handle(protocol.Joined(7, "i-early")) == []  # no number yet: not ours
+    ready = inviter.handle(protocol.Allocated(7, 600.0))
+    assert ready == [InviteReady("7-crossover-clockwork", 600.0)]
+    assert inviter.handle(protocol.Joined(8, "i-other")) == []  # another invite's
+    assert inviter.handle(protocol.Joined(7, "i-bob")) == [PeerJoined("i-bob")]
+    assert inviter.done and inviter.peer == "i-bob"
+    assert inviter.key() == bytes.fromhex(
+        "d18fef8d6bbb63776a3c45c76893c429b3f73bfdb4e48ea25d9890b952bffd71")  # docs/transfer.md
+    joiner = Rendezvous(parse_code("7-crossover-clockwork"), rng=os.urandom)
+    assert joiner.start() == [{"type": "join", "nameplate": 7}]
+    with pytest.raises(InviteError, match="no invite with that number"):
+        joiner.handle(protocol.Error("no_nameplate", "gone"))
+    lapsed = Rendezvous(rng=os.urandom)
+    lapsed.start()
+    lapsed.handle(protocol.Allocated(3, 5.0))
+    with pytest.raises(InviteError, match="expired"):
+        lapsed.handle(protocol.NameplateGone(3, "expired"))
+
+
+def test_nameplate_frames_parse_or_raise_frame_error_only() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from msgrlib import protocol
+
+    values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=40),
+                       st.lists(st.integers(), max_size=3))
+
+    @settings(max_examples=300, deadline=None)
+    @given(kind=st.sampled_from(["allocated", "joined", "nameplate_gone", "allocate", "join",
+                                 "cancel"]),
+           fields=st.dictionaries(st.sampled_from(["nameplate", "ttl", "peer", "reason"]),
+                                  values))
+    def check(kind: str, fields: dict[str, Any]) -> None:
+        obj = {"type": kind, **fields}
+        parse = (protocol.parse_client_frame if kind in ("allocate", "join", "cancel")
+                 else protocol.parse_relay_frame)
+        try:
+            frame = parse(obj)
+        except protocol.FrameError:
+            return
+        assert parse(frame.to_json()) == frame  # type: ignore[union-attr]
+
+    check()
