@@ -455,3 +455,18 @@ def test_a_directory_arrives_as_a_directory(tmp_path: Any) -> None:
     assert (out / "album" / "inner" / "b.bin").read_bytes() == \
         (src / "inner" / "b.bin").read_bytes()
     assert sorted(p.name for p in out.iterdir()) == ["album"]
+
+
+def test_an_invite_nobody_uses_expires_with_one_clear_line(tmp_path: Any) -> None:
+    async def main() -> None:
+        async with relay_running(RelayConfig(nameplate_ttl=1.0)) as srv:
+            sender = await start(["send", "-"], str(tmp_path), srv.address[1], name="sender")
+            assert sender.proc.stdin is not None
+            sender.proc.stdin.write(b"never read")
+            await sender.end_input()
+            await code_of(sender)
+            assert await sender.exit_code(timeout=15) == 1
+            assert sender.stderr[-1] == ("msgr: nobody used the invite code before it "
+                                         "expired; start a new one")
+            assert len(srv.relay.nameplates) == 0
+    run(main(), timeout=30)
