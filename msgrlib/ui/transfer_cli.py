@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -482,7 +483,13 @@ def _received(state: dict[str, Any]) -> None:
     receiver, sink = state["receiver"], state["sink"]
     if receiver.offer.kind == "secret":
         data = sink.take()
-        if sys.stdout.isatty():
+        if state["show"].json:  # one more JSON line, not raw bytes among them
+            try:
+                shown: dict[str, str] = {"text": data.decode("utf-8")}
+            except UnicodeDecodeError:
+                shown = {"base64": base64.b64encode(data).decode()}
+            print(json.dumps({"event": "secret", **shown}), flush=True)
+        elif sys.stdout.isatty():
             print(escape(data.decode("utf-8", "replace")), flush=True)
         else:
             sys.stdout.buffer.write(data)
