@@ -256,7 +256,8 @@ class Relay:
                 heapq.heappush(self._claim_heap, (now + self.config.claim_ttl, user))
                 self._arm(now + self.config.claim_ttl)
                 self._presence(user, False)
-                self.nameplates.cancel_all(user, now)
+                if self.nameplates.count_for(user):  # O(n): only for an inviter
+                    self.nameplates.cancel_all(user, now)
         self._event(logging.INFO, "disconnect", addr=client.link.address)
 
     def receive(self, client: Client, msg: dict[str, Any]) -> None:
