@@ -23,9 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from msgrlib.errors import MsgrError, UsageError
+from msgrlib.limits import TTL_MAX, TTL_MIN, ttl_in_range
+from msgrlib.util.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNDELIVERED
 from msgrlib.util.safetext import escape
-
-EXIT_OK, EXIT_ERROR, EXIT_UNDELIVERED, EXIT_INTERRUPTED = 0, 1, 3, 130
 
 #: Keys the config file may set (one ``key = value`` per line, ``#`` comments).
 CONFIG_KEYS = ("server",)
@@ -587,8 +587,9 @@ def run_invite_chat(args: argparse.Namespace) -> int:
         raise UsageError("use either --invite or --join, not both")
     if args.static:
         raise UsageError("invites use the default mode, not --static")
-    if not 5 <= args.ttl <= 60:
-        raise UsageError(f"--ttl {args.ttl} is out of range: use 5 to 60 seconds")
+    if not ttl_in_range(args.ttl):
+        raise UsageError(f"--ttl {args.ttl} is out of range: use {TTL_MIN} to {TTL_MAX} "
+                         "seconds")
     target = relay_target(args)
     code = read_code(args.join) if args.join is not None else None
     try:
