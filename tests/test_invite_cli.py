@@ -268,21 +268,24 @@ def test_a_receiver_stopped_mid_file_keeps_nothing_and_the_sender_is_told(tmp_pa
     run(main(), timeout=60)
 
 
-def test_a_connection_cut_mid_file_resumes(tmp_path: Any) -> None:
-    """The receiver's connection is cut once, mid-file: it reconnects under the same
-    invite name and key, and the transfer goes on from the last acknowledged chunk."""
+@pytest.mark.parametrize("side", ["receiver", "sender"])
+def test_a_connection_cut_mid_file_resumes(tmp_path: Any, side: str) -> None:
+    """One side's connection is cut once, mid-file: it reconnects under the same invite
+    name and key, and the transfer goes on from the last acknowledged chunk (what the
+    relay held is handed out again; what it never got is asked for again by a gap ack)."""
     from helpers import Proxy
 
     data = os.urandom(2 * 1024 * 1024)
     (tmp_path / "big.bin").write_bytes(data)
     out = tmp_path / "out"
     out.mkdir()
-    seen = {"deliver": 0, "cut": False}
+    seen = {"count": 0, "cut": False}
+    direction, kind = ("down", "deliver") if side == "receiver" else ("up", "send")
 
-    def hook(direction: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[Any]:
-        if direction == "down" and frame.get("type") == "deliver":
-            seen["deliver"] += 1
-            if seen["deliver"] == 25 and not seen["cut"]:
+    def hook(way: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[Any]:
+        if way == direction and frame.get("type") == kind:
+            seen["count"] += 1
+            if seen["count"] == 25 and not seen["cut"]:
                 seen["cut"] = True
                 conn["to_client"].close()
                 conn["to_relay"].close()
@@ -293,16 +296,18 @@ def test_a_connection_cut_mid_file_resumes(tmp_path: Any) -> None:
         async with relay_running() as srv:
             port = srv.address[1]
             proxy = await Proxy(port, hook).start()
-            sender = await start(["send", "big.bin"], str(tmp_path), port, name="sender")
+            ports = (proxy.port, port) if side == "sender" else (port, proxy.port)
+            sender = await start(["send", "big.bin"], str(tmp_path), ports[0], name="sender")
             code = await code_of(sender)
-            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), proxy.port,
+            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), ports[1],
                                    name="receiver")
             await receiver.say(code)
             await receiver.say("y")
             assert await receiver.exit_code() == 0, "\n".join(receiver.stderr)
             assert await sender.exit_code() == 0, "\n".join(sender.stderr)
             assert seen["cut"]
-            assert any("reconnecting" in line for line in receiver.stderr)
+            cut = receiver if side == "receiver" else sender
+            assert any("reconnecting" in line for line in cut.stderr)
             assert (out / "big.bin").read_bytes() == data
             await proxy.close()
     run(main(), timeout=90)
