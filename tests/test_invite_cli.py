@@ -475,3 +475,36 @@ def test_an_invite_nobody_uses_expires_with_one_clear_line(tmp_path: Any) -> Non
                                          "expired; start a new one")
             assert len(srv.relay.nameplates) == 0
     run(main(), timeout=30)
+
+
+def test_send_to_a_named_pair_with_their_passcode(tmp_path: Any) -> None:
+    """``send --to`` / ``receive --from``: the same transfer for two people who already
+    share names and a passcode; a wrong passcode ends both with one line, nothing written."""
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def pair_run(passcode_b: str) -> tuple[Chat, Chat]:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            sender = await start(["send", "-", "--to", "bob", "--user", "alice"], str(tmp_path),
+                                 port, env={"MSGR_PASSCODE": "shared passcode 1"}, name="alice")
+            assert sender.proc.stdin is not None
+            sender.proc.stdin.write(b"for bob only")
+            await sender.end_input()
+            receiver = await start(["receive", "--from", "alice", "--user", "bob", "--dir",
+                                    str(out)], str(tmp_path), port,
+                                   env={"MSGR_PASSCODE": passcode_b}, name="bob")
+            await receiver.say("y")
+            await receiver.exit_code(timeout=40)
+            await sender.exit_code(timeout=40)
+            return sender, receiver
+
+    sender, receiver = run(pair_run("shared passcode 1"), timeout=60)
+    assert receiver.proc.returncode == 0, receiver.stderr
+    assert sender.proc.returncode == 0, sender.stderr
+    assert receiver.stdout == ["for bob only"]
+    sender, receiver = run(pair_run("another passcode"), timeout=60)
+    for side in (sender, receiver):
+        assert side.proc.returncode == 1, side.stderr
+        assert any("passcode" in line for line in side.stderr), side.stderr
+    assert receiver.stdout == [] and list(out.iterdir()) == []

@@ -125,12 +125,15 @@ def add_commands(sub: Any) -> None:
         "send", help="send a file, a directory or a secret with an invite code",
         description="Send a file or directory, or with '-' a secret read from stdin (shown "
         "once at the other end, never written). Prints an invite code; the other person "
-        "runs 'msgr receive' and types it.")
+        "runs 'msgr receive' and types it. With --to NAME --user NAME, it goes to a named "
+        "pair instead, keyed by your shared passcode (the other runs 'msgr receive --from').")
     send.add_argument("path", metavar="PATH", help="file or directory to send, or - for a "
                       "secret from stdin (at most 64 KiB)")
     add_relay_options(send)
     send.add_argument("--json", action="store_true",
                       help="print progress as one JSON object per line on stdout")
+    add_pair_options(send, "--to", "instead of an invite code: send to NAME, a named pair "
+                     "(with --user and the passcode you share, as for chat)")
     receive = sub.add_parser(
         "receive", help="receive what 'msgr send' offers",
         description="Receive a file, directory or secret. Asks for the invite code (tab "
@@ -143,6 +146,53 @@ def add_commands(sub: Any) -> None:
                          help="where to put what is received (default: here)")
     receive.add_argument("--json", action="store_true",
                          help="print progress as one JSON object per line on stdout")
+    add_pair_options(receive, "--from", "instead of an invite code: receive from NAME, a "
+                     "named pair (with --user and the passcode you share, as for chat)")
+
+
+def add_pair_options(parser: argparse.ArgumentParser, option: str, text: str) -> None:
+    parser.add_argument(option, dest="peer", metavar="NAME", help=text)
+    parser.add_argument("--user", metavar="NAME", help=f"your name (with {option})")
+    parser.add_argument("--passcode-file", metavar="FILE", help=f"with {option}: read the "
+                        "passcode from FILE (else MSGR_PASSCODE, else a hidden prompt)")
+    parser.add_argument("--identity", metavar="FILE", help=f"with {option}: the key that "
+                        "owns your name at the relay (default: one per relay and name)")
+
+
+def read_pair(args: argparse.Namespace) -> tuple[str, str, str] | None:
+    """``(user, peer, passcode)`` for a named pair, or None for an invite."""
+    from msgrlib.util.names import check_name
+
+    if args.peer is None:
+        if args.user or args.passcode_file or args.identity:
+            raise UsageError("--user, --passcode-file and --identity go with --to / --from")
+        return None
+    if not args.user:
+        raise UsageError("a named pair needs --user (your name) too")
+    try:
+        check_name(args.user, what="--user")
+        check_name(args.peer, what="the peer's name")
+    except MsgrError as err:
+        raise UsageError(str(err)) from None
+    if args.user == args.peer:
+        raise UsageError("your name and the peer's are the same")
+    if args.passcode_file:
+        try:
+            with open(args.passcode_file, encoding="utf-8") as f:
+                passcode = f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as err:
+            raise MsgrError(f"cannot read --passcode-file: {err}") from None
+    elif os.environ.get("MSGR_PASSCODE"):
+        passcode = os.environ.pop("MSGR_PASSCODE")  # nothing we start inherits it
+    else:
+        import getpass
+        try:
+            passcode = getpass.getpass("passcode: ")
+        except (EOFError, OSError):
+            passcode = ""
+    if not passcode:
+        raise MsgrError("no passcode: set MSGR_PASSCODE, use --passcode-file, or type it")
+    return args.user, args.peer, passcode
 
 
 # -- the code ----------------------------------------------------------------------------
@@ -219,6 +269,28 @@ def _make_client(target: tuple[str, int, Any], code: Any, on_event: Callable[[An
                       on_event=on_event, rendezvous=Rendezvous(code, rng=rng))
 
 
+def _client_for(target: tuple[str, int, Any], pair: tuple[str, str, str] | None, code: Any,
+                on_event: Callable[[Any], None], *, transfers: Any,
+                identity: str | None = None) -> Any:
+    """An invite's client, or with ``pair`` a named pair's (the passcode's Argon2id key,
+    the name's kept identity), as ``chat`` makes it."""
+    if pair is None:
+        return _make_client(target, code, on_event, transfers=transfers)
+    import kdf
+    from msgrlib.client.connection import ChatClient, load_identity
+    from msgrlib.client.core import ChatCore
+
+    user, peer, passcode = pair
+    _say("deriving the key from the passcode (Argon2id)...")
+    key = kdf.derive_passcode_key(passcode, user, peer, params=kdf.DEFAULT_PARAMS)
+    host, port, tls = target
+    core = ChatCore(me=user, peer=peer, key=key, clock=time.monotonic, wallclock=time.time,
+                    rng=os.urandom, transfers=transfers)
+    return ChatClient(core, host=host, port=port, tls=tls,
+                      identity=load_identity(identity),
+                      on_event=on_event)
+
+
 def _say(text: str) -> None:
     print(f"msgr: {text}", file=sys.stderr, flush=True)
 
@@ -245,7 +317,7 @@ def _common_event(event: Any, command: str, as_json: bool = False) -> int | None
              "other side to rule out a man in the middle)")
     elif isinstance(event, Notice):
         _say(escape(event.text))
-        if event.code == "invite_burned":
+        if event.code in ("invite_burned", "passcode_mismatch"):
             return EXIT_ERROR
     elif isinstance(event, Status) and event.state in ("disconnected", "reconnecting", "trust"):
         _say(event.detail)
@@ -301,6 +373,7 @@ def run_send(args: argparse.Namespace) -> int:
     from msgrlib.transfer.messages import chunk_size_for, new_transfer_id
 
     target = relay_target(args)
+    pair = read_pair(args)
     tid = new_transfer_id(os.urandom)
     chunk = chunk_size_for(framing.DEFAULT_MAX_FRAME, name_length=18)
     if args.path == "-":
@@ -322,7 +395,7 @@ def run_send(args: argparse.Namespace) -> int:
         for skipped in prepared.skipped:
             _say(f"left out (not a plain file or directory): {escape(skipped)}")
     try:
-        return asyncio.run(_send(args, target, prepared))
+        return asyncio.run(_send(args, target, prepared, pair))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     finally:
@@ -331,7 +404,8 @@ def run_send(args: argparse.Namespace) -> int:
             close()
 
 
-async def _send(args: argparse.Namespace, target: Any, prepared: Any) -> int:
+async def _send(args: argparse.Namespace, target: Any, prepared: Any,
+                pair: tuple[str, str, str] | None = None) -> int:
     from msgrlib.client.events import SessionStarted, TransferEvent
     from msgrlib.transfer import Transfers
 
@@ -357,7 +431,11 @@ async def _send(args: argparse.Namespace, target: Any, prepared: Any) -> int:
             if code is not None:
                 _finish(finished, code)
 
-    client = _make_client(target, None, on_event, transfers=Transfers())
+    client = _client_for(target, pair, None, on_event, transfers=Transfers(),
+                         identity=args.identity)
+    if pair is not None:
+        del pair
+        _say(f"waiting for {client.core.peer} (msgr receive --from {client.core.me})")
     return await _drive(client, finished)
 
 
@@ -367,14 +445,18 @@ def run_receive(args: argparse.Namespace) -> int:
     target = relay_target(args)
     if not os.path.isdir(args.dir):
         raise UsageError(f"--dir {escape(args.dir)} is not a directory")
-    code = read_code(args.code)
+    pair = read_pair(args)
+    if pair is not None and args.code:
+        raise UsageError("give either an invite code or --from, not both")
+    code = read_code(args.code) if pair is None else None
     try:
-        return asyncio.run(_receive(args, target, code))
+        return asyncio.run(_receive(args, target, code, pair))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
 
-async def _receive(args: argparse.Namespace, target: Any, code: Any) -> int:
+async def _receive(args: argparse.Namespace, target: Any, code: Any,
+                   pair: tuple[str, str, str] | None = None) -> int:
     from msgrlib.client.events import TransferEvent
     from msgrlib.transfer import Offered, Transfers
 
@@ -402,7 +484,9 @@ async def _receive(args: argparse.Namespace, target: Any, code: Any) -> int:
                     _received(state)
                 _finish(finished, code)
 
-    client = _make_client(target, code, on_event, transfers=transfers)
+    client = _client_for(target, pair, code, on_event, transfers=transfers,
+                         identity=args.identity)
+    del pair
     try:
         return await _drive(client, finished)
     finally:
