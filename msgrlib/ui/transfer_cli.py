@@ -298,8 +298,7 @@ def _say(text: str) -> None:
 def _common_event(event: Any, command: str, as_json: bool = False) -> int | None:
     """Print what every invite command prints; an exit code if the event ends the run.
     With ``as_json``, the code is also one JSON line on stdout (for scripts)."""
-    from msgrlib.client.connection import Status
-    from msgrlib.client.events import Notice, SessionStarted
+    from msgrlib.client.events import Notice, SessionStarted, Status
     from msgrlib.client.invite import InviteReady, PeerJoined
 
     if isinstance(event, InviteReady):
