@@ -66,3 +66,44 @@ def test_send_and_accept_files_in_the_screen(chat_term: Chat, tmp_path: Any) -> 
     assert (here / "reply.txt").read_text() == "and back\n"
     term.run("/quit")
     chat_term.wait_exit(0)
+
+
+@needs_tmux
+def test_chat_invite_opens_the_full_screen(chat_term: Chat) -> None:  # noqa: F811
+    """``chat --invite`` on a terminal: the screen shows the code; a joiner in line mode
+    types it; the two talk."""
+    import re
+    import time
+
+    term = chat_term.term
+    server = f"127.0.0.1:{chat_term.port}"
+    term.run(f"{PYTHON} msgr.py chat --invite --server {server} "
+             f"{' '.join(chat_term.tls_args())}; echo rc=$?")
+    shown = term.wait(r"your invite code is\s+\d+-[a-z]+-[a-z]+", 20)
+    match = re.search(r"your invite code is\s+(\d+-[a-z]+-[a-z]+)", shown)
+    assert match is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSGR_")}
+    env["HOME"] = chat_term.tmp
+    joiner = subprocess.Popen(
+        [PYTHON, os.path.join(ROOT, "msgr.py"), "chat", "--join", "--server", server,
+         *chat_term.tls_args()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert joiner.stdin is not None and joiner.stdout is not None
+        joiner.stdin.write(match.group(1) + "\n")
+        joiner.stdin.flush()
+        term.wait(r"secure session", 30)
+        time.sleep(0.3)
+        joiner.stdin.write("hello screen\n")
+        joiner.stdin.flush()
+        term.wait(r"peer: hello screen", 20)
+        term.run("hi back")
+        assert joiner.stdout.readline().strip() == "peer: hi back"
+        joiner.stdin.close()
+        assert joiner.wait(40) == 0, joiner.stderr.read() if joiner.stderr else ""
+    finally:
+        if joiner.poll() is None:
+            joiner.kill()
+            joiner.wait(5)
+    term.run("/quit")
+    chat_term.wait_exit(0)

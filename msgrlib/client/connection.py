@@ -51,7 +51,7 @@ from msgrlib.client.identity import (  # noqa: F401 (load_identity: re-exported 
 from msgrlib.client.invite import InviteError, Rendezvous, Step
 from msgrlib.client.session import Ended, ForChat, Ignored, Ready, RelaySession, SessionEvent
 from msgrlib.errors import LocalError, MsgrError, Refused
-from msgrlib.limits import TTL_MAX, TTL_MIN, ttl_in_range
+from msgrlib.limits import TTL_DEFAULT, TTL_MAX, TTL_MIN, ttl_in_range
 from msgrlib.util.netaddr import host_port
 from msgrlib.util.safetext import escape
 
@@ -239,6 +239,23 @@ class ChatClient:
         self._ssl_context: ssl.SSLContext | None = None
         self._session_io: RelaySession | None = None  # this connection's relay session
         self._waiting = False  # between connections (see reconnect_now)
+
+    @classmethod
+    def for_invite(cls, code: Any, *, host: str, port: int, tls: TlsOptions | None = None,
+                   on_event: Callable[[Event | Status], None] | None = None,
+                   transfers: Any = None, ttl: int = TTL_DEFAULT) -> ChatClient:
+        """A client for an invite (PROTOCOL.md 3.6): ``code`` None invites (the
+        code comes as an ``InviteReady`` event), an ``InviteCode`` joins. A fresh
+        random name and a key kept only in memory: nothing to agree on, nothing
+        on disk, nothing that links two invites."""
+        from msgrlib.client.invite import invite_name
+
+        rng = os.urandom
+        core = ChatCore(me=invite_name(rng), peer="", key=bytes(32), ttl=ttl,
+                        clock=time.monotonic, wallclock=time.time, rng=rng, invite=True,
+                        transfers=transfers)
+        return cls(core, host=host, port=port, tls=tls, identity=SigningKey.generate(),
+                   on_event=on_event, rendezvous=Rendezvous(code, rng=rng))
 
     def _default_identity(self) -> SigningKey:
         """The key kept for this relay and name (created on first use), so a

@@ -17,6 +17,7 @@ missing; ``msgr.py`` then falls back to line mode.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import locale
 import os
 import signal
@@ -26,7 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from msgrlib.client.connection import ChatClient
-from msgrlib.client.events import TransferEvent
+from msgrlib.client.events import Received, TransferEvent
+from msgrlib.client.invite import InviteReady, PeerJoined
 from msgrlib.errors import MsgrError
 from msgrlib.ui import linemode
 from msgrlib.ui.options import (
@@ -68,7 +70,7 @@ class App:
         self.options = options
         self.terminal = terminal
         self.now = wallclock
-        self.view = ChatView(me=options.user, peer=options.peer,
+        self.view = ChatView(me=options.user or "you", peer=options.peer or "peer",
                              address=address(options.host, options.port),
                              tls=options.tls is not None, ttl=options.ttl,
                              static=options.static, unicode=unicode)
@@ -115,20 +117,28 @@ class App:
             self.view.info(STATIC_WARNING, WARN, now=now)
         for warning in self.options.warnings:
             self.view.info(warning, WARN, now=now)
-        params = self.options.kdf_params or kdf.DEFAULT_PARAMS
-        self.view.progress = (f"deriving the key from the passcode (Argon2id, "
-                              f"{params.memory_kib // 1024} MiB)")
-        self.draw()
         quitting = loop.create_task(self._quit.wait())
-        deriving = loop.create_task(asyncio.to_thread(derive_key, self.options, None))
-        await asyncio.wait({deriving, quitting}, return_when=asyncio.FIRST_COMPLETED)
-        if not deriving.done():
-            return self.exit_code   # the thread ends on its own within a second
-        key = deriving.result()
-        self.view.progress = ""
-        client = self.client = make_client(self.options, key)
+        if self.options.invite:
+            from msgrlib.transfer import Transfers
+            client = self.client = ChatClient.for_invite(
+                self.options.invite_code, host=self.options.host, port=self.options.port,
+                tls=self.options.tls, transfers=Transfers(), ttl=self.view.ttl)
+            self.view.progress = ("asking the relay for an invite" if
+                                  self.options.invite_code is None else "joining the invite")
+        else:
+            params = self.options.kdf_params or kdf.DEFAULT_PARAMS
+            self.view.progress = (f"deriving the key from the passcode (Argon2id, "
+                                  f"{params.memory_kib // 1024} MiB)")
+            self.draw()
+            deriving = loop.create_task(asyncio.to_thread(derive_key, self.options, None))
+            await asyncio.wait({deriving, quitting}, return_when=asyncio.FIRST_COMPLETED)
+            if not deriving.done():
+                return self.exit_code   # the thread ends on its own within a second
+            key = deriving.result()
+            self.view.progress = ""
+            client = self.client = make_client(self.options, key)
         client.core.ttl = self.view.ttl
-        if not self.options.static:
+        if not self.options.static and client.core.transfers is None:
             from msgrlib.transfer import Transfers
             client.core.transfers = Transfers()   # /send, /accept, /decline
         running = loop.create_task(client.run())
@@ -161,6 +171,19 @@ class App:
         async for event in client.events():
             if isinstance(event, TransferEvent):
                 self._on_transfer(event)
+            elif isinstance(event, InviteReady):
+                self.view.progress = "waiting for the other side to type the code"
+                self.view.info(f"your invite code is  {event.code}  - on the other side run "
+                               "msgr chat --join and type it (it works once, for "
+                               f"{event.ttl:g} s)", WARN, now=self.now())
+            elif isinstance(event, Received) and self.options.invite:
+                # The peer's routing name is random: the screen calls them "peer".
+                self.view.apply(dataclasses.replace(event, sender=self.view.peer),
+                                now=self.now())
+            elif isinstance(event, PeerJoined):
+                self.view.progress = ""
+                self.view.info("the other side is here; starting the secure session",
+                               now=self.now())
             else:
                 self.view.apply(event, now=self.now())
             self.draw()

@@ -252,21 +252,11 @@ def _prompt_code() -> str:
 
 def _make_client(target: tuple[str, int, Any], code: Any, on_event: Callable[[Any], None], *,
                  transfers: Any = None, ttl: int = 30) -> Any:
-    from nacl.signing import SigningKey
-
     from msgrlib.client.connection import ChatClient
-    from msgrlib.client.core import ChatCore
-    from msgrlib.client.invite import Rendezvous, invite_name
 
     host, port, tls = target
-    rng = os.urandom
-    # A fresh random name and a key kept only in memory: nothing to agree on, nothing
-    # on disk, and nothing that links two invites.
-    core = ChatCore(me=invite_name(rng), peer="", key=bytes(32), ttl=ttl,
-                    clock=time.monotonic, wallclock=time.time, rng=rng, invite=True,
-                    transfers=transfers)
-    return ChatClient(core, host=host, port=port, tls=tls, identity=SigningKey.generate(),
-                      on_event=on_event, rendezvous=Rendezvous(code, rng=rng))
+    return ChatClient.for_invite(code, host=host, port=port, tls=tls, on_event=on_event,
+                                 transfers=transfers, ttl=ttl)
 
 
 def _client_for(target: tuple[str, int, Any], pair: tuple[str, str, str] | None, code: Any,
@@ -665,7 +655,8 @@ class _Progress:
 # -- chat --invite / --join -----------------------------------------------------------------
 
 def run_invite_chat(args: argparse.Namespace) -> int:
-    """``msgr chat --invite`` or ``--join [CODE]``: a chat in line mode."""
+    """``msgr chat --invite`` or ``--join [CODE]``: the full screen on a terminal (unless
+    --plain or --json), else line mode."""
     if args.invite and args.join is not None:
         raise UsageError("use either --invite or --join, not both")
     if args.static:
@@ -675,6 +666,16 @@ def run_invite_chat(args: argparse.Namespace) -> int:
                          "seconds")
     target = relay_target(args)
     code = read_code(args.join) if args.join is not None else None
+    if sys.stdin.isatty() and sys.stdout.isatty() and not (args.plain or args.json):
+        try:
+            from msgrlib.ui import app
+        except ImportError:  # no curses here: line mode
+            pass
+        else:
+            from msgrlib.ui.options import ChatOptions
+            host, port, tls = target
+            return app.run(ChatOptions(host=host, port=port, user="", peer="", passcode="",
+                                       tls=tls, ttl=args.ttl, invite=True, invite_code=code))
     try:
         return asyncio.run(_invite_chat(args, target, code))
     except KeyboardInterrupt:
