@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "that never sees plaintext.",
         epilog="Run 'msgr serve --help' or 'msgr chat --help' for the options of each.")
     parser.add_argument("--version", action="version", version=f"msgr {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,chat}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,chat,send,receive}")
 
     serve = sub.add_parser(
         "serve", help="run a relay", description="Run a relay. It stores ciphertext in memory "
@@ -147,11 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
         "message is printed as one line.",
         epilog="The passcode is read, in order, from --passcode-file, MSGR_PASSCODE, or a "
         "hidden prompt. --passcode VALUE works but other local users can see it.")
-    chat.add_argument("--server", required=True, metavar="HOST:PORT", help="the relay")
-    chat.add_argument("--user", required=True, metavar="NAME",
-                      help=f"your name: {NAME_RULES}")
-    chat.add_argument("--peer", required=True, metavar="NAME",
-                      help="who you chat with (same rules)")
+    chat.add_argument("--server", metavar="HOST:PORT", help="the relay (default: MSGR_SERVER, "
+                      "or 'server = ...' in ~/.config/msgr/config)")
+    chat.add_argument("--user", metavar="NAME", help=f"your name: {NAME_RULES}")
+    chat.add_argument("--peer", metavar="NAME", help="who you chat with (same rules)")
+    chat.add_argument("--invite", action="store_true", help="no names or passcode: print an "
+                      "invite code for the other person to type with --join")
+    chat.add_argument("--join", nargs="?", const="", metavar="CODE", help="join the chat of "
+                      "an invite code (asked for, with tab completion, if not given)")
     chat.add_argument("--tls", action="store_true", help="connect with TLS")
     chat.add_argument("--cafile", metavar="FILE",
                       help="trust relay certificates signed by this CA (or this self-signed "
@@ -182,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--plain", action="store_true",
                       help="on a terminal, use the simple line interface instead of the "
                       "full screen")
+    from msgrlib.ui import transfer_cli
+    transfer_cli.add_commands(sub)
     return parser
 
 
@@ -202,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command in ("send", "receive"):
+            from msgrlib.ui import transfer_cli
+            return (transfer_cli.run_send if args.command == "send"
+                    else transfer_cli.run_receive)(args)
         return _chat(args)
     except UsageError as err:
         _say(f"msgr {args.command}: {err} (see msgr {args.command} --help)")
@@ -378,6 +387,13 @@ def _chat(args: argparse.Namespace) -> int:
     from msgrlib.ui.options import ChatOptions
     from msgrlib.util.names import check_name, is_valid_name
 
+    if args.invite or args.join is not None:
+        from msgrlib.ui import transfer_cli
+        return transfer_cli.run_invite_chat(args)
+    if not (args.user and args.peer):
+        raise UsageError("give --user and --peer (and the passcode), or use --invite")
+    from msgrlib.ui.transfer_cli import server_text
+    args.server = server_text(args.server)  # or MSGR_SERVER, or the config file
     notes: list[str] = []
     try:
         for option in ("user", "peer"):

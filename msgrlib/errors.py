@@ -32,6 +32,7 @@ relay that raises it and the client that receives it. The tree
     │   │   ├── client.connection.ConnectFailed connect
     │   │   └── client.connection.WrongTransport transport
     │   ├── client.identity.IdentityError       identity
+    │   ├── client.invite.InviteError           invite
     │   ├── client.session.SessionError         session_state
     │   ├── relay.store.StoreError              store
     │   │   ├── relay.store.MailboxFull         mailbox_full
@@ -84,7 +85,8 @@ relay that raises it and the client that receives it. The tree
     ├── BadFrame, FrameTooLarge, TruncatedFrame, ProtocolViolation, VersionRefused,
     ├── BadNameRefused, BadSignature, NameOwned, TooManyNames, Replaced, Timeout,
     ├── TooManyConnections, RelayFull, ShuttingDown, RateLimited, HandshakeLimited,
-    └── MailboxFullRefused, StoreShareRefused, BadRecipient, TooManyWatches
+    ├── MailboxFullRefused, StoreShareRefused, BadRecipient, TooManyWatches,
+    └── NoNameplate, OwnNameplate, TooManyNameplates, NameplatesFull
 
     Layer bases, never raised themselves (``layer = True``), so that one
     ``except`` catches a whole layer: tls.errors.TlsError, transfer.errors.TransferError.
@@ -172,6 +174,10 @@ class ErrorCode(str, enum.Enum):
     STORE_SHARE = "store_share"
     BAD_RECIPIENT = "bad_recipient"
     TOO_MANY_WATCHES = "too_many_watches"
+    NO_NAMEPLATE = "no_nameplate"
+    OWN_NAMEPLATE = "own_nameplate"
+    TOO_MANY_NAMEPLATES = "too_many_nameplates"
+    NAMEPLATES_FULL = "nameplates_full"
 
     def __str__(self) -> str:
         return self.value
@@ -322,3 +328,19 @@ class BadRecipient(Refused):
 
 class TooManyWatches(Refused):
     code = ErrorCode.TOO_MANY_WATCHES
+
+
+class NoNameplate(Refused):
+    code = ErrorCode.NO_NAMEPLATE
+
+
+class OwnNameplate(Refused):
+    code = ErrorCode.OWN_NAMEPLATE
+
+
+class TooManyNameplates(Refused):
+    code = ErrorCode.TOO_MANY_NAMEPLATES
+
+
+class NameplatesFull(Refused):
+    code = ErrorCode.NAMEPLATES_FULL

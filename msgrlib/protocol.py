@@ -241,7 +241,39 @@ class Bye:
         return {"type": "bye"}
 
 
-ClientFrame = Hello | Auth | Send | Ack | Watch | Ping | Bye
+#: Largest nameplate number (the relay's; ``msgrlib.invite.code.MAX_NAMEPLATE`` agrees).
+MAX_NAMEPLATE = 999_999
+
+
+@dataclass(frozen=True)
+class Allocate:
+    """Ask for a nameplate: a short number that routes an invite (section 3.6)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "allocate"}
+
+
+@dataclass(frozen=True)
+class Join:
+    """Claim the inviter's nameplate: both sides are told each other's name."""
+
+    nameplate: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "join", "nameplate": self.nameplate}
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """The inviter gives its nameplate up."""
+
+    nameplate: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "cancel", "nameplate": self.nameplate}
+
+
+ClientFrame = Hello | Auth | Send | Ack | Watch | Ping | Bye | Allocate | Join | Cancel
 
 
 def parse_hello(obj: dict[str, Any]) -> Hello:
@@ -302,6 +334,9 @@ _CLIENT_PARSERS: dict[str, Any] = {
     "hello": parse_hello, "auth": parse_auth, "send": _parse_send, "ack": _parse_ack,
     "watch": lambda obj: Watch(user=_name(obj, "user", "watch")),
     "ping": _parse_ping, "bye": lambda obj: Bye(),
+    "allocate": lambda obj: Allocate(),
+    "join": lambda obj: Join(_int(obj, "nameplate", "join", low=1, high=MAX_NAMEPLATE)),
+    "cancel": lambda obj: Cancel(_int(obj, "nameplate", "cancel", low=1, high=MAX_NAMEPLATE)),
 }
 
 
@@ -439,8 +474,42 @@ class Shutdown:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class Allocated:
+    """The relay holds ``nameplate`` for the asker until ``ttl`` seconds pass."""
+
+    nameplate: int
+    ttl: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "allocated", "nameplate": self.nameplate, "ttl": self.ttl}
+
+
+@dataclass(frozen=True)
+class Joined:
+    """Both sides of ``nameplate`` are here: ``peer`` is the other side's name.
+    The nameplate is free again."""
+
+    nameplate: int
+    peer: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "joined", "nameplate": self.nameplate, "peer": self.peer}
+
+
+@dataclass(frozen=True)
+class NameplateGone:
+    """The inviter's nameplate lapsed (``reason`` ``expired``) or was cancelled."""
+
+    nameplate: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "nameplate_gone", "nameplate": self.nameplate, "reason": self.reason}
+
+
 RelayFrame = (Challenge | Welcome | Accepted | Deliver | Expired | Presence | Pong | Error
-              | Shutdown)
+              | Shutdown | Allocated | Joined | NameplateGone)
 
 #: Longest relay sentence kept (an error's message, a shutdown notice).
 MAX_MESSAGE = 300
@@ -504,6 +573,14 @@ _RELAY_PARSERS: dict[str, Any] = {
     "pong": _parse_pong,
     "error": _parse_error,
     "shutdown": _parse_shutdown,
+    "allocated": lambda obj: Allocated(
+        _int(obj, "nameplate", "allocated", low=1, high=MAX_NAMEPLATE),
+        _number(obj, "ttl", "allocated")),
+    "joined": lambda obj: Joined(_int(obj, "nameplate", "joined", low=1, high=MAX_NAMEPLATE),
+                                 _name(obj, "peer", "joined")),
+    "nameplate_gone": lambda obj: NameplateGone(
+        _int(obj, "nameplate", "nameplate_gone", low=1, high=MAX_NAMEPLATE),
+        _str(obj, "reason", "nameplate_gone", limit=32)),
 }
 
 
@@ -527,8 +604,9 @@ def _kind(obj: object) -> str:
 
 
 __all__ = [
-    "AUTH_LABEL", "Accepted", "Ack", "Auth", "Bye", "Challenge", "ClientFrame", "Deliver",
-    "Error", "ErrorCode", "Expired", "FrameError", "Hello", "Limits", "MAX_ACK_IDS",
+    "AUTH_LABEL", "Accepted", "Ack", "Allocate", "Allocated", "Auth", "Bye", "Cancel",
+    "Challenge", "ClientFrame", "Deliver", "Error", "ErrorCode", "Expired", "FrameError",
+    "Hello", "Join", "Joined", "Limits", "MAX_ACK_IDS", "MAX_NAMEPLATE", "NameplateGone",
     "PERMANENT_CODES", "PROTOCOL_VERSION", "Ping", "Pong", "Presence", "RelayFrame", "Send",
     "Shutdown", "Watch", "Welcome", "auth_message", "id_binding", "parse_auth",
     "parse_client_frame", "parse_hello", "parse_relay_frame", "tls_binding",

@@ -48,9 +48,10 @@ from msgrlib.client.identity import (  # noqa: F401 (load_identity: re-exported 
     load_identity,
     load_or_create,
 )
+from msgrlib.client.invite import InviteError, Rendezvous, Step
 from msgrlib.client.session import Ended, ForChat, Ignored, Ready, RelaySession, SessionEvent
 from msgrlib.errors import LocalError, MsgrError, Refused
-from msgrlib.limits import TTL_MAX, TTL_MIN, ttl_in_range
+from msgrlib.limits import TTL_DEFAULT, TTL_MAX, TTL_MIN, ttl_in_range
 from msgrlib.util.netaddr import host_port
 from msgrlib.util.safetext import escape
 
@@ -202,8 +203,12 @@ class ChatClient:
                  connect_timeout: float = CONNECT_TIMEOUT,
                  max_frame: int = framing.DEFAULT_MAX_FRAME,
                  backoff_first: float = BACKOFF_FIRST,
-                 backoff_max: float = BACKOFF_MAX) -> None:
+                 backoff_max: float = BACKOFF_MAX,
+                 rendezvous: Rendezvous | None = None) -> None:
         self.core = core
+        #: An invite's meeting at the relay, run on the first connection
+        #: before the chat starts (client/invite.py).
+        self.rendezvous = rendezvous
         self.host = host
         self.port = port
         self.tls = tls
@@ -234,6 +239,23 @@ class ChatClient:
         self._ssl_context: ssl.SSLContext | None = None
         self._session_io: RelaySession | None = None  # this connection's relay session
         self._waiting = False  # between connections (see reconnect_now)
+
+    @classmethod
+    def for_invite(cls, code: Any, *, host: str, port: int, tls: TlsOptions | None = None,
+                   on_event: Callable[[Event | Status], None] | None = None,
+                   transfers: Any = None, ttl: int = TTL_DEFAULT) -> ChatClient:
+        """A client for an invite (PROTOCOL.md 3.6): ``code`` None invites (the
+        code comes as an ``InviteReady`` event), an ``InviteCode`` joins. A fresh
+        random name and a key kept only in memory: nothing to agree on, nothing
+        on disk, nothing that links two invites."""
+        from msgrlib.client.invite import invite_name
+
+        rng = os.urandom
+        core = ChatCore(me=invite_name(rng), peer="", key=bytes(32), ttl=ttl,
+                        clock=time.monotonic, wallclock=time.time, rng=rng, invite=True,
+                        transfers=transfers)
+        return cls(core, host=host, port=port, tls=tls, identity=SigningKey.generate(),
+                   on_event=on_event, rendezvous=Rendezvous(code, rng=rng))
 
     def _default_identity(self) -> SigningKey:
         """The key kept for this relay and name (created on first use), so a
@@ -388,6 +410,8 @@ class ChatClient:
         self._session_io = session
         try:
             await self._authenticate(session, reader, writer)
+            if self.rendezvous is not None and not self.rendezvous.done:
+                await self._meet(self.rendezvous, session, reader, writer)
             self._ready.set()
             self._ready_at = asyncio.get_running_loop().time()
             self._status("connected", f"connected to {self.address}"
@@ -476,6 +500,35 @@ class ChatClient:
                 self._on_session_event(event)
             self._write_frames(writer, session.frames_to_send())
             await writer.drain()
+
+    async def _meet(self, rendezvous: Rendezvous, session: RelaySession,
+                    reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """An invite's rendezvous (allocate or join, until ``joined``), then pair
+        the core with the peer. Raises InviteError if the invite cannot go on;
+        the connection ending on the way ends it too (its nameplate is freed)."""
+        if rendezvous.step is not Step.NEW:
+            raise InviteError("lost", f"lost the relay at {self.address} while waiting for "
+                              "the other side: the invite is gone; start a new one")
+        self._write_frames(writer, rendezvous.start())
+        while not rendezvous.done:
+            await writer.drain()
+            try:
+                frame = await asyncio.wait_for(
+                    framing.read_frame(reader, max_size=self._read_limit), self.heartbeat)
+            except asyncio.TimeoutError:
+                session.ping()
+                self._write_frames(writer, session.frames_to_send())
+                continue
+            if frame is None:
+                raise ConnectionResetError("the relay closed the connection")
+            for event in session.receive(frame):
+                if isinstance(event, ForChat):
+                    for news in rendezvous.handle(event.frame):
+                        self._emit(news)  # type: ignore[arg-type]
+                else:
+                    self._on_session_event(event)
+        assert rendezvous.peer is not None
+        self.core.pair_with(rendezvous.peer, rendezvous.key())
 
     async def _read_before_welcome(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         """The next frame, with the reasons a connection fails at this stage."""

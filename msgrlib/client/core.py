@@ -45,6 +45,7 @@ from msgrlib.client.events import (  # noqa: F401 - re-exported: the UI imports 
     Presence,
     Received,
     SessionStarted,
+    TransferEvent,
     Undelivered,
 )
 from msgrlib.client.outbox import (  # noqa: F401 - re-exported
@@ -71,6 +72,7 @@ from msgrlib.client.window import ReceiveWindow, Verdict
 from msgrlib.crypto import staticbox as e2e
 from msgrlib.errors import CryptoError, MsgrError
 from msgrlib.limits import TTL_MAX
+from msgrlib.transfer.errors import TransferError
 
 #: Relay ids remembered to drop a delivery handed out again after a
 #: reconnect before opening it (an optimisation: the receive window is what
@@ -83,6 +85,9 @@ MAX_ACK_IDS = 1024
 #: Bytes kept free in a frame for everything around a message's text
 #: (see ChatCore.max_text_bytes).
 FRAME_OVERHEAD = 512
+#: Seconds between transfer ticks while one runs (their nudges and stalls
+#: are measured in seconds).
+TRANSFER_TICK = 1.0
 
 
 class Mode(enum.Enum):
@@ -97,7 +102,10 @@ class ChatCore:
                  ttl: int = 30, clock: Callable[[], float], wallclock: Callable[[], float],
                  rng: Callable[[int], bytes],
                  max_failures: int = MAX_HANDSHAKE_FAILURES,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 invite: bool = False, transfers: Any = None) -> None:
+        if mode is Mode.STATIC and (invite or transfers is not None):
+            raise MsgrError("invites and transfers need the default mode, not --static")
         if me == peer:
             raise MsgrError("you cannot chat with yourself: --user and --peer are the same")
         self.me = me
@@ -127,9 +135,28 @@ class ChatCore:
         self.connected = False
         self.peer_online: bool | None = None
         self.verified = False
+        #: Invite mode (PROTOCOL.md 3.6): one handshake attempt, the key from the code.
+        self.invite = invite
+        #: Files and secrets (msgrlib.transfer.Transfers), or None: offers are ignored.
+        self.transfers = transfers
+        self._max_failures = 1 if invite else max_failures
+        self._handshake_timeout = handshake_timeout
         self._mode: RatchetMode | StaticMode = (
             StaticMode(self) if mode is Mode.STATIC else
-            RatchetMode(self, max_failures=max_failures, handshake_timeout=handshake_timeout))
+            RatchetMode(self, max_failures=self._max_failures,
+                        handshake_timeout=handshake_timeout, single_use=invite))
+
+    def pair_with(self, peer: str, key: bytes) -> None:
+        """Invite mode: the relay named the other side (``joined``) and the code
+        gave the key. Only before the first connection's chat starts."""
+        if not self.invite or self.connected or self.session is not None:
+            raise MsgrError("pair_with is for an invite, before the chat starts")
+        if peer == self.me:
+            raise MsgrError("the relay paired this invite with our own name")
+        self.peer = peer
+        self._key = key
+        self._mode = RatchetMode(self, max_failures=self._max_failures,
+                                 handshake_timeout=self._handshake_timeout, single_use=True)
 
     # -- what the mode knows ----------------------------------------------------
 
@@ -182,6 +209,7 @@ class ChatCore:
         carries what is left of its TTL, and is dropped if the message was
         settled meanwhile (reported undelivered: it must not arrive after)."""
         self._mode.flush()
+        self._flush_transfers()
         acks, self._acks = self._acks, []
         frames = [{"type": "ack", "ids": acks[i:i + MAX_ACK_IDS]}
                   for i in range(0, len(acks), MAX_ACK_IDS)]
@@ -297,6 +325,8 @@ class ChatCore:
         self.connected = True
         self._frames.append({"type": "watch", "user": self.peer})
         self._mode.on_connected(restarted)
+        if self.transfers is not None:
+            self.transfers.resume(self._clock())
         self._pump()
 
     def disconnected(self) -> None:
@@ -348,6 +378,8 @@ class ChatCore:
             return self._clock()
         times = [self._verdict_time(o) for o in self.outbox.values()]
         times += self._mode.deadlines()
+        if self.transfers is not None and self.transfers.active:
+            times.append(self._clock() + TRANSFER_TICK)
         if self._pacer is not None and self.connected:
             held = self._sends.peek()
             if held is not None:
@@ -364,6 +396,9 @@ class ChatCore:
     def tick(self) -> None:
         """Time passed: expire unconfirmed messages and stalled handshakes."""
         now = self._clock()
+        if self.transfers is not None:
+            self.transfers.tick(now)
+            self._flush_transfers()
         for out in list(self.outbox.values()):
             if now < out.deadline:
                 continue
@@ -380,6 +415,57 @@ class ChatCore:
                 why = self._mode.queued_reason()
             self._fail(out, f"{why} within its {out.ttl} s TTL")
         self._mode.tick(now)
+
+    # -- transfers (msgrlib.transfer) ------------------------------------------------
+
+    def send_transfer(self, offer: Any, source: Any) -> None:
+        """Start offering a file or secret (``files.prepare_*``) to the peer."""
+        if self.transfers is None:
+            raise MsgrError("this chat takes no transfers")
+        self.transfers.send(offer, source, self._clock())
+        self._flush_transfers()
+
+    def cancel_transfers(self, reason: str) -> None:
+        """Stop every running transfer, telling the peer (the program is ending)."""
+        if self.transfers is not None:
+            self.transfers.cancel_all(reason, self._clock())
+            self._flush_transfers()
+
+    def quiet(self) -> bool:
+        """Nothing waits to go to the relay, and the relay answered every send."""
+        return not (self._acks or self._frames or self._sends.refs)
+
+    def transfer_answered(self, transfer_id: str) -> None:
+        """Call after accept/decline/cancel on a transfer's machine."""
+        if self.transfers is not None:
+            self.transfers.after_local(transfer_id, self._clock())
+            self._flush_transfers()
+
+    def _on_transfer(self, inner: dict[str, Any]) -> None:
+        """An opened ``xfer.*`` plaintext: never a chat message, never receipted."""
+        if self.transfers is None:
+            self._notice(f"ignored a file or secret from {self.peer}: this chat does not take "
+                         "them (use msgr receive)", "transfer_ignored", "warn")
+            return
+        try:
+            self.transfers.handle(inner, self._clock())
+        except TransferError as err:
+            self._notice(f"ignored a malformed transfer message: {err}", "bad_transfer", "warn")
+        self._flush_transfers()
+
+    def _flush_transfers(self) -> None:
+        """Seal what the transfers want sent (once the session can send), and pass
+        their events on. Sealed as control messages: paced under the relay's
+        rates with everything else, outside the outbox, never receipted; the
+        transfers' own windows and acks bound and repair them."""
+        transfers = self.transfers
+        if transfers is None:
+            return
+        if self.connected and self._mode.can_seal():
+            for obj in transfers.take_outgoing():
+                self._seal_and_submit(obj, None)
+        for tid, event in transfers.take_events():
+            self._events.append(TransferEvent(tid, event))
 
     # -- shared by both modes -----------------------------------------------------
 

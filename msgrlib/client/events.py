@@ -81,8 +81,19 @@ class HandshakeRetry:
     reason: str
 
 
+@dataclass(frozen=True)
+class TransferEvent:
+    """News of a file or secret transfer (``msgrlib.transfer``): ``event`` is a
+    machine event (Accepted, Declined, Progress, Completed, Failed) or an
+    ``Offered`` carrying the ``Receiver`` to accept or decline. Names and
+    reasons in it are the peer's: escape them."""
+
+    transfer_id: str
+    event: object
+
+
 Event = (Received | Notice | Accepted | Delivered | Undelivered | Presence | SessionStarted
-         | HandshakeRetry)
+         | HandshakeRetry | TransferEvent)
 
 
 @dataclass(frozen=True)

@@ -136,8 +136,11 @@ class RatchetMode:
 
     kind_name = "ratchet"
 
-    def __init__(self, core: ChatCore, *, max_failures: int, handshake_timeout: float) -> None:
+    def __init__(self, core: ChatCore, *, max_failures: int, handshake_timeout: float,
+                 single_use: bool = False) -> None:
         self.core = core
+        #: Invite mode: one handshake, ever (PROTOCOL.md 3.6).
+        self.single_use = single_use
         self.max_failures = max_failures
         self.handshake_timeout = handshake_timeout
         self.initiator = core.me < core.peer
@@ -360,6 +363,14 @@ class RatchetMode:
             self.maybe_start()
             return
         due = now - self.since >= self.handshake_timeout
+        hs = self.hs
+        if (due and self.single_use and self.phase is Phase.RUNNING
+                and isinstance(hs, handshake.Initiator)
+                and hs.state is handshake.State.AWAIT_CONFIRM):
+            # Our tag went out and no confirm came: whoever got it could test one
+            # guess of the code against it. That was the invite's one guess.
+            self._failed(f"{self.core.peer} never confirmed the handshake")
+            return
         if self.phase in (Phase.RUNNING, Phase.ASKED) and due:
             self.timeouts += 1
             # After the relay refused a handshake, a responder asks no more:
@@ -394,7 +405,7 @@ class RatchetMode:
             if kind == "req":
                 self._on_req(msg)
             elif kind == "init":
-                if self.locked:
+                if self.locked or self._used_up():
                     return
                 if self.initiator:
                     core._notice(f"ignored a handshake start from {core.peer}: the name that "
@@ -442,7 +453,7 @@ class RatchetMode:
 
     def _on_req(self, msg: dict[str, Any]) -> None:
         """The peer has no session (it started or restarted) and asks for one."""
-        if not self.initiator or self.locked:
+        if not self.initiator or self.locked or self._used_up():
             return
         nr = msg.get("nr")
         try:
@@ -468,9 +479,19 @@ class RatchetMode:
             self.previous, self.session = self.session, None
         self._initiate()
 
+    def _used_up(self) -> bool:
+        """Invite mode, after a session: the code is spent; no second handshake."""
+        return self.single_use and bool(self._sids)
+
     def _failed(self, reason: str) -> None:
         core = self.core
         self.failures += 1
+        if self.single_use:
+            self._go(Ev.LOCK)
+            core._notice(f"{reason}. The invite code did not match (mistyped, or someone "
+                         "tried to guess it): this invite is burned; start a new one",
+                         "invite_burned", "error")
+            return
         left = self.max_failures - self.failures
         if left <= 0:
             self._go(Ev.LOCK)
@@ -568,6 +589,8 @@ class RatchetMode:
         elif kind == "rcpt":
             if inner["e"] == core.epoch:
                 core._confirmed(inner["n"])
+        elif kind.startswith("xfer."):
+            core._on_transfer(inner)
         if not could_send and session.ratchet.can_send:
             core._pump()  # the responder may send from now on
 
@@ -650,6 +673,8 @@ def parse_inner(plaintext: bytes) -> dict[str, Any]:
               and all(type(n) is int for n in ns))
     elif kind == "hi":
         ok = True
+    elif isinstance(kind, str) and kind.startswith("xfer."):
+        ok = True  # checked strictly by msgrlib.transfer.messages.parse_message
     if not ok:
         raise BadBody("a message decrypted but its fields are wrong")
     return inner

@@ -61,7 +61,8 @@ TRANSITIONS: dict[tuple[SessionState, str], SessionState] = {
     (S.HELLO_SENT, "challenge"): S.AUTH_SENT,
     (S.AUTH_SENT, "welcome"): S.READY,
     **{(S.READY, kind): S.READY
-       for kind in ("accepted", "deliver", "expired", "presence", "pong", "error", "ping")},
+       for kind in ("accepted", "deliver", "expired", "presence", "pong", "error", "ping",
+                    "allocated", "joined", "nameplate_gone")},
     (S.READY, "shutdown"): S.CLOSED,
     **{(state, "close"): S.CLOSED for state in SessionState},
 }

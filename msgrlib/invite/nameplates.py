@@ -103,6 +103,10 @@ class Nameplates:
         self._release(number)
         return True
 
+    def count_for(self, owner: str) -> int:
+        """How many nameplates ``owner`` holds (O(1): the relay asks at every disconnect)."""
+        return self._per_owner.get(owner, 0)
+
     def cancel_all(self, owner: str, now: float) -> list[int]:
         """Free every nameplate of ``owner`` (their connection ended); returns the numbers."""
         self.expire(now)

@@ -101,6 +101,10 @@ class RelayConfig:
     #: then stops reading from it, and drops it after ``stall_timeout`` s).
     write_buffer: int = 256 * 1024
     stall_timeout: float = 10.0
+    #: Seconds an invite's nameplate waits for the other side (issue 16):
+    #: long enough to read a code aloud and type it, short enough that an
+    #: unused number soon frees.
+    nameplate_ttl: float = 600.0
     #: Connections in total and from one address.
     max_connections: int = 20_000
     max_per_address: int = 64

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import framing
 from msgrlib import protocol
 from msgrlib.errors import MsgrError, ProtocolViolation, Refused  # noqa: F401 (re-exported)
+from msgrlib.invite.nameplates import NameplateError, Nameplates
 from msgrlib.protocol import AUTH_LABEL, PROTOCOL_VERSION, ErrorCode  # noqa: F401 (re-exported)
 from msgrlib.ratelimit import TokenBucket
 from msgrlib.relay.config import RelayConfig
@@ -41,6 +42,12 @@ from msgrlib.relay.store import MemoryStore, MessageStore, StoreError
 from msgrlib.util.names import is_valid_name
 
 log = logging.getLogger("msgr.relay")
+
+#: Nameplate joins one address (an IPv6 /64) may make: a burst of 10, then one
+#: every 6 s. A person joins once per code; each join uses an invite up, so
+#: without a limit one client could burn every waiting invite in a second.
+JOIN_BURST = 10.0
+JOIN_RATE = 1 / 6
 
 
 
@@ -190,13 +197,18 @@ class Relay:
         self.watchers: dict[str, set[Client]] = {}
         self._hs_buckets: dict[tuple[str, str], TokenBucket] = {}
         self._claim_buckets: dict[str, TokenBucket] = {}
+        self._join_buckets: dict[str, TokenBucket] = {}
         self._prune_at: dict[str, float] = {}  # table -> no pruning before (clock s)
         self.stats = Stats()
         self.closing = False
         self._handlers: dict[str, Callable[[Client, dict[str, Any]], None]] = {
             "send": self._on_send, "ack": self._on_ack, "ping": self._on_ping,
             "watch": self._on_watch, "bye": self._on_bye,
+            "allocate": self._on_allocate, "join": self._on_join, "cancel": self._on_cancel,
         }
+        #: Invites waiting for their second side (PROTOCOL.md 3.6); each
+        #: owner is a connected name (a connection's end frees its nameplates).
+        self.nameplates = Nameplates(ttl=config.nameplate_ttl)
         self._encode = framing.encode_frame
         self._max_out = config.max_frame + 1024  # our frames: a full body plus fields
         #: Told to clients in welcome: a client that reconnects to a
@@ -244,6 +256,8 @@ class Relay:
                 heapq.heappush(self._claim_heap, (now + self.config.claim_ttl, user))
                 self._arm(now + self.config.claim_ttl)
                 self._presence(user, False)
+                if self.nameplates.count_for(user):  # O(n): only for an inviter
+                    self.nameplates.cancel_all(user, now)
         self._event(logging.INFO, "disconnect", addr=client.link.address)
 
     def receive(self, client: Client, msg: dict[str, Any]) -> None:
@@ -309,7 +323,8 @@ class Relay:
     def next_deadline(self) -> float | None:
         """The earliest moment :meth:`tick` has work to do."""
         candidates = [t for t in (self.store.next_expiry(),
-                                  self._claim_heap[0][0] if self._claim_heap else None)
+                                  self._claim_heap[0][0] if self._claim_heap else None,
+                                  self.nameplates.next_expiry())
                       if t is not None]
         return min(candidates) if candidates else None
 
@@ -329,6 +344,10 @@ class Relay:
                     self._write(claim.client, {"type": "expired", "id": held.id,
                                                "to": held.recipient})
             self._event(logging.DEBUG, "expire", count=len(expired))
+        for number, owner in self.nameplates.expire(now):
+            claim = self.claims.get(owner)
+            if claim is not None and claim.client is not None:
+                self._write(claim.client, protocol.NameplateGone(number, "expired").to_json())
         heap = self._claim_heap
         while heap and heap[0][0] <= now:
             _, name = heapq.heappop(heap)
@@ -601,6 +620,52 @@ class Relay:
         claim = self.claims.get(name)
         online = claim is not None and claim.client is not None
         self._write(client, {"type": "presence", "user": name, "online": online})
+
+    def _nameplate_frame(self, msg: dict[str, Any]) -> Any:
+        try:
+            return protocol.parse_client_frame(msg)
+        except protocol.FrameError as err:
+            raise ProtocolViolation(str(err)) from None
+
+    def _on_allocate(self, client: Client, msg: dict[str, Any]) -> None:
+        user: str = client.user  # type: ignore[assignment]
+        now = self.clock()
+        try:
+            number, expires = self.nameplates.allocate(user, now)
+        except NameplateError as err:
+            raise Refused(err.code, str(err)) from None
+        self._arm(expires)
+        self._event(logging.DEBUG, "allocate", user=user, nameplate=number)
+        self._write(client, protocol.Allocated(number, self.config.nameplate_ttl)
+                    .to_json())
+
+    def _on_join(self, client: Client, msg: dict[str, Any]) -> None:
+        frame: protocol.Join = self._nameplate_frame(msg)
+        user: str = client.user  # type: ignore[assignment]
+        now = self.clock()
+        bucket = self._bucket(self._join_buckets, client.origin, "join",
+                              self.config.max_connections, JOIN_RATE, JOIN_BURST, now)
+        if bucket is None or not bucket.take(1.0, now):
+            # Each join uses up an invite, right code or not: whoever tries numbers
+            # in a row would burn everyone's invites.
+            raise Refused("rate_limited", "too many invite codes tried from your address; "
+                          "wait a minute")
+        try:
+            owner = self.nameplates.join(frame.nameplate, user, self.clock())
+        except NameplateError as err:
+            raise Refused(err.code, str(err)) from None
+        claim = self.claims.get(owner)
+        # An owner's nameplates are freed when its connection ends, so it is here.
+        if claim is not None and claim.client is not None:
+            self._write(claim.client, protocol.Joined(frame.nameplate, user).to_json())
+        self._write(client, protocol.Joined(frame.nameplate, owner).to_json())
+
+    def _on_cancel(self, client: Client, msg: dict[str, Any]) -> None:
+        frame: protocol.Cancel = self._nameplate_frame(msg)
+        if not self.nameplates.cancel(frame.nameplate, client.user,  # type: ignore[arg-type]
+                                      self.clock()):
+            raise Refused("no_nameplate", "you have no invite with that number waiting")
+        self._write(client, protocol.NameplateGone(frame.nameplate, "cancelled").to_json())
 
     def _on_bye(self, client: Client, msg: dict[str, Any]) -> None:
         # Messages delivered and not yet acked stay in the store (they keep the

@@ -119,6 +119,14 @@ class Transfers:
         if machine is not None:
             self._collect(transfer_id, machine, now)
 
+    def cancel_all(self, reason: str, now: float) -> None:
+        """Stop every running transfer (the program is ending): each peer is told
+        (``cancelled``), and a receiver discards what it wrote."""
+        for tid, machine in self._machines.items():
+            if not _terminal(machine):
+                machine.cancel(reason)
+                self._collect(tid, machine, now)
+
     def tick(self, now: float) -> None:
         for tid, machine in list(self._machines.items()):
             machine.tick(now)

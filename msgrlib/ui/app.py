@@ -17,6 +17,7 @@ missing; ``msgr.py`` then falls back to line mode.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import locale
 import os
 import signal
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from msgrlib.client.connection import ChatClient
+from msgrlib.client.events import Received, TransferEvent
+from msgrlib.client.invite import InviteReady, PeerJoined
 from msgrlib.errors import MsgrError
 from msgrlib.ui import linemode
 from msgrlib.ui.options import (
@@ -67,7 +70,7 @@ class App:
         self.options = options
         self.terminal = terminal
         self.now = wallclock
-        self.view = ChatView(me=options.user, peer=options.peer,
+        self.view = ChatView(me=options.user or "you", peer=options.peer or "peer",
                              address=address(options.host, options.port),
                              tls=options.tls is not None, ttl=options.ttl,
                              static=options.static, unicode=unicode)
@@ -81,6 +84,9 @@ class App:
         self._draw_scheduled = False
         self._full_redraw = False
         self.paste = PasteDecoder()
+        #: Transfers shown on screen, by id; the offer waiting for /accept or /decline.
+        self._transfers: dict[str, _Shown] = {}
+        self._offered: tuple[str, Any] | None = None
 
     # -- main ---------------------------------------------------------------------------
 
@@ -111,19 +117,30 @@ class App:
             self.view.info(STATIC_WARNING, WARN, now=now)
         for warning in self.options.warnings:
             self.view.info(warning, WARN, now=now)
-        params = self.options.kdf_params or kdf.DEFAULT_PARAMS
-        self.view.progress = (f"deriving the key from the passcode (Argon2id, "
-                              f"{params.memory_kib // 1024} MiB)")
-        self.draw()
         quitting = loop.create_task(self._quit.wait())
-        deriving = loop.create_task(asyncio.to_thread(derive_key, self.options, None))
-        await asyncio.wait({deriving, quitting}, return_when=asyncio.FIRST_COMPLETED)
-        if not deriving.done():
-            return self.exit_code   # the thread ends on its own within a second
-        key = deriving.result()
-        self.view.progress = ""
-        client = self.client = make_client(self.options, key)
+        if self.options.invite:
+            from msgrlib.transfer import Transfers
+            client = self.client = ChatClient.for_invite(
+                self.options.invite_code, host=self.options.host, port=self.options.port,
+                tls=self.options.tls, transfers=Transfers(), ttl=self.view.ttl)
+            self.view.progress = ("asking the relay for an invite" if
+                                  self.options.invite_code is None else "joining the invite")
+        else:
+            params = self.options.kdf_params or kdf.DEFAULT_PARAMS
+            self.view.progress = (f"deriving the key from the passcode (Argon2id, "
+                                  f"{params.memory_kib // 1024} MiB)")
+            self.draw()
+            deriving = loop.create_task(asyncio.to_thread(derive_key, self.options, None))
+            await asyncio.wait({deriving, quitting}, return_when=asyncio.FIRST_COMPLETED)
+            if not deriving.done():
+                return self.exit_code   # the thread ends on its own within a second
+            key = deriving.result()
+            self.view.progress = ""
+            client = self.client = make_client(self.options, key)
         client.core.ttl = self.view.ttl
+        if not self.options.static and client.core.transfers is None:
+            from msgrlib.transfer import Transfers
+            client.core.transfers = Transfers()   # /send, /accept, /decline
         running = loop.create_task(client.run())
         events = loop.create_task(self._events(client))
         for text in self.pending:
@@ -135,6 +152,8 @@ class App:
             if running.done():
                 running.result()   # the reason it stopped: an error for msgr.py to print
                 return EXIT_ERROR
+            client.core.cancel_transfers("the other side left the chat")
+            client.poke()
             client.close()
             try:
                 await asyncio.wait_for(running, CLOSE_TIMEOUT)
@@ -150,7 +169,23 @@ class App:
 
     async def _events(self, client: ChatClient) -> None:
         async for event in client.events():
-            self.view.apply(event, now=self.now())
+            if isinstance(event, TransferEvent):
+                self._on_transfer(event)
+            elif isinstance(event, InviteReady):
+                self.view.progress = "waiting for the other side to type the code"
+                self.view.info(f"your invite code is  {event.code}  - on the other side run "
+                               "msgr chat --join and type it (it works once, for "
+                               f"{event.ttl:g} s)", WARN, now=self.now())
+            elif isinstance(event, Received) and self.options.invite:
+                # The peer's routing name is random: the screen calls them "peer".
+                self.view.apply(dataclasses.replace(event, sender=self.view.peer),
+                                now=self.now())
+            elif isinstance(event, PeerJoined):
+                self.view.progress = ""
+                self.view.info("the other side is here; starting the secure session",
+                               now=self.now())
+            else:
+                self.view.apply(event, now=self.now())
             self.draw()
 
     async def _ticker(self) -> None:
@@ -275,6 +310,128 @@ class App:
             view.clear()
         elif name == "verify":
             self._verify(arg, now)
+        elif name == "file":
+            asyncio.get_running_loop().create_task(self._send_file(arg))
+        elif name in ("accept", "decline"):
+            self._answer(name == "accept")
+
+    # -- files (/send PATH, /accept, /decline: msgrlib.transfer through the session) ------
+
+    async def _send_file(self, path: str) -> None:
+        from msgrlib.transfer import TransferError, files
+        from msgrlib.transfer.messages import chunk_size_for, new_transfer_id
+
+        view, client = self.view, self.client
+        if self.options.static or client is None or client.core.session is None:
+            view.info("no secure session yet: files go through it (--static has none)",
+                      WARN, now=self.now())
+            return
+        path = os.path.expanduser(path)
+        prepare = files.prepare_directory if os.path.isdir(path) else files.prepare_file
+        try:   # hashing a big file takes a while: not on the loop
+            prepared = await asyncio.to_thread(prepare, path, new_transfer_id(os.urandom),
+                                               chunk=chunk_size_for(65536, name_length=32))
+            client.core.send_transfer(prepared.offer, prepared.source)
+        except (OSError, TransferError) as err:
+            view.info(f"cannot send {path}: {getattr(err, 'strerror', None) or err}", ERROR,
+                      now=self.now())
+            return
+        self._transfers[prepared.offer.t] = _Shown(prepared.offer, self.now(), prepared)
+        client.poke()
+        view.info(f"offering {prepared.offer.name} ({_size(prepared.offer.size)}) to "
+                  f"{view.peer}; waiting for an answer", now=self.now())
+        self.draw()
+
+    def _on_transfer(self, news: TransferEvent) -> None:
+        from msgrlib.transfer import Offered
+        from msgrlib.transfer.machine import Completed, Declined, Failed, Progress
+
+        view, now, event = self.view, self.now(), news.event
+        shown = self._transfers.get(news.transfer_id)
+        if isinstance(event, Offered):
+            offer = event.receiver.offer
+            what = ("a secret" if offer.kind == "secret" else
+                    f"a {offer.kind} '{offer.name}' ({_size(offer.size)}, {offer.mime})")
+            if event.receiver.problem or self._offered is not None:
+                reason = event.receiver.problem or "another offer is waiting for an answer"
+                event.receiver.decline(reason)
+                self._answered(news.transfer_id)
+                view.info(f"{view.peer} offered {what}: refused, {reason}", WARN, now=now)
+                return
+            self._offered = (news.transfer_id, event.receiver)
+            self._transfers[news.transfer_id] = _Shown(offer, now, None)
+            where = "" if offer.kind == "secret" else f" into {os.getcwd()}"
+            view.info(f"{view.peer} offers {what}: /accept saves it{where}, /decline "
+                      "refuses it", WARN, now=now)
+        elif shown is None:
+            return
+        elif isinstance(event, Progress):
+            view.progress = f"{shown.offer.name or 'secret'}: {_size(event.done_bytes)} of " \
+                            f"{_size(event.total_bytes)}"
+        elif isinstance(event, Completed):
+            view.progress = ""
+            sink = shown.sink
+            if shown.prepared is not None:
+                view.info(f"{view.peer} received {shown.offer.name or 'the secret'}", now=now)
+            elif shown.offer.kind == "secret" and sink is not None:
+                view.info(f"secret from {view.peer}: "
+                          f"{sink.take().decode('utf-8', 'replace')}", now=now)
+            elif sink is not None:
+                view.info(f"received {sink.path} ({_size(shown.offer.size)}); its SHA-256 "
+                          "matched", now=now)
+            self._finished(news.transfer_id)
+        elif isinstance(event, (Declined, Failed)):
+            view.progress = ""
+            view.info(f"{shown.offer.name or 'the secret'}: {event.reason} (nothing partial "
+                      "was kept)", WARN, now=now)
+            self._finished(news.transfer_id)
+
+    def _answer(self, yes: bool) -> None:
+        from msgrlib.transfer import TransferError
+        from msgrlib.transfer.files import DirectorySink, FileSink, MemorySink
+        from msgrlib.transfer.messages import fit_window
+
+        view, now = self.view, self.now()
+        if self._offered is None or self.client is None:
+            view.info("nothing is offered to you now", WARN, now=now)
+            return
+        tid, receiver = self._offered
+        self._offered = None
+        if receiver.is_finished():
+            view.info("that offer is over already", WARN, now=now)
+            return
+        offer = receiver.offer
+        sink: Any = None
+        if yes:
+            try:
+                if offer.kind == "secret":
+                    sink = MemorySink(max_size=offer.size)
+                elif offer.kind == "directory":
+                    sink = DirectorySink(os.getcwd(), offer.name, size=offer.size)
+                else:
+                    sink = FileSink(os.getcwd(), offer.name, size=offer.size)
+            except TransferError as err:
+                view.info(f"{err}: declined", WARN, now=now)
+        if sink is None:
+            receiver.decline("the receiver declined")
+        else:
+            self._transfers[tid] = _Shown(offer, now, None, sink)
+            window = fit_window(offer.chunk, mailbox_bytes=4 * 1024 * 1024,
+                                mailbox_messages=1000)
+            receiver.accept(sink, time.monotonic(), window=window)
+            view.info(f"accepted {offer.name or 'the secret'}", now=now)
+        self._answered(tid)
+
+    def _answered(self, tid: str) -> None:
+        assert self.client is not None
+        self.client.core.transfer_answered(tid)
+        self.client.poke()
+
+    def _finished(self, tid: str) -> None:
+        shown = self._transfers.pop(tid, None)
+        close = getattr(getattr(shown, "prepared", None), "source", None)
+        if close is not None and hasattr(close, "close"):
+            close.close()
 
     def _send_or_hold(self, text: str) -> None:
         if self.client is None:
@@ -354,6 +511,22 @@ class App:
         self.view.info(f"internal error: {context.get('message')}"
                        + (f": {error!r}" if error else ""), ERROR, now=self.now())
         self.draw()
+
+
+class _Shown:
+    """One transfer on screen: its offer, and the sender's source or the receiver's sink."""
+
+    def __init__(self, offer: Any, since: float, prepared: Any, sink: Any = None) -> None:
+        self.offer = offer
+        self.since = since
+        self.prepared = prepared
+        self.sink = sink
+
+
+def _size(n: int) -> str:
+    from msgrlib.transfer.progress import format_bytes
+
+    return format_bytes(n)
 
 
 def _utf8(stdscr: Any) -> bool:

@@ -100,6 +100,10 @@ class ChatOptions:
     kdf_params: Any = None
     #: Warnings the CLI found while reading the options (shown by either interface).
     warnings: tuple[str, ...] = ()
+    #: An invite (``chat --invite`` / ``--join``, PROTOCOL.md 3.6): no names, no
+    #: passcode; ``invite_code`` is the code to join, None to invite.
+    invite: bool = False
+    invite_code: Any = None
 
 
 def derive_key(options: ChatOptions, progress: TextIO | None = sys.stderr) -> bytes:

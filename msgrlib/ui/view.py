@@ -61,6 +61,7 @@ HELP = (
     "  /verify         show the safety number to compare with your peer",
     "  /verify ok      mark the session verified once the numbers match",
     "  /clear          wipe the messages from the screen",
+    "  /send PATH      offer a file or directory; /accept or /decline one offered to you",
     "  //text          send a message that starts with '/'",
     "A paste (several lines too) becomes one message, sent with Enter; it never runs a command.",
     "Keys: Left/Right Home/End move, Backspace/Delete, Ctrl-U/Ctrl-K cut to start/end, "
@@ -338,6 +339,7 @@ class InputLine:
 class Command:
     """What a submitted line asks for: ``send`` (arg is the text), ``help``,
     ``quit``, ``ttl`` (arg: seconds or "" to show), ``status``, ``clear``,
+    ``file`` (``/send PATH``; arg: the path), ``accept``, ``decline``,
     ``verify`` (arg: "" or "ok"), ``unknown`` (arg: the word) or ``error``
     (arg: what was wrong)."""
 
@@ -367,14 +369,18 @@ def parse_command(line: str) -> Command | None:
             return Command("ttl", str(int(rest)))
         return Command("error", f"/ttl takes whole seconds from {TTL_MIN} to {TTL_MAX}, "
                                 "for example /ttl 20")
-    if name in ("status", "clear") and not rest:
+    if name in ("status", "clear", "accept", "decline") and not rest:
         return Command(name)
+    if name == "send":
+        if rest:
+            return Command("file", rest)
+        return Command("error", "/send PATH offers a file or directory to your peer")
     if name == "verify":
         if rest.lower() in ("", "ok"):
             return Command("verify", rest.lower())
         return Command("error", "use /verify to see the safety number, then /verify ok "
                                 "once it matches on both screens")
-    if name in ("status", "clear"):
+    if name in ("status", "clear", "accept", "decline"):
         return Command("error", f"/{name} takes no arguments")
     return Command("unknown", word)
 

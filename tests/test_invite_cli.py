@@ -1,0 +1,510 @@
+"""Invite codes end to end: real relay (in this process), real ``msgr.py`` client processes.
+
+``chat --invite`` / ``--join``, ``send`` / ``receive``: the code routes the two sides through
+a nameplate, the words key the handshake, one failed confirmation burns the invite on both
+sides, and a file arrives byte-identical over TLS while the relay holds a bounded window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from typing import Any
+
+import pytest
+from helpers import PYTHON, ROOT, Chat, relay_running, run, tls_contexts
+
+from msgrlib.invite import parse_code
+from msgrlib.invite.code import words_for_position
+from msgrlib.relay.config import RelayConfig
+from msgrlib.transfer.messages import chunk_frame_size
+from msgrlib.ui import transfer_cli
+
+CODE_RE = r"your invite code is\s+(\S+)"
+
+
+async def start(args: list[str], home: str, port: int, *, env: dict[str, str] | None = None,
+                name: str = "msgr") -> Chat:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MSGR_")}
+    environ.update(HOME=home, XDG_CONFIG_HOME=os.path.join(home, ".config"),
+                   MSGR_SERVER=f"127.0.0.1:{port}")
+    environ.update(env or {})
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, os.path.join(ROOT, "msgr.py"), *args, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=home, env=environ)
+    return Chat(proc, name)
+
+
+async def code_of(inviter: Chat) -> str:
+    line = await inviter.wait_for(CODE_RE, stream="stderr")
+    match = re.search(CODE_RE, line)
+    assert match is not None
+    return match.group(1)
+
+
+def wrong_words(code: str) -> str:
+    parsed = parse_code(code)
+    first = words_for_position(0)
+    other = first[(first.index(parsed.words[0]) + 1) % len(first)]
+    return f"{parsed.nameplate}-{other}-{parsed.words[1]}"
+
+
+def test_chat_invite_and_join_with_a_generated_code(tmp_path: Any) -> None:
+    """Two commands, no names, no passcode: the joiner types the code (stdin here)."""
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            inviter = await start(["chat", "--invite"], str(tmp_path), port, name="inviter")
+            code = await code_of(inviter)
+            assert re.fullmatch(r"1-[a-z]+-[a-z]+", code)
+            await inviter.wait_for(r"msgr chat --join", stream="stderr")
+            joiner = await start(["chat", "--join"], str(tmp_path), port, name="joiner")
+            await joiner.say(code)  # not in argv
+            for side in (inviter, joiner):
+                await side.wait_for(r"secure session up; safety number", stream="stderr")
+            await joiner.say("hello from the joiner")
+            await inviter.wait_for(r"^peer: hello from the joiner$")
+            await inviter.say("and back")
+            await joiner.wait_for(r"^peer: and back$")
+            await inviter.end_input()
+            await joiner.end_input()
+            assert await inviter.exit_code() == 0, inviter.stderr
+            assert await joiner.exit_code() == 0, joiner.stderr
+            assert not any("visible to other local users" in line for line in joiner.stderr)
+            assert len(srv.relay.nameplates) == 0
+    run(main(), timeout=60)
+
+
+def test_a_wrong_code_burns_the_invite_and_both_sides_say_so(tmp_path: Any) -> None:
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            inviter = await start(["send", "-"], str(tmp_path), port, name="sender")
+            assert inviter.proc.stdin is not None
+            inviter.proc.stdin.write(b"the launch code")
+            await inviter.end_input()
+            code = await code_of(inviter)
+            guesser = await start(["receive", wrong_words(code)], str(tmp_path), port,
+                                  name="guesser")
+            await guesser.end_input()
+            for side in (inviter, guesser):
+                await side.wait_for(r"this invite is burned", stream="stderr")
+                assert await side.exit_code() == 1, side.stderr
+            # The number was used by the wrong guess: the right words no longer help.
+            late = await start(["receive", code], str(tmp_path), port, name="late")
+            await late.end_input()
+            await late.wait_for(r"no invite with that number is waiting", stream="stderr")
+            assert await late.exit_code() == 1
+            assert not any("the launch code" in line for side in (guesser, late)
+                           for line in side.stdout + side.stderr)
+    run(main(), timeout=60)
+
+
+def test_two_invites_at_once_never_cross(tmp_path: Any) -> None:
+    """Two secrets offered at the same time; each receiver gets the one of its code,
+    shown once on stdout and written nowhere."""
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            senders, codes = [], []
+            for secret in (b"secret number one", b"secret number two"):
+                sender = await start(["send", "-"], str(tmp_path), port, name="sender")
+                assert sender.proc.stdin is not None
+                sender.proc.stdin.write(secret)
+                await sender.end_input()
+                senders.append(sender)
+            for sender in senders:
+                codes.append(await code_of(sender))
+            assert {parse_code(c).nameplate for c in codes} == {1, 2}
+            out = tmp_path / "out"
+            out.mkdir()
+            receivers = []
+            for i, code in enumerate(reversed(codes)):  # joined in the other order
+                receiver = await start(["receive", "--dir", str(out), *(["--json"] if i else [])],
+                                       str(tmp_path), port, name="receiver")
+                await receiver.say(code)
+                await receiver.say("y")
+                receivers.append(receiver)
+            for receiver in receivers:
+                assert await receiver.exit_code() == 0, receiver.stderr
+            for sender in senders:
+                assert await sender.exit_code() == 0, "\n".join(sender.stderr)
+            assert receivers[0].stdout == ["secret number two"]
+            assert receivers[1].stdout[-1] == '{"event": "secret", "text": "secret number one"}'
+            assert list(out.iterdir()) == []
+    run(main(), timeout=60)
+
+
+def test_a_file_over_tls_arrives_byte_identical_within_the_window(tmp_path: Any) -> None:
+    """A few MiB through a TLS relay (pinned with --cafile); the relay never holds more
+    than two windows of chunks (plus a few small messages) for the transfer."""
+    data = os.urandom(3 * 1024 * 1024 + 123)
+    (tmp_path / "big.bin").write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        server_ctx, _ = tls_contexts(str(tmp_path))
+        async with relay_running(ssl_context=server_ctx) as srv:
+            port = srv.address[1]
+            tls = ["--tls", "--cafile", str(tmp_path / "cert.pem")]
+            sender = await start(["send", "big.bin", *tls], str(tmp_path), port,
+                                 name="sender")
+            code = await code_of(sender)
+            receiver = await start(["receive", "--dir", str(out), "--json", *tls],
+                                   str(tmp_path), port, name="receiver")
+            await receiver.say(code)
+            await receiver.wait_for(r"offers a file named 'big.bin' \(3\.0 MiB",
+                                    stream="stderr")
+            await receiver.say("y")
+            peak = 0
+            while receiver.proc.returncode is None:
+                peak = max(peak, srv.memory()["store"])
+                await asyncio.sleep(0.01)
+            assert await receiver.exit_code() == 0, receiver.stderr
+            assert await sender.exit_code() == 0, sender.stderr
+            assert '"event": "completed"' in receiver.stdout[-1]
+            assert (out / "big.bin").read_bytes() == data
+            assert sorted(p.name for p in out.iterdir()) == ["big.bin"]
+            bound = 2 * 16 * chunk_frame_size(35 * 1024) + 64 * 1024
+            assert 0 < peak <= bound, (peak, bound)
+    run(main(), timeout=90)
+    assert hashlib.sha256((out / "big.bin").read_bytes()).digest() == \
+        hashlib.sha256(data).digest()
+
+
+def test_a_receiver_that_declines_leaves_nothing_on_disk(tmp_path: Any) -> None:
+    (tmp_path / "f.txt").write_text("not wanted\n")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            sender = await start(["send", "f.txt"], str(tmp_path), port, name="sender")
+            code = await code_of(sender)
+            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), port,
+                                   name="receiver")
+            await receiver.say(code)
+            await receiver.say("n")
+            await receiver.wait_for(r"declined; nothing was written", stream="stderr")
+            assert await receiver.exit_code() == 1
+            await sender.wait_for(r"the other side declined", stream="stderr")
+            assert await sender.exit_code() == 1
+            assert list(out.iterdir()) == []
+    run(main(), timeout=60)
+
+
+def test_the_relay_comes_from_the_config_file(tmp_path: Any) -> None:
+    """No --server and no MSGR_SERVER: 'server = ...' in ~/.config/msgr/config."""
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            config = tmp_path / ".config" / "msgr"
+            config.mkdir(parents=True)
+            (config / "config").write_text(f"# my relay\nserver = 127.0.0.1:{port}\n")
+            inviter = await start(["chat", "--invite"], str(tmp_path), port,
+                                  env={"MSGR_SERVER": ""}, name="inviter")
+            await code_of(inviter)
+            await inviter.kill()
+    run(main(), timeout=30)
+
+
+def test_config_file_errors_and_no_relay(tmp_path: Any, monkeypatch: Any) -> None:
+    from msgrlib.errors import UsageError
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("MSGR_SERVER", raising=False)
+    args = type("A", (), {"server": None, "tls": False, "cafile": None, "pin": None,
+                          "known_hosts": None})()
+    with pytest.raises(UsageError, match="no relay given"):
+        transfer_cli.relay_target(args)
+    (tmp_path / "msgr").mkdir()
+    (tmp_path / "msgr" / "config").write_text("colour = blue\n")
+    with pytest.raises(UsageError, match="line 1"):
+        transfer_cli.relay_target(args)
+    (tmp_path / "msgr" / "config").write_text("server = msgrs://relay.example:9000\n")
+    host, port, tls = transfer_cli.relay_target(args)
+    assert (host, port, tls is not None) == ("relay.example", 9000, True)
+
+
+def test_a_bad_code_is_one_clear_line(tmp_path: Any) -> None:
+    async def main() -> None:
+        async with relay_running(RelayConfig()) as srv:
+            receiver = await start(["receive", "7-notaword-clockwork"], str(tmp_path),
+                                   srv.address[1])
+            assert await receiver.exit_code() == 2
+            assert receiver.stderr[-1].startswith("msgr receive: bad invite code")
+            assert all("Traceback" not in line for line in receiver.stderr)
+    run(main(), timeout=30)
+
+
+def test_a_receiver_stopped_mid_file_keeps_nothing_and_the_sender_is_told(tmp_path: Any) -> None:
+    import signal
+
+    (tmp_path / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            sender = await start(["send", "big.bin"], str(tmp_path), port, name="sender")
+            code = await code_of(sender)
+            receiver = await start(["receive", "--dir", str(out), "--json"], str(tmp_path),
+                                   port, name="receiver")
+            await receiver.say(code)
+            await receiver.say("y")
+            await receiver.wait_for(r'"event": "progress"')
+            assert any(p.name.endswith(".part") for p in out.iterdir())
+            receiver.proc.send_signal(signal.SIGINT)
+            assert await receiver.exit_code() == 130
+            await sender.wait_for(r"the other side reports: the other side stopped "
+                                  r"\(cancelled\)", stream="stderr")
+            assert await sender.exit_code() == 1
+            assert list(out.iterdir()) == []
+    run(main(), timeout=60)
+
+
+@pytest.mark.parametrize("side", ["receiver", "sender"])
+def test_a_connection_cut_mid_file_resumes(tmp_path: Any, side: str) -> None:
+    """One side's connection is cut once, mid-file: it reconnects under the same invite
+    name and key, and the transfer goes on from the last acknowledged chunk (what the
+    relay held is handed out again; what it never got is asked for again by a gap ack)."""
+    from helpers import Proxy
+
+    data = os.urandom(2 * 1024 * 1024)
+    (tmp_path / "big.bin").write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    seen = {"count": 0, "cut": False}
+    direction, kind = ("down", "deliver") if side == "receiver" else ("up", "send")
+
+    def hook(way: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[Any]:
+        if way == direction and frame.get("type") == kind:
+            seen["count"] += 1
+            if seen["count"] == 25 and not seen["cut"]:
+                seen["cut"] = True
+                conn["to_client"].close()
+                conn["to_relay"].close()
+                return []
+        return [frame]
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            proxy = await Proxy(port, hook).start()
+            ports = (proxy.port, port) if side == "sender" else (port, proxy.port)
+            sender = await start(["send", "big.bin"], str(tmp_path), ports[0], name="sender")
+            code = await code_of(sender)
+            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), ports[1],
+                                   name="receiver")
+            await receiver.say(code)
+            await receiver.say("y")
+            assert await receiver.exit_code() == 0, "\n".join(receiver.stderr)
+            assert await sender.exit_code() == 0, "\n".join(sender.stderr)
+            assert seen["cut"]
+            cut = receiver if side == "receiver" else sender
+            assert any("reconnecting" in line for line in cut.stderr)
+            assert (out / "big.bin").read_bytes() == data
+            await proxy.close()
+    run(main(), timeout=90)
+
+
+def test_a_hostile_offer_is_shown_escaped_and_refused(tmp_path: Any) -> None:
+    """A sender (our own client, driven by hand) offers '../' plus a screen-clearing escape:
+    the receiver shows it escaped, refuses it without asking, writes nothing, and the
+    sender is told why. ``send --json`` prints the code as a JSON line."""
+    import hashlib as _hashlib
+    import json as _json
+
+    from msgrlib.client.events import SessionStarted, TransferEvent
+    from msgrlib.client.invite import InviteReady
+    from msgrlib.transfer import Transfers
+    from msgrlib.transfer.files import BytesSource
+    from msgrlib.transfer.machine import Declined, make_offer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    hostile = "../\x1b[2Jevil"
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            codes: asyncio.Queue[str] = asyncio.Queue()
+            declined: list[str] = []
+
+            def on_event(event: Any) -> None:
+                if isinstance(event, InviteReady):
+                    codes.put_nowait(event.code)
+                elif isinstance(event, SessionStarted):
+                    offer = make_offer("ee" * 16, kind="file", name=hostile, size=5,
+                                       mime="text/plain",
+                                       sha256=_hashlib.sha256(b"hello").hexdigest())
+                    client.core.send_transfer(offer, BytesSource(b"hello"))
+                    client.poke()
+                elif isinstance(event, TransferEvent) and isinstance(event.event, Declined):
+                    declined.append(event.event.reason)
+
+            client = transfer_cli._make_client(("127.0.0.1", port, None), None, on_event,
+                                               transfers=Transfers())
+            running = asyncio.get_running_loop().create_task(client.run())
+            code = await asyncio.wait_for(codes.get(), 10)
+            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), port,
+                                   name="receiver")
+            await receiver.say(code)
+            assert await receiver.exit_code() == 1
+            shown = "\n".join(receiver.stderr)
+            assert "\x1b" not in shown and "'../\\x1b[2Jevil'" in shown, shown
+            assert "refused:" in shown and "accept it" not in shown
+            for _ in range(100):
+                if declined:
+                    break
+                await asyncio.sleep(0.05)
+            assert declined and "path separator" in declined[0]
+            assert list(out.iterdir()) == []
+            client.close()
+            await asyncio.wait_for(running, 5)
+            # --json: the code is a JSON line on stdout too.
+            sender = await start(["send", "-", "--json"], str(tmp_path), port, name="sender")
+            assert sender.proc.stdin is not None
+            sender.proc.stdin.write(b"x")
+            await sender.end_input()
+            line = await sender.wait_for(r'"event": "code"')
+            assert _json.loads(line)["code"] == await code_of(sender)
+            await sender.kill()
+    run(main(), timeout=60)
+
+
+def test_a_named_chat_takes_its_relay_from_msgr_server(tmp_path: Any) -> None:
+    async def main() -> None:
+        async with relay_running() as srv:
+            chat = await start(["chat", "--user", "alice", "--peer", "bob"], str(tmp_path),
+                               srv.address[1], env={"MSGR_PASSCODE": "a long passcode here"})
+            await chat.wait_for(r"connected to 127\.0\.0\.1", stream="stderr", timeout=20)
+            await chat.end_input()
+            assert await chat.exit_code() == 0, chat.stderr
+    run(main(), timeout=40)
+
+
+def test_receive_on_a_terminal_completes_the_words_with_tab(tmp_path: Any) -> None:
+    """In a real terminal (tmux): the code prompt completes a word with Tab (readline),
+    the offer is shown, 'y' accepts, the file arrives."""
+    import shutil
+
+    from test_screen import Tmux
+
+    from msgrlib.invite import complete
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    (tmp_path / "note.txt").write_text("typed by hand\n")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            sender = await start(["send", "note.txt"], str(tmp_path), port, name="sender")
+            code = parse_code(await code_of(sender))
+            word = code.words[0]
+            prefix = next(word[:n] for n in range(1, len(word) + 1)
+                          if complete(f"{code.nameplate}-{word[:n]}") == [
+                              f"{code.nameplate}-{word}-"])
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("TMUX", "MSGR_"))}
+            env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8", PS1="$ ", HOME=str(tmp_path),
+                       MSGR_SERVER=f"127.0.0.1:{port}")
+            term = Tmux(env)
+            try:
+                term.run(f"{PYTHON} msgr.py receive --dir {out}")
+                await asyncio.to_thread(term.wait, r"Invite code \(tab completes")
+                term.type(f"{code.nameplate}-{prefix}")
+                term.press("Tab")
+                await asyncio.to_thread(term.wait, re.escape(f"{code.nameplate}-{word}-"))
+                term.type(code.words[1])
+                term.press("Enter")
+                await asyncio.to_thread(term.wait, r"accept it into .*\[y/N\]", 20)
+                term.run("y")
+                await asyncio.to_thread(term.wait, r"received .*note\.txt", 20)
+                assert await sender.exit_code() == 0
+                assert (out / "note.txt").read_text() == "typed by hand\n"
+            finally:
+                term.kill()
+    run(main(), timeout=60)
+
+
+def test_a_directory_arrives_as_a_directory(tmp_path: Any) -> None:
+    src = tmp_path / "album"
+    (src / "inner").mkdir(parents=True)
+    (src / "a.txt").write_text("first\n")
+    (src / "inner" / "b.bin").write_bytes(os.urandom(70_000))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            sender = await start(["send", "album"], str(tmp_path), port, name="sender")
+            code = await code_of(sender)
+            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), port,
+                                   name="receiver")
+            await receiver.say(code)
+            await receiver.wait_for(r"offers a directory named 'album'", stream="stderr")
+            await receiver.say("y")
+            assert await receiver.exit_code() == 0, receiver.stderr
+            assert await sender.exit_code() == 0, sender.stderr
+    run(main(), timeout=60)
+    assert (out / "album" / "a.txt").read_text() == "first\n"
+    assert (out / "album" / "inner" / "b.bin").read_bytes() == \
+        (src / "inner" / "b.bin").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["album"]
+
+
+def test_an_invite_nobody_uses_expires_with_one_clear_line(tmp_path: Any) -> None:
+    async def main() -> None:
+        async with relay_running(RelayConfig(nameplate_ttl=1.0)) as srv:
+            sender = await start(["send", "-"], str(tmp_path), srv.address[1], name="sender")
+            assert sender.proc.stdin is not None
+            sender.proc.stdin.write(b"never read")
+            await sender.end_input()
+            await code_of(sender)
+            assert await sender.exit_code(timeout=15) == 1
+            assert sender.stderr[-1] == ("msgr: nobody used the invite code before it "
+                                         "expired; start a new one")
+            assert len(srv.relay.nameplates) == 0
+    run(main(), timeout=30)
+
+
+def test_send_to_a_named_pair_with_their_passcode(tmp_path: Any) -> None:
+    """``send --to`` / ``receive --from``: the same transfer for two people who already
+    share names and a passcode; a wrong passcode ends both with one line, nothing written."""
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def pair_run(passcode_b: str) -> tuple[Chat, Chat]:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            sender = await start(["send", "-", "--to", "bob", "--user", "alice"], str(tmp_path),
+                                 port, env={"MSGR_PASSCODE": "shared passcode 1"}, name="alice")
+            assert sender.proc.stdin is not None
+            sender.proc.stdin.write(b"for bob only")
+            await sender.end_input()
+            receiver = await start(["receive", "--from", "alice", "--user", "bob", "--dir",
+                                    str(out)], str(tmp_path), port,
+                                   env={"MSGR_PASSCODE": passcode_b}, name="bob")
+            await receiver.say("y")
+            await receiver.exit_code(timeout=40)
+            await sender.exit_code(timeout=40)
+            return sender, receiver
+
+    sender, receiver = run(pair_run("shared passcode 1"), timeout=60)
+    assert receiver.proc.returncode == 0, receiver.stderr
+    assert sender.proc.returncode == 0, sender.stderr
+    assert receiver.stdout == ["for bob only"]
+    sender, receiver = run(pair_run("another passcode"), timeout=60)
+    for side in (sender, receiver):
+        assert side.proc.returncode == 1, side.stderr
+        assert any("passcode" in line for line in side.stderr), side.stderr
+    assert receiver.stdout == [] and list(out.iterdir()) == []
