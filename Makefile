@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint serve demo bench bench-quick fuzz soak churn clean
+.PHONY: install test test-fast lint serve demo bench bench-quick fuzz soak churn clean
 
 # Two stamps: running a relay or the demo needs the runtime dependencies only
 # (PyNaCl, argon2-cffi); tests, lint and benchmarks add the development ones.
@@ -36,8 +36,12 @@ test: $(STAMP)  ## lint, then the whole test suite (what CI runs)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+test-fast: $(STAMP)  ## the unit tests only (tests/unit), fewer property examples: the edit loop
+	MSGR_FUZZ_EXAMPLES=25 $(BIN)/python -m pytest tests/unit
+
+lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 serve: $(RUNTIME)  ## run a relay with TLS on port 8765 (creates cert.pem/key.pem if missing)
 	$(BIN)/python msgr.py serve --tls
@@ -53,7 +57,9 @@ bench-quick: $(STAMP)
 
 fuzz: $(STAMP)  ## the property and fuzz tests with 100x the examples CI uses
 	MSGR_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q -p no:cacheprovider \
-		tests/test_framing.py tests/test_relay_fuzz.py tests/test_ratchet.py tests/test_handshake.py
+		tests/unit/test_framing.py tests/unit/test_protocol.py tests/unit/test_speedups.py \
+		tests/unit/relay/test_relay_fuzz.py tests/unit/crypto tests/unit/client/test_session.py \
+		tests/unit/client/test_window.py tests/unit/ui tests/unit/invite tests/unit/transfer
 
 soak: $(STAMP)  ## 100,000 messages through a relay with clients dropping at random
 	$(BIN)/python -m tools.soak

@@ -428,7 +428,8 @@ relay_frames = st.fixed_dictionaries(
               "online": json_values})
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("MSGR_FUZZ_EXAMPLES", "300")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(frames=st.lists(relay_frames, min_size=1, max_size=6))
 def test_any_frame_from_the_relay_is_handled_without_raising(frames):
     net = Net()

@@ -394,7 +394,7 @@ def test_receive_on_a_terminal_completes_the_words_with_tab(tmp_path: Any) -> No
     the offer is shown, 'y' accepts, the file arrives."""
     import shutil
 
-    from test_screen import Tmux
+    from tmuxterm import Tmux
 
     from msgrlib.invite import complete
 

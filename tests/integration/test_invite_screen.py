@@ -8,7 +8,7 @@ import subprocess
 from typing import Any
 
 from helpers import PYTHON, ROOT
-from test_screen import PASSCODE, Chat, chat_term, needs_tmux, tls_relay  # noqa: F401
+from tmuxterm import PASSCODE, Chat, needs_tmux
 
 from msgrlib.ui.view import Command, parse_command
 

@@ -11,7 +11,7 @@ import base64
 import json
 from typing import Any
 
-from test_chat import KEY, OTHER_KEY, Net
+from chatnet import KEY, OTHER_KEY, Net
 
 from msgrlib.client import core as chat
 from msgrlib.crypto import handshake
