@@ -22,12 +22,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from msgrlib.relay import server
+from msgrlib.relay.config import RelayConfig
+from msgrlib.tls import contexts
 
-from msgrlib.relay import server  # noqa: E402
-from msgrlib.relay.config import RelayConfig  # noqa: E402
-from msgrlib.tls import contexts  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 async def measure(mib: float, config: RelayConfig) -> dict[str, float]:
