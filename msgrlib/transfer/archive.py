@@ -14,7 +14,8 @@ before creating anything, if any member:
   character, a component over 255 bytes, a path over ``max_path_bytes`` or deeper than
   ``max_depth`` (see :mod:`msgrlib.transfer.names`);
 * repeats a name, or lives under a name that is a file;
-* makes the count exceed ``max_members`` or the total size exceed ``max_total_size``.
+* makes the count exceed ``max_members`` or the total size exceed ``max_total_size`` or the
+  archive's own size (so what is written stays within the size the person accepted).
 
 Only then is it unpacked into a new temporary directory beside the destination (files created
 exclusively, never following links, mode 0600 or 0700, directories 0700), which is renamed to
@@ -25,6 +26,7 @@ removed: nothing partial is left.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -120,6 +122,12 @@ class MemberChecker:
         if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
             raise ArchiveError(f"the archive holds {_type_name(info)} {_shown(info.name)}; "
                                "only files and directories are accepted")
+        if info.sparse is not None:
+            # A sparse member (GNU, or PAX GNU.sparse.* headers, which tarfile reports as a
+            # regular file) unpacks to its "real size" of zeros from a few bytes of archive:
+            # a disk-filling bomb far larger than the offer the person accepted.
+            raise ArchiveError(f"the archive holds a sparse file {_shown(info.name)}; only "
+                               "plain files and directories are accepted")
         is_dir = info.type == tarfile.DIRTYPE
         if parts in self._explicit:
             raise ArchiveError(f"the archive holds {_shown(info.name)} twice")
@@ -169,6 +177,13 @@ def extract(fileobj: IO[bytes], parent: str, name: str, *,
     ``OSError`` from the file system (and then nothing is left either).
     """
     check_file_name(name, what="directory name")
+    # Plain members' bytes are inside the archive, so they cannot add up to more than it:
+    # what is written to disk stays within the size the person accepted.
+    start = fileobj.tell()
+    length = fileobj.seek(0, os.SEEK_END) - start
+    fileobj.seek(start)
+    if length < limits.max_total_size:
+        limits = dataclasses.replace(limits, max_total_size=length)
     try:
         tar = tarfile.open(fileobj=fileobj, mode="r:")
     except (tarfile.TarError, EOFError, ValueError, UnicodeError, OverflowError):

@@ -305,3 +305,42 @@ def test_directory_sink_refuses_an_existing_directory_at_once(tmp_path):
 
 def test_archive_module_exports():
     assert archive.DEFAULT_LIMITS.max_members == 100_000
+
+
+def sparse_bomb(real_size: int) -> bytes:
+    """A PAX 1.0 sparse member: one data byte in the archive, ``real_size`` bytes of zeros
+    once unpacked (tarfile reports it as a regular file)."""
+    sparse_map = b"1\n0\n1\n".ljust(512, b"\0")
+    payload = sparse_map + b"A".ljust(512, b"\0")
+    info = tarfile.TarInfo("bomb")
+    info.size = len(payload)
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                        "GNU.sparse.name": "bomb", "GNU.sparse.realsize": str(real_size)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+def test_a_sparse_member_cannot_write_more_than_the_offer(tmp_path):
+    """A 10 KiB offer must not unpack to 64 MiB (or 64 GiB) of zeros on the receiver's
+    disk: sparse members are refused, and plain members cannot add up past the archive."""
+    data = sparse_bomb(64 * 1024 * 1024)
+    assert len(data) < 16 * 1024
+    out = tmp_path / "out"
+    out.mkdir()
+    sender, receiver = send_directory(data, out)
+    assert receiver.state is ReceiverState.FAILED and sender.state is SenderState.FAILED
+    assert "sparse" in sender.take_events()[-1].reason
+    assert os.listdir(out) == []
+
+
+def test_members_cannot_add_up_to_more_than_the_archive(tmp_path):
+    data = tar_bytes([member("a.txt", data=b"x" * 4096)])
+    checked = MemberChecker(limits=ArchiveLimits(max_total_size=len(data)))
+    info = tarfile.TarInfo("b.txt")
+    info.size = len(data) + 1
+    with pytest.raises(ArchiveError, match="add up to more"):
+        checked.check(info)
+    extract(io.BytesIO(data), str(tmp_path), "fine")  # a plain archive is within its size
+    assert (tmp_path / "fine" / "a.txt").read_bytes() == b"x" * 4096
