@@ -25,7 +25,7 @@ from typing import Any
 from msgrlib.errors import MsgrError, UsageError
 from msgrlib.limits import TTL_MAX, TTL_MIN, ttl_in_range
 from msgrlib.util.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNDELIVERED
-from msgrlib.util.safetext import escape
+from msgrlib.util.safetext import escape, json_line, write_line
 
 #: Keys the config file may set (one ``key = value`` per line, ``#`` comments).
 CONFIG_KEYS = ("server",)
@@ -211,13 +211,32 @@ def read_code(given: str | None, *, stdin: Any = None, err: Any = None) -> Any:
     elif stdin.isatty():
         text = _prompt_code()
     else:
-        text = stdin.readline().strip()
+        text = _read_code_line(stdin)
         if not text:
             raise UsageError("no invite code: type it at the prompt, or give it on stdin")
     try:
         return parse_code(text)
     except InviteCodeError as error:
         raise UsageError(f"bad invite code: {error}") from None
+
+
+def _read_code_line(stdin: Any) -> str:
+    """One line of stdin, read byte by byte from its descriptor when it has one: nothing
+    after the code is buffered away from what reads stdin next (chat's lines, which are read
+    as bytes), and the locale's decoding plays no part."""
+    from msgrlib.invite.code import MAX_CODE_LENGTH
+
+    try:
+        fd = stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        return str(stdin.readline()).strip()
+    raw = bytearray()
+    while len(raw) <= MAX_CODE_LENGTH + 2 and (byte := os.read(fd, 1)) and byte != b"\n":
+        raw += byte
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise UsageError("bad invite code: it is not UTF-8 text") from None
 
 
 def _prompt_code() -> str:
@@ -684,6 +703,7 @@ def run_invite_chat(args: argparse.Namespace) -> int:
 
 async def _invite_chat(args: argparse.Namespace, target: Any, code: Any) -> int:
     from msgrlib.client.events import Received, SessionStarted, Undelivered
+    from msgrlib.ui.linemode import MAX_LINE_BYTES, LineSplitter, decode_line
 
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[int] = loop.create_future()
@@ -696,11 +716,12 @@ async def _invite_chat(args: argparse.Namespace, target: Any, code: Any) -> int:
         if isinstance(event, SessionStarted):
             up.set()
         elif isinstance(event, Received):
+            # The one sanitizer, as in line mode: \u escapes in JSON, visible escapes else.
             if args.json:
-                print(json.dumps({"type": "message", "text": event.text,
-                                  "sent_at": event.sent_at}, ensure_ascii=False), flush=True)
+                print(json_line({"type": "message", "text": event.text,
+                                 "sent_at": event.sent_at}), flush=True)
             else:
-                print(f"peer: {escape(event.text)}", flush=True)
+                write_line(sys.stdout, f"peer: {event.text}")
         elif isinstance(event, Undelivered):
             _say(f"message #{event.n} was not delivered: {escape(event.reason)}")
 
@@ -709,27 +730,50 @@ async def _invite_chat(args: argparse.Namespace, target: Any, code: Any) -> int:
     async def chat() -> None:
         await up.wait()
         _say("type a line to send it; end of input (Ctrl-D) ends the chat")
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        fd = sys.stdin.fileno()
 
         def reader() -> None:
-            for line in sys.stdin:
-                loop.call_soon_threadsafe(queue.put_nowait, line)
-            loop.call_soon_threadsafe(queue.put_nowait, None)
+            # Bytes, decoded per line below (as line mode does): the locale plays no part,
+            # and a line that is not UTF-8 cannot end the reader.
+            splitter = LineSplitter()
+            try:
+                while data := os.read(fd, 65536):
+                    for raw in splitter.feed(data):
+                        loop.call_soon_threadsafe(queue.put_nowait, raw)
+                for raw in splitter.feed_eof():
+                    loop.call_soon_threadsafe(queue.put_nowait, raw)
+            except OSError as err:
+                loop.call_soon_threadsafe(_say, f"cannot read input: {err.strerror or err}")
+            loop.call_soon_threadsafe(queue.put_nowait, b"")
 
         import threading
         threading.Thread(target=reader, name="msgr-stdin", daemon=True).start()
-        while (line := await queue.get()) is not None:
-            line = line.rstrip("\r\n")
-            if line:
+        refused: list[int] = []
+        count = 0
+        while (raw := await queue.get()) != b"":
+            count += 1
+            try:
+                if raw is None:
+                    raise MsgrError(f"it is longer than {MAX_LINE_BYTES:,} bytes")
                 try:
+                    line = decode_line(raw)
+                except UnicodeDecodeError as err:
+                    raise MsgrError(f"it is not UTF-8 text (byte {err.start + 1} is "
+                                    f"0x{raw[err.start]:02x})") from None
+                if line:
                     client.send(line)
-                except MsgrError as err:
-                    _say(f"not sent: {err}")
+            except MsgrError as err:
+                refused.append(count)
+                _say(f"input line {count} not sent: {escape(str(err))}")
         end = loop.time() + args.ttl + 5
         while client.core.unsettled() and loop.time() < end:
             await asyncio.sleep(0.05)
         client.core.give_up("not confirmed before the chat ended")
-        _finish(finished, EXIT_UNDELIVERED if client.core.failed() else EXIT_OK)
+        if refused:
+            _say(f"{len(refused)} input line(s) not sent: line "
+                 f"{', '.join(map(str, refused))}")
+        _finish(finished, EXIT_UNDELIVERED if client.core.failed() or refused else EXIT_OK)
 
     talking = loop.create_task(chat())
     try:

@@ -508,3 +508,45 @@ def test_send_to_a_named_pair_with_their_passcode(tmp_path: Any) -> None:
         assert side.proc.returncode == 1, side.stderr
         assert any("passcode" in line for line in side.stderr), side.stderr
     assert receiver.stdout == [] and list(out.iterdir()) == []
+
+
+def test_invite_chat_line_mode_escapes_json_and_survives_a_line_that_is_not_utf8(
+        tmp_path: Any) -> None:
+    """``chat --invite --json`` writes a hostile peer's C1 controls, bidi overrides and line
+    separators as \\u escapes (the one sanitizer, every output mode); ``chat --join`` reads
+    stdin as bytes whatever the locale's strictness: a line that is not UTF-8 is named, the
+    lines around it go, exit 3 (it used to kill the reader and hang the client)."""
+    import json as _json
+
+    from msgrlib.util.safetext import is_unsafe
+
+    hostile = "red \u009b31m alarm \u202eevil\u202c \u2028msgr: message #7 was not delivered"
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            inviter = await start(["chat", "--invite", "--json"], str(tmp_path), port,
+                                  name="inviter")
+            code = await code_of(inviter)
+            joiner = await start(["chat", "--join"], str(tmp_path), port, name="joiner",
+                                 env={"PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"})
+            await joiner.say(code)
+            await joiner.wait_for(r"secure session up", stream="stderr")
+            assert joiner.proc.stdin is not None
+            joiner.proc.stdin.write(b"first line\n\xff\xfe not utf-8\n"
+                                    + hostile.encode() + b"\n")
+            await joiner.end_input()
+            assert await joiner.exit_code() == 3, joiner.stderr
+            assert any("input line 2 not sent" in line for line in joiner.stderr), joiner.stderr
+            await inviter.wait_for(r"first line")
+            await inviter.wait_for(r"alarm")
+            await inviter.end_input()
+            await inviter.exit_code()
+            texts = []
+            for line in inviter.stdout:
+                assert not any(is_unsafe(ch) for ch in line), repr(line)
+                obj = _json.loads(line)
+                if obj.get("type") == "message":
+                    texts.append(obj["text"])
+            assert texts == ["first line", hostile]
+    run(main(), timeout=90)
