@@ -336,7 +336,9 @@ async def _drive(client: Any, finished: asyncio.Future[int]) -> int:
     """Run ``client`` until ``finished`` has an exit code, the run fails or Ctrl-C."""
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: a closed terminal window must not kill a receiver outright, which
+    # would leave its partial temporary file on disk and the other side uninformed.
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
         try:
             loop.add_signal_handler(sig, interrupted.set)
         except (NotImplementedError, RuntimeError, ValueError):

@@ -241,7 +241,11 @@ def test_a_bad_code_is_one_clear_line(tmp_path: Any) -> None:
     run(main(), timeout=30)
 
 
-def test_a_receiver_stopped_mid_file_keeps_nothing_and_the_sender_is_told(tmp_path: Any) -> None:
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGHUP"])
+def test_a_receiver_stopped_mid_file_keeps_nothing_and_the_sender_is_told(
+        tmp_path: Any, signame: str) -> None:
+    """Ctrl-C, or the terminal closing (SIGHUP: it used to kill the receiver outright,
+    leaving its partial .msgr-*.part file and a sender that waited for the stall timeout)."""
     import signal
 
     (tmp_path / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
@@ -259,7 +263,7 @@ def test_a_receiver_stopped_mid_file_keeps_nothing_and_the_sender_is_told(tmp_pa
             await receiver.say("y")
             await receiver.wait_for(r'"event": "progress"')
             assert any(p.name.endswith(".part") for p in out.iterdir())
-            receiver.proc.send_signal(signal.SIGINT)
+            receiver.proc.send_signal(getattr(signal, signame))
             assert await receiver.exit_code() == 130
             await sender.wait_for(r"the other side reports: the other side stopped "
                                   r"\(cancelled\)", stream="stderr")
