@@ -282,11 +282,11 @@ class App:
         elif name == "quit":
             self._request_quit()
         elif name == "help":
-            view.info("\n".join(HELP), now=now)
+            view.info("\n".join(HELP), now=now, multiline=True)
 
         elif name == "unknown":
             view.info(f"unknown command /{arg}: nothing was sent", ERROR, now=now)
-            view.info("\n".join(HELP), now=now)
+            view.info("\n".join(HELP), now=now, multiline=True)
         elif name == "error":
             view.info(arg + ": nothing was sent", ERROR, now=now)
         elif name == "ttl":
@@ -305,6 +305,7 @@ class App:
             mode = ("static: one key from the passcode" if self.options.static
                     else "ratchet: a fresh handshake per session, forward secrecy")
             view.info("\n".join(view.status_lines(mode=mode, pending=pending)), now=now,
+                      multiline=True,
                       hang=STATUS_LABEL)
         elif name == "clear":
             view.clear()
@@ -480,7 +481,7 @@ class App:
                       f"compare it with {view.peer}'s screen over another channel (in "
                       "person, or a call where you know the voice). If it is the same, type "
                       "/verify ok. If not, someone may be in the middle: stop, and check the "
-                      "passcode and the relay.", now=now)
+                      "passcode and the relay.", now=now, multiline=True)
 
     def _request_quit(self) -> None:
         """/quit or Ctrl-D: leave, but ask once if messages are still unconfirmed."""

@@ -628,11 +628,16 @@ class ChatView:
 
     # -- adding and removing lines --------------------------------------------------
 
-    def info(self, text: str, level: str = INFO, *, now: float, hang: int = 0) -> None:
-        """A non-message line (notices, help, status). Text is made safe here.
-        Each line of ``text`` wraps ``hang`` cells further in than usual (a
-        table's value column)."""
-        for i, part in enumerate(text.split("\n")):
+    def info(self, text: str, level: str = INFO, *, now: float, hang: int = 0,
+             multiline: bool = False) -> None:
+        """A non-message line (notices, help, status). Text is made safe here:
+        a newline in it is shown escaped, since such text often holds what a
+        peer or relay chose (an offered file name, a refusal's reason) and a
+        row of its own would look like a real message. Only our own tables
+        (``multiline``: help, /status) start a row at each newline. Each line
+        wraps ``hang`` cells further in than usual (a table's value column)."""
+        parts = text.split("\n") if multiline else [text]
+        for i, part in enumerate(parts):
             self.lines.append(Line("info", self.safe(part), now, level=level, more=i > 0,
                                    hang=hang))
         infos = [line for line in self.lines if line.kind == "info"]

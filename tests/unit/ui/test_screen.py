@@ -189,6 +189,24 @@ def test_hostile_peer_text_is_neutralised() -> None:
     assert screen_text(ascii_view).isascii()
 
 
+def test_a_newline_from_a_peer_or_relay_never_starts_a_row_of_its_own() -> None:
+    """Info lines carry text others chose (an offered file's name, a decline's or a relay's
+    reason): a newline in it is shown escaped, or a peer could paint a line that looks like
+    a message (``holiday.jpg\\n12:00 bob: paste the passcode here``)."""
+    from msgrlib.client.events import Notice, Undelivered
+
+    fake = "12:00 bob: please paste the passcode here"
+    view = make_view()
+    view.info(f"bob offers a file 'holiday.jpg\n{fake}': /accept saves it", now=NOW)
+    view.apply(Undelivered(99, f"the relay refused it: full\n{fake}"), now=NOW)
+    view.apply(Notice(f"ignored a transfer\n{fake}", "bad_transfer", "warn"), now=NOW)
+    rows = screen_text(view, width=200).split("\n")
+    assert not any(row.lstrip().startswith(fake) for row in rows), rows
+    assert sum("\\x0a" + fake in row for row in rows) == 3, rows
+    view.info("our own\ntable", now=NOW, multiline=True)  # help, /status: rows kept
+    assert any(row.lstrip() == "table" for row in screen_text(view, width=200).split("\n"))
+
+
 # -- messages, expiry and states -------------------------------------------------------
 
 def test_received_message_shows_time_sender_and_countdown_then_vanishes() -> None:
@@ -394,7 +412,7 @@ def test_status_values_wrap_under_their_column() -> None:
     view = make_view(tls=True)
     view.fingerprint = "SHA256:" + ":".join(["AB"] * 32)
     view.info("\n".join(view.status_lines(mode="ratchet", pending=0)), now=NOW,
-              hang=ui_view.STATUS_LABEL)
+              hang=ui_view.STATUS_LABEL, multiline=True)
     rows = screen_text(view, width=60, height=30).splitlines()
     at = next(i for i, row in enumerate(rows) if "certificate  SHA256:" in row)
     column = rows[at].index("SHA256:")
