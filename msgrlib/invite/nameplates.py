@@ -53,6 +53,7 @@ class Nameplates:
         self.max_nameplates = max_nameplates
         self._plates: dict[int, _Plate] = {}
         self._expiry: list[tuple[float, int]] = []  # heap; stale entries skipped
+        self._stale = 0  # entries in _expiry whose nameplate was freed before it lapsed
         self._free: list[int] = []                  # heap of freed numbers below _next
         self._next = 1
         self._per_owner: dict[str, int] = {}
@@ -123,7 +124,9 @@ class Nameplates:
             plate = self._plates.get(number)
             if plate is not None and plate.expires == expires:
                 lapsed.append((number, plate.owner))
-                self._release(number)
+                self._release(number, lapsed=True)
+            else:
+                self._stale -= 1
         return lapsed
 
     def next_expiry(self) -> float | None:
@@ -134,10 +137,21 @@ class Nameplates:
             if plate is not None and plate.expires == expires:
                 return expires
             heapq.heappop(self._expiry)  # a released nameplate's entry
+            self._stale -= 1
         return None
 
-    def _release(self, number: int) -> None:
+    def _release(self, number: int, *, lapsed: bool = False) -> None:
         plate = self._plates.pop(number)
+        if not lapsed:
+            # Its expiry entry stays behind in the heap. Allocate and cancel in a loop
+            # would grow the heap for a whole TTL (millions of entries from one address
+            # at the message rate): once stale entries outnumber live ones, rebuild it
+            # (O(live), so amortized O(1) per release).
+            self._stale += 1
+            if self._stale > len(self._plates) + 64:
+                self._expiry = [(p.expires, n) for n, p in self._plates.items()]
+                heapq.heapify(self._expiry)
+                self._stale = 0
         left = self._per_owner[plate.owner] - 1
         if left:
             self._per_owner[plate.owner] = left

@@ -105,3 +105,22 @@ def test_two_open_invites_never_share_a_number(ops):
             if plates.cancel(n, who, now):
                 assert open_.pop(n) == who
         assert len(plates) == len(open_)
+
+
+def test_allocate_and_cancel_in_a_loop_does_not_grow_the_table() -> None:
+    """Found attacking the relay: each cancelled or joined nameplate left its expiry entry
+    in a heap until its TTL ended; one address allocating and cancelling at the message rate
+    (64 connections x 200 frames/s) grew the relay's memory by millions of entries, counted
+    nowhere. Stale entries are now bounded by the live ones."""
+    plates = Nameplates(ttl=600.0)
+    keep, _ = plates.allocate("holder", 0.0)  # a live one at the heap's top
+    for i in range(20_000):
+        number, _ = plates.allocate("looper", i * 0.001)
+        if i % 2:
+            assert plates.cancel(number, "looper", i * 0.001)
+        else:
+            assert plates.join(number, "joiner", i * 0.001) == "looper"
+    assert len(plates._expiry) <= 2 * len(plates) + 66
+    assert plates.next_expiry() == 600.0
+    assert plates.expire(600.0) == [(keep, "holder")]
+    assert len(plates) == 0 and plates.next_expiry() is None
