@@ -161,6 +161,9 @@ class App:
                 pass
             return self.exit_code
         finally:
+            # However the chat ends (a relay's permanent refusal, an error), a transfer
+            # still running is cancelled: a receiver's partial file never stays on disk.
+            client.core.cancel_transfers("the other side left the chat")
             quitting.cancel()
             events.cancel()
             if not running.done():

@@ -107,3 +107,63 @@ def test_chat_invite_opens_the_full_screen(chat_term: Chat) -> None:  # noqa: F8
             joiner.wait(5)
     term.run("/quit")
     chat_term.wait_exit(0)
+
+
+@needs_tmux
+def test_a_relay_that_ends_the_session_mid_file_leaves_nothing_in_the_screens_directory(
+        tmp_path: Any) -> None:
+    """A hostile relay (a proxy here) answers the screen's connection with a permanent
+    refusal while a file comes in: the screen exits, and its partial ``.msgr-*.part`` file
+    must not stay behind (it did: only /quit cancelled the transfers)."""
+    import asyncio
+    import threading
+    import time
+
+    from helpers import Proxy, relay_process
+    from tmuxterm import Chat as TermChat
+
+    here = tmp_path / "alice"
+    here.mkdir()
+    (tmp_path / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    seen = {"delivered": 0}
+
+    def hook(way: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[Any]:
+        if way == "down" and frame.get("type") == "deliver":
+            seen["delivered"] += 1
+            if seen["delivered"] == 30:
+                return [{"type": "error", "code": "name_owned", "fatal": True,
+                         "message": "the name belongs to another key"}]
+        return [frame]
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    with relay_process() as (_, port):
+        proxy = asyncio.run_coroutine_threadsafe(Proxy(port, hook).start(), loop).result(10)
+        chat = TermChat((proxy.port, "", str(tmp_path)), "midfile")
+        try:
+            chat.term.run(f"cd {here} && {PYTHON} {os.path.join(ROOT, 'msgr.py')} chat "
+                          f"--server 127.0.0.1:{proxy.port} --user {chat.me} --peer "
+                          f"{chat.peer}; echo rc=$?")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MSGR_")}
+            env.update(MSGR_PASSCODE=PASSCODE, HOME=str(tmp_path))
+            sender = subprocess.Popen(
+                [PYTHON, os.path.join(ROOT, "msgr.py"), "send", str(tmp_path / "big.bin"),
+                 "--to", chat.me, "--user", chat.peer, "--server", f"127.0.0.1:{port}"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=env, text=True)
+            try:
+                chat.term.wait(r"offers a file 'big\.bin'", 60)
+                chat.term.run("/accept")
+                chat.term.wait(r"(?m)^rc=1$", 60)
+                deadline = time.monotonic() + 5
+                while any(here.iterdir()) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert seen["delivered"] >= 30
+                assert list(here.iterdir()) == []
+            finally:
+                sender.kill()
+                sender.communicate()
+        finally:
+            chat.close()
+            asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(5)
+            loop.call_soon_threadsafe(loop.stop)
