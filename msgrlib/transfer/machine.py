@@ -266,6 +266,9 @@ class Sender(_Machine):
         self.acked = 0       # chunks 0..acked-1 are written at the receiver
         self.next_chunk = 0  # the next chunk to send
         self._sent_high = 0  # one past the highest chunk ever sent
+        #: (position, when) of the last go-back: an honest receiver asks once per gap,
+        #: then once per ``nudge_after`` at most.
+        self._went_back: tuple[int, float] | None = None
         self._send(offer)
 
     def is_finished(self) -> bool:
@@ -336,7 +339,13 @@ class Sender(_Machine):
             self._events.append(Progress(self.acked_bytes, self.offer.size))
         self.next_chunk = max(self.next_chunk, self.acked)
         if msg.gap and self.state is S.SENDING and msg.next == self.acked:
-            self.next_chunk = msg.next  # go back N: resend from the first missing chunk
+            # Go back N: resend from the first missing chunk. Not again for the same
+            # position within half the nudge interval: a hostile receiver repeating one
+            # tiny gap ack would otherwise make us seal and queue a whole window per ack.
+            last = self._went_back
+            if last is None or last[0] != msg.next or now - last[1] >= self._nudge_after / 2:
+                self._went_back = (msg.next, now)
+                self.next_chunk = msg.next
         if self.acked == self.offer.chunks and self.state is S.SENDING:
             self._go(Input.ALL_ACKED)
         self._pump()

@@ -1024,3 +1024,32 @@ def test_fit_window_keeps_two_windows_within_half_the_mailbox():
     assert m.fit_window(m.DEFAULT_CHUNK_SIZE, mailbox_bytes=4 * 1024**2,
                         mailbox_messages=12) == 3
     assert m.fit_window(m.DEFAULT_CHUNK_SIZE, mailbox_bytes=1, mailbox_messages=1) == 1
+
+
+def test_a_receiver_repeating_gap_acks_cannot_make_the_sender_resend_a_window_each_time():
+    """Found attacking: each ``xfer.ack`` with ``gap: true`` for the same position made the
+    sender seal and queue its whole window again (1,000 acks of a few bytes: 16,000 chunks,
+    half a GiB at the sender). An honest receiver asks once per gap, then once per nudge."""
+    import hashlib
+
+    from msgrlib.transfer.files import BytesSource
+    from msgrlib.transfer.machine import Sender, make_offer
+    from msgrlib.transfer.messages import Accept, Ack
+
+    data = b"x" * (1024 * 64)
+    offer = make_offer("ab" * 16, kind="file", name="a.bin", size=len(data),
+                       mime="application/octet-stream",
+                       sha256=hashlib.sha256(data).hexdigest(), chunk=1024)
+    sender = Sender(offer, BytesSource(data), 0.0, nudge_after=10.0)
+    sender.take_outgoing()
+    sender.handle(Accept(offer.t, 16), 0.0)
+    assert len(sender.take_outgoing()) == 16
+    queued = 0
+    for i in range(1000):
+        sender.handle(Ack(offer.t, 0, gap=True), i * 0.001)
+        queued += len(sender.take_outgoing())
+    assert queued == 16  # one go-back
+    sender.handle(Ack(offer.t, 0, gap=True), 10.0)  # the receiver's nudge, later: honoured
+    assert len(sender.take_outgoing()) == 16
+    sender.handle(Ack(offer.t, 3, gap=True), 10.0)  # a new position: at once
+    assert [m.i for m in sender.take_outgoing()] == list(range(3, 19))
