@@ -378,8 +378,11 @@ class App:
             if shown.prepared is not None:
                 view.info(f"{view.peer} received {shown.offer.name or 'the secret'}", now=now)
             elif shown.offer.kind == "secret" and sink is not None:
+                # The secret is content the person accepted (a key file, several lines):
+                # its rows are kept, indented under this line, like a message's.
                 view.info(f"secret from {view.peer}: "
-                          f"{sink.take().decode('utf-8', 'replace')}", now=now)
+                          f"{sink.take().decode('utf-8', 'replace')}", now=now,
+                          multiline=True)
             elif sink is not None:
                 view.info(f"received {sink.path} ({_size(shown.offer.size)}); its SHA-256 "
                           "matched", now=now)
