@@ -109,6 +109,9 @@ class Claim:
     client: Client | None = None
     released_at: float = 0.0
     said_bye: bool = False
+    #: The name has its one entry in the claim heap (so reconnecting in a loop
+    #: cannot grow the heap: one entry per name, moved on when it comes due).
+    queued: bool = False
 
 
 @dataclass
@@ -239,8 +242,10 @@ class Relay:
                 claim.client = None
                 claim.said_bye = said_bye
                 claim.released_at = now = self.clock()
-                heapq.heappush(self._claim_heap, (now + self.config.claim_ttl, user))
-                self._arm(now + self.config.claim_ttl)
+                if not claim.queued:
+                    claim.queued = True
+                    heapq.heappush(self._claim_heap, (now + self.config.claim_ttl, user))
+                    self._arm(now + self.config.claim_ttl)
                 self._presence(user, False)
                 if self.nameplates.count_for(user):  # O(n): only for an inviter
                     self.nameplates.cancel_all(user, now)
@@ -338,14 +343,21 @@ class Relay:
         while heap and heap[0][0] <= now:
             _, name = heapq.heappop(heap)
             claim = self.claims.get(name)
-            if claim is None or claim.client is not None:
+            if claim is None:
                 continue
+            claim.queued = False
+            if claim.client is not None:
+                continue  # connected again: its next disconnect queues it anew
             if now - claim.released_at < self.config.claim_ttl:
-                continue  # reconnected and left again: a later entry covers it
+                # Reconnected and left again since: due later (one entry per name).
+                claim.queued = True
+                heapq.heappush(heap, (claim.released_at + self.config.claim_ttl, name))
+                continue
             if self.store.count_for(name):
                 # Messages still wait for this name: keep it owned until they
                 # are gone, so nobody else can claim it and drain them.
                 retry = now + self.config.ttl_max
+                claim.queued = True
                 heapq.heappush(heap, (retry, name))
                 continue
             del self.claims[name]

@@ -18,6 +18,7 @@ from nacl.signing import SigningKey
 from msgrlib.relay import config as relay_config
 
 FAST = relay_config.RelayConfig(ttl_min=1, hello_timeout=1.0, claim_ttl=1.0)
+SLOWER = relay_config.RelayConfig(ttl_min=1, hello_timeout=1.0, claim_ttl=2.0)
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -219,4 +220,36 @@ def test_handshake_buckets_cannot_be_evicted_by_fresh_pairs():
             # Alice and bob's limit still holds.
             await alice.send(send_frame("bob", "h1.x", ref=99, kind="hs"))
             assert (await alice.recv()).get("code") == "handshake_limited"
+    run(main())
+
+
+def test_reconnecting_in_a_loop_does_not_grow_the_relays_claim_table():
+    """Found attacking the relay: every disconnect pushed an entry onto the claim heap, kept
+    for claim_ttl; one process reconnecting 20 names in a loop (about 2,000 a second) grew
+    it by 120,000 entries a minute, counted nowhere. Now one entry per name; the name still
+    lapses claim_ttl after its last connection."""
+    async def main():
+        async with relay_running(SLOWER) as srv:
+            port = srv.address[1]
+            keys = [SigningKey.generate() for _ in range(5)]
+
+            async def churn(i: int) -> None:
+                for _ in range(40):
+                    client = await RawClient.login(port, f"churn{i}", keys[i])
+                    await client.send({"type": "bye"})
+                    assert await client.closed()
+
+            await asyncio.gather(*(churn(i) for i in range(5)))
+            assert len(srv.relay._claim_heap) <= len(srv.relay.claims) == 5
+            await asyncio.sleep(1.0)
+            # Reconnected and left again late: still bound claim_ttl after that.
+            client = await RawClient.login(port, "churn0", keys[0])
+            await client.send({"type": "bye"})
+            assert await client.closed()
+            await asyncio.sleep(1.3)  # the first entry comes due: moved on, not lapsed
+            assert "belongs to another key" in (await _refusal(port, "churn0"))["message"]
+            await asyncio.sleep(1.5)
+            other = await RawClient.login(port, "churn0")  # lapsed: anyone may take it
+            await other.close()
+            assert len(srv.relay._claim_heap) <= len(srv.relay.claims)
     run(main())
