@@ -48,6 +48,7 @@ relay that raises it and the client that receives it. The tree
     │   ├── invite.nameplates.NameplateError    nameplate
     │   ├── transfer.errors.TargetExists        exists         (layer TransferError)
     │   ├── transfer.errors.SinkError           write_failed   (layer TransferError)
+    │   ├── transfer.errors.SourceError         read_failed    (layer TransferError)
     │   └── transfer.errors.TransferStateError  transfer_state (layer TransferError)
     └── RemoteError
         ├── framing.FramingError                bad_frame

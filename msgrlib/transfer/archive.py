@@ -36,7 +36,12 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import IO
 
-from msgrlib.transfer.errors import ArchiveError, TargetExists, TransferError, UnsafeName
+from msgrlib.transfer.errors import (
+    ArchiveError,
+    SourceError,
+    TargetExists,
+    UnsafeName,
+)
 from msgrlib.transfer.errors import shown as _shown
 from msgrlib.transfer.names import check_component, check_file_name
 
@@ -262,7 +267,7 @@ def build(source: str, out: IO[bytes], *,
     ``out`` (written sequentially), and return what went in and the archive's SHA-256.
 
     Raises :class:`ArchiveError` for a name the receiver would refuse or a limit crossed,
-    :class:`TransferError` if a file changes while it is read, ``OSError`` from reading.
+    :class:`SourceError` if a file changes or is swapped while it is read, ``OSError`` from reading.
     """
     result = BuildResult()
     writer = _HashingWriter(out)
@@ -283,14 +288,21 @@ def build(source: str, out: IO[bytes], *,
                 info.mode = 0o755 if st.st_mode & 0o100 else 0o644
                 checker.check(info)
                 path = os.path.join(source, *rel.split("/"))
-                with open(path, "rb") as f:
-                    if os.fstat(f.fileno()).st_size != st.st_size:
-                        raise TransferError(f"{path} changed while it was being packed")
+                # O_NOFOLLOW and the same inode: a file swapped for a symlink
+                # (or anything else) after the walk is refused, never followed.
+                try:
+                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                except OSError as exc:
+                    raise SourceError(f"{path} changed while it was being packed") from exc
+                with os.fdopen(fd, "rb") as f:
+                    now = os.fstat(f.fileno())
+                    if (not stat.S_ISREG(now.st_mode) or now.st_ino != st.st_ino
+                            or now.st_size != st.st_size):
+                        raise SourceError(f"{path} changed while it was being packed")
                     try:
                         tar.addfile(info, f)
                     except OSError as exc:
-                        raise TransferError(f"{path} changed while it was being packed") \
-                            from exc
+                        raise SourceError(f"{path} changed while it was being packed") from exc
             result.members += 1
             result.content_bytes = checker.total
     result.archive_bytes = writer.size
@@ -303,7 +315,7 @@ def _walk(source: str, skipped: list[str]) -> list[tuple[str, os.stat_result]]:
     followed; everything else goes to ``skipped``."""
     found: list[tuple[str, os.stat_result]] = []
     if not os.path.isdir(source):
-        raise TransferError(f"{source} is not a directory")
+        raise SourceError(f"{source} is not a directory")
 
     def visit(directory: str, prefix: str) -> None:
         with os.scandir(directory) as it:

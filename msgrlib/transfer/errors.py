@@ -61,6 +61,13 @@ class SinkError(TransferError, LocalError):
     code = "write_failed"
 
 
+class SourceError(TransferError, LocalError):
+    """What we were asked to send cannot be read as it is (missing, not a
+    directory, changed or swapped while it was being packed)."""
+
+    code = "read_failed"
+
+
 class TransferStateError(TransferError, LocalError):
     """A method was called in a state that does not allow it (caller's mistake)."""
 

@@ -344,3 +344,25 @@ def test_members_cannot_add_up_to_more_than_the_archive(tmp_path):
         checked.check(info)
     extract(io.BytesIO(data), str(tmp_path), "fine")  # a plain archive is within its size
     assert (tmp_path / "fine" / "a.txt").read_bytes() == b"x" * 4096
+
+
+def test_a_file_swapped_for_a_symlink_while_packing_is_refused_not_followed(tmp_path,
+                                                                           monkeypatch):
+    """Someone who can write into the folder being sent swaps a checked file for a
+    symlink between the walk and the read: the link is never followed."""
+    import io
+
+    from msgrlib.transfer.errors import SourceError
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "notes.txt").write_text("mine")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the peer")
+    walked = archive._walk(str(src), [])
+    (src / "notes.txt").unlink()
+    (src / "notes.txt").symlink_to(secret)
+    monkeypatch.setattr(archive, "_walk", lambda source, skipped: walked)
+    out = io.BytesIO()
+    with pytest.raises(SourceError, match="changed while it was being packed"):
+        archive.build(str(src), out)
+    assert b"not for the peer" not in out.getvalue()
