@@ -132,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["debug", "info", "warning", "error"],
                        help="log detail on stderr (default: info); who talks to whom is "
                        "logged only at debug")
+    serve.add_argument("--store", action="append", default=None, metavar="URL",
+                       help="share names and messages with other relays through a Redis/"
+                       "Valkey engine: redis://HOST:PORT/DB, rediss:// (TLS) or "
+                       "unix:///PATH; repeat for several shards (every relay lists the same "
+                       "URLs in the same order). Needs pip install 'msgr[redis]'. A password "
+                       "comes from ?password_env=VARIABLE in the URL, --store-password-file "
+                       "or MSGR_STORE_PASSWORD, never from the command line (default: in "
+                       "this process's memory)")
+    serve.add_argument("--store-password-file", default=None, metavar="FILE",
+                       help="file whose first line is the engine's password")
     from msgrlib.relay.config import RelayConfig  # light: no crypto imports
 
     defaults = RelayConfig()
@@ -295,12 +305,22 @@ def _serve(args: argparse.Namespace) -> int:
                   "(owner-only)", file=sys.stderr)
         context = contexts.server_context(args.cert, args.key)
 
+    backend = None
+    if args.store:
+        from msgrlib.relay.cluster import store_settings
+        from msgrlib.relay.engine import EngineLimits, RedisBackend
+
+        urls, password = store_settings(args.store, password_file=args.store_password_file)
+        backend = RedisBackend(urls, limits=EngineLimits.from_config(config), password=password)
+    elif args.store_password_file:
+        raise UsageError("--store-password-file needs --store")
+
     async def run() -> None:
         from msgrlib.relay import server
         from msgrlib.util.netaddr import host_port
         try:
             relay_server = await server.start_relay(config, host=args.host, port=args.port,
-                                                    ssl_context=context)
+                                                    ssl_context=context, backend=backend)
         except OSError as err:
             where = " and ".join(host_port(h, args.port) for h in args.host or ("*",))
             raise MsgrError(f"cannot listen on {where}: {err.strerror or err}") from None
@@ -308,12 +328,16 @@ def _serve(args: argparse.Namespace) -> int:
         line = f"msgr relay listening on {shown}"
         line += f" with TLS, certificate {fingerprint}" if context else " without TLS"
         print(line, flush=True)
-        logging.getLogger("msgr.relay").info("listening", extra={"fields": {
-            "addr": shown, "tls": bool(context)}})
+        fields: dict[str, Any] = {"addr": shown, "tls": bool(context)}
+        if backend is not None:  # (its warnings, a persisting engine, are logged already)
+            fields.update(store="engine", shards=len(backend.shards), epoch=backend.epoch)
+        logging.getLogger("msgr.relay").info("listening", extra={"fields": fields})
         await server.serve_forever(relay_server)
         stopped = relay_server.stopped or {"connections": 0, "messages": 0}
-        print(f"msgr relay stopped: {stopped['connections']} connection(s) closed, "
-              f"{stopped['messages']} message(s) dropped", flush=True)  # stdout, as "listening"
+        kept = ("messages stay in the engine" if backend is not None
+                else f"{stopped['messages']} message(s) dropped")
+        print(f"msgr relay stopped: {stopped['connections']} connection(s) closed, {kept}",
+              flush=True)  # stdout, as "listening"
 
     asyncio.run(run())
     return EXIT_OK

@@ -26,6 +26,56 @@ from msgrlib.relay import server
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 
+#: Which store relay_running and relay_process give the relay: "memory" (the
+#: default), or "engine": a redis-server started for each relay. The
+#: ``store`` fixture in conftest.py runs a test on both (modules opt in with
+#: ``pytestmark = pytest.mark.usefixtures("store")``);
+#: ``MSGR_TEST_STORE=engine`` makes the engine every other test's default.
+DEFAULT_STORE = os.environ.get("MSGR_TEST_STORE", "memory")
+STORE = {"mode": DEFAULT_STORE}
+
+
+def engine_backend(url: str, config: relay.RelayConfig | None = None) -> Any:
+    """A RedisBackend (not started) for one engine URL, with the relay's limits."""
+    from msgrlib.relay.engine import EngineLimits, RedisBackend
+
+    return RedisBackend([url], limits=EngineLimits.from_config(config or relay.RelayConfig()))
+
+
+async def stored(srv: server.RelayServer) -> int:
+    """Messages the relay holds, in memory or in its engine."""
+    backend = srv.backend
+    if backend is None:
+        return len(srv.relay.store)
+    return sum([await shard.redis.zcard(f"{backend.prefix}:exp") for shard in backend.shards])
+
+
+async def waiting_for(srv: server.RelayServer, name: str) -> int:
+    """Messages waiting for ``name``, in memory or in the engine."""
+    if srv.backend is None:
+        return srv.relay.store.count_for(name)
+    return int(await srv.backend.count_for(name))
+
+
+def connected(srv: server.RelayServer, name: str) -> bool:
+    """Whether ``name`` has a connection at this relay (the claim's client)."""
+    if srv.backend is None:
+        claim = srv.relay.claims.get(name)
+        return claim is not None and claim.client is not None
+    return any(c.user == name for c in srv.relay.conns.values())  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _engine_for_relay() -> Iterator[str | None]:
+    """An engine URL if relays run on the engine now, else None."""
+    if STORE["mode"] != "engine":
+        yield None
+        return
+    from tests.engine_helpers import engine_running
+
+    with engine_running() as engine:
+        yield engine.url
+
 
 def run(coro: Any, timeout: float = 30.0) -> Any:
     """Run a coroutine in a fresh loop with an overall timeout."""
@@ -135,12 +185,16 @@ def tls_contexts(directory: Any) -> tuple[Any, Any]:
 @contextlib.asynccontextmanager
 async def relay_running(config: relay.RelayConfig | None = None, ssl_context: Any = None,
                         port: int = 0) -> AsyncIterator[server.RelayServer]:
-    srv = await server.start_relay(config or relay.RelayConfig(), host="127.0.0.1", port=port,
-                                   ssl_context=ssl_context)
-    try:
-        yield srv
-    finally:
-        await srv.close(timeout=2)
+    """A relay in this loop, on the store the ``store`` fixture chose."""
+    config = config or relay.RelayConfig()
+    with _engine_for_relay() as url:
+        backend = engine_backend(url, config) if url else None
+        srv = await server.start_relay(config, host="127.0.0.1", port=port,
+                                       ssl_context=ssl_context, backend=backend)
+        try:
+            yield srv
+        finally:
+            await srv.close(timeout=2)
 
 
 def serve_argv(*args: str) -> list[str]:
@@ -163,6 +217,14 @@ def listening_port(line: str) -> int | None:
 @contextlib.contextmanager
 def relay_process(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[Any, int]]:
     """``msgr.py serve`` as a subprocess on a free port; yields (process, port)."""
+    with _engine_for_relay() as url:
+        store = ("--store", url) if url else ()
+        with _relay_process(*args, *store, env=env) as running:
+            yield running
+
+
+@contextlib.contextmanager
+def _relay_process(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[Any, int]]:
     proc = subprocess.Popen(serve_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, env={**os.environ, **(env or {})})
     try:
@@ -312,11 +374,24 @@ class Proxy:
 
 @contextlib.asynccontextmanager
 async def relay_subprocess(
-        *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, list[str]]]:
-    """``msgr.py serve`` as an asyncio subprocess; yields (process, port, first line)."""
+        *args: str, env: dict[str, str] | None = None,
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, list[str]]]:
+    """``msgr.py serve`` as an asyncio subprocess; yields (process, port, first line).
+    On the engine when STORE says so and ``args`` name no ``--store``."""
+    with _engine_for_relay() if "--store" not in args else contextlib.nullcontext() as url:
+        if url:
+            args = (*args, "--store", url)
+        async with _relay_subprocess(*args, env=env) as running:
+            yield running
+
+
+@contextlib.asynccontextmanager
+async def _relay_subprocess(
+        *args: str, env: dict[str, str] | None = None,
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, list[str]]]:
     proc = await asyncio.create_subprocess_exec(
         *serve_argv(*args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT)
+        cwd=ROOT, env={**os.environ, **(env or {})})
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()

@@ -17,6 +17,18 @@ The client raises the same classes when it reads such a frame.
 Per-connection states (failure is terminal)::
 
     HELLO --hello--> AUTH --auth ok--> READY --(bye / error / lost)--> CLOSED
+
+Backends: what must be shared between relay processes (who owns a name, the
+mailboxes, the handshake buckets, presence) goes through a few *backend
+steps*, methods of :class:`Relay`: ``_take_name``, ``_store``, ``_ack_ids``,
+``_is_online`` and ``_release``. Here they use the in-memory store and claim
+table and answer at once (the default, and the fast path). The engine
+backend (:mod:`msgrlib.relay.cluster`) overrides them to ask Redis/Valkey,
+which answers later: a step then calls :meth:`Relay._later`, and the
+connection's next frames wait in ``Client.backlog`` until it answers, so
+every connection's frames are still answered in the order they came.
+Everything else (validation, states, signature checks, buckets, frame
+formatting, timeouts, backpressure) stays here, for both.
 """
 
 from __future__ import annotations
@@ -26,7 +38,8 @@ import heapq
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +62,12 @@ log = logging.getLogger("msgr.relay")
 JOIN_BURST = 10.0
 JOIN_RATE = 1 / 6
 
+#: Frames waiting behind an unanswered backend step (engine backend only)
+#: past which the connection is no longer read from until they are answered.
+BACKLOG_PAUSE = 64
+#: A safety net: past this many, the connection is closed (reading pauses
+#: long before, so only a link that cannot pause gets here).
+MAX_BACKLOG = 65536
 
 
 class Link(Protocol):
@@ -74,7 +93,7 @@ class Client:
     """The relay's view of one connection."""
 
     __slots__ = ("link", "state", "user", "key", "nonce", "msgs", "bytes", "watching",
-                 "paused", "origin", "__weakref__")
+                 "paused", "origin", "backlog", "steps", "conn", "__weakref__")
 
     def __init__(self, link: Link, now: float, config: RelayConfig) -> None:
         self.link = link
@@ -90,6 +109,14 @@ class Client:
         self.paused = False
         #: Whose allowance its messages count against (see :func:`origin_of`).
         self.origin = origin_of(getattr(link, "host", link.address))
+        #: Not None while a backend step for this connection is unanswered:
+        #: the frames that came meanwhile, answered once it is.
+        self.backlog: deque[dict[str, Any]] | None = None
+        #: Backend steps unanswered for this connection (a step's answer
+        #: may start the next one: the backlog waits for both).
+        self.steps = 0
+        #: The connection's id at the engine backend (None in memory).
+        self.conn: str | None = None
 
     def __repr__(self) -> str:
         return f"<Client {self.user or '?'} {self.state.value} {self.link.address}>"
@@ -167,12 +194,18 @@ class Relay:
                  rng: Callable[[int], bytes],
                  arm: Callable[[float], None] = lambda deadline: None,
                  store: MessageStore | None = None,
-                 tls_fingerprint: str | None = None) -> None:
+                 tls_fingerprint: str | None = None,
+                 spawn: Callable[[Awaitable[Any], Callable[[Any, BaseException | None], None]],
+                                 None] | None = None) -> None:
         self.config = config = config or RelayConfig()
         self.clock = clock
         self.wallclock = wallclock
         self.rng = rng
         self._arm_cb = arm
+        #: ``spawn(step, done)``: run an awaitable backend step and call
+        #: ``done(result, error)`` in the loop (given by the I/O layer; only
+        #: backends that answer later use it).
+        self.spawn = spawn
         self._armed: float | None = None
         self.store: MessageStore = store or MemoryStore(
             mailbox_messages=config.mailbox_messages,
@@ -231,29 +264,63 @@ class Relay:
                 watchers.discard(client)
                 if not watchers:
                     del self.watchers[name]
+        self._unwatch(client)
         client.watching.clear()
+        queued, client.backlog = client.backlog, None
         user = client.user
         if user is not None and was_ready:
-            claim = self.claims.get(user)
-            if claim is not None and claim.client is client:
-                # Bye or not, the name stays bound to its key for claim_ttl: a
-                # message may still be on its way to it, and whoever took the
-                # name next could read and ack it (issue: mailbox draining).
-                claim.client = None
-                claim.said_bye = said_bye
-                claim.released_at = now = self.clock()
-                if not claim.queued:
-                    claim.queued = True
-                    heapq.heappush(self._claim_heap, (now + self.config.claim_ttl, user))
-                    self._arm(now + self.config.claim_ttl)
-                self._presence(user, False)
-                if self.nameplates.count_for(user):  # O(n): only for an inviter
-                    self.nameplates.cancel_all(user, now)
+            if queued:
+                self._abandon(client, user, queued)
+            self._release(client, user, said_bye)
         self._event(logging.INFO, "disconnect", addr=client.link.address)
+
+    def _release(self, client: Client, user: str, said_bye: bool) -> None:
+        """Backend step: ``client`` no longer holds ``user``."""
+        claim = self.claims.get(user)
+        if claim is not None and claim.client is client:
+            # Bye or not, the name stays bound to its key for claim_ttl: a
+            # message may still be on its way to it, and whoever took the
+            # name next could read and ack it (issue: mailbox draining).
+            claim.client = None
+            claim.said_bye = said_bye
+            claim.released_at = now = self.clock()
+            if not claim.queued:
+                claim.queued = True
+                heapq.heappush(self._claim_heap, (now + self.config.claim_ttl, user))
+                self._arm(now + self.config.claim_ttl)
+            self._presence(user, False)
+            if self.nameplates.count_for(user):  # O(n): only for an inviter
+                self.nameplates.cancel_all(user, now)
+
+    def _connected(self, name: str) -> Client | None:
+        """This relay's connection that holds ``name``, if any."""
+        claim = self.claims.get(name)
+        return claim.client if claim is not None else None
+
+    def _abandon(self, client: Client, user: str, queued: deque[dict[str, Any]]) -> None:
+        """Backend step: the connection ended with frames still waiting
+        behind an unanswered step (only a backend that answers later has
+        any). Their sends get no ``accepted`` (the client resends them)."""
+
+    def _unwatch(self, client: Client) -> None:
+        """Backend step: a closing connection stops watching its names
+        (``client.watching``); nothing to do in memory."""
 
     def receive(self, client: Client, msg: dict[str, Any]) -> None:
         """Handle one decoded frame from ``client``."""
         if client.state is State.CLOSED:
+            return
+        backlog = client.backlog
+        if backlog is not None:  # a backend step is unanswered: keep the order
+            backlog.append(msg)
+            if len(backlog) >= BACKLOG_PAUSE:
+                if len(backlog) >= MAX_BACKLOG:
+                    self.fail(client, Refused("rate_limited", "you are sending faster than "
+                                              "the relay can answer; slow down", fatal=True))
+                    return
+                pause = getattr(client.link, "pause_reading", None)
+                if pause is not None:
+                    pause()
             return
         try:
             kind = msg.get("type")
@@ -274,6 +341,42 @@ class Relay:
                 self._on_auth(client, msg)
         except Refused as err:
             self.fail(client, err, ref=msg.get("ref"))
+
+    def _later(self, client: Client, step: Awaitable[Any],
+               then: Callable[[Any, BaseException | None], None], *, ref: object = None) -> None:
+        """Run a backend step that answers later; ``then(result, error)``
+        continues the frame. The connection's next frames wait until then."""
+        assert self.spawn is not None, "this backend answers at once"
+        if client.backlog is None:
+            client.backlog = deque()
+        client.steps += 1
+
+        def done(result: Any, error: BaseException | None) -> None:
+            try:
+                then(result, error)
+            except Refused as err:
+                if client.state is not State.CLOSED:
+                    self.fail(client, err, ref=ref)
+            client.steps -= 1
+            if not client.steps:  # else a step ``then`` started waits first
+                self._drain(client)
+
+        self.spawn(step, done)
+
+    def _drain(self, client: Client) -> None:
+        """Answer the frames that waited behind a backend step, until one
+        waits again."""
+        queued = client.backlog
+        client.backlog = None
+        while queued and client.backlog is None and client.state is not State.CLOSED:
+            self.receive(client, queued.popleft())
+        if client.backlog is not None and queued:
+            queued.extend(client.backlog)
+            client.backlog = queued
+        elif client.backlog is None and not client.paused:
+            resume = getattr(client.link, "resume_reading", None)
+            if resume is not None:
+                resume()
 
     def fail(self, client: Client, err: MsgrError, *, ref: object = None) -> None:
         """Send ``err`` as an error frame; close the connection if it is fatal.
@@ -397,6 +500,16 @@ class Relay:
             raise Refused("bad_signature", "the name-ownership signature does not verify",
                           fatal=True) from None
         client.nonce = None
+        self._take_name(client, user, key)
+
+    @property
+    def relay_id(self) -> str:
+        """What ``welcome.relay`` says: this process (a new one is a restart)."""
+        return self.instance
+
+    def _take_name(self, client: Client, user: str, key: bytes) -> None:
+        """Backend step: bind ``user`` to ``key`` for ``client`` (or refuse),
+        then welcome it and hand out what waits."""
         claim = self.claims.get(user)
         if claim is not None and claim.key != key:
             if claim.client is None and self._claim_lapsed(user, claim):
@@ -409,8 +522,7 @@ class Relay:
                 raise Refused("relay_full", "the relay has too many names registered; "
                               "try again later", fatal=True)
             if not self._claim_allowed(client.origin):
-                raise Refused("too_many_names", "too many new names from your address; try "
-                              f"again in {1 / self.config.claim_rate:g} s", fatal=True)
+                raise self._too_many_names()
             claim = self.claims[user] = Claim(key, since=self.wallclock())
         elif claim.client is not None:
             # Same key: the owner reconnected. Replace the stale connection now
@@ -419,14 +531,17 @@ class Relay:
             self.fail(old, Refused("replaced", "this name signed in from another connection",
                                    fatal=True))
         claim.client = client
+        self._welcome(client, user)
+        self._hand_out(client)
+        self._presence(user, True)
+
+    def _welcome(self, client: Client, user: str) -> None:
         client.state = State.READY
         self._event(logging.INFO, "ready", addr=client.link.address)
         self._event(logging.DEBUG, "ready-user", user=user)
         self._write(client, {"type": "welcome", "user": user, "v": PROTOCOL_VERSION,
-                             "relay": self.instance,
+                             "relay": self.relay_id,
                              "limits": self.config.limits_table()})
-        self._hand_out(client)
-        self._presence(user, True)
 
     def _owned_reason(self, user: str, claim: Claim) -> str:
         """What a ``name_owned`` refusal says: what happened, never advice the
@@ -483,32 +598,43 @@ class Relay:
         if not client.msgs.take(1.0, now) or not client.bytes.take(len(body), now):
             self.stats.refused += 1
             raise Refused("rate_limited", "you are sending too fast; slow down and resend")
-        user: str = client.user  # type: ignore[assignment]
+        self._store(client, client.user, to, body, kind,  # type: ignore[arg-type]
+                    config.clamp_ttl(ttl), ref, now)
+
+    def _store(self, client: Client, user: str, to: str, body: str, kind: str, ttl: int,
+               ref: int | None, now: float) -> None:
+        """Backend step: the shared handshake bucket, then store the message,
+        answer ``accepted`` and deliver it if its recipient is connected."""
         if kind == "hs":
             refusal = self._hs_refusal(user, to, now)
             if refusal is not None:
                 self.stats.refused += 1
                 raise Refused("handshake_limited", refusal)
         try:
-            held = self.store.add(user, to, body, kind, config.clamp_ttl(ttl), now,
-                                  self.wallclock(), client.origin)
+            held = self.store.add(user, to, body, kind, ttl, now, self.wallclock(),
+                                  client.origin)
         except StoreError as err:
             self.stats.refused += 1
             raise Refused(err.code, str(err)) from None
+        self._arm(held.expires_at)
+        expires_at = self._accepted(client, held, ref)
+        claim = self.claims.get(to)
+        if claim is not None and claim.client is not None and not claim.client.paused:
+            self._deliver(claim.client, held, expires_at)
+
+    def _accepted(self, client: Client, held: Any, ref: int | None) -> str:
+        """Answer ``accepted`` for ``held``; returns its expiry's JSON text."""
         self.stats.accepted += 1
         if log.isEnabledFor(logging.DEBUG):  # who talks to whom: debug only, never the body
-            self._event(logging.DEBUG, "send", sender=user, to=to, kind=kind, size=len(body),
-                        ttl=held.ttl)
-        self._arm(held.expires_at)
+            self._event(logging.DEBUG, "send", sender=held.sender, to=held.recipient,
+                        kind=held.kind, size=len(held.body), ttl=held.ttl)
         expires_at = self._expiry_json(held.expires_wall)  # once for both frames
         if ref is not None:  # an int: the frame formatted directly
             client.link.write(accepted_frame(ref, held.id, held.ttl, expires_at))
         else:
             self._write(client, {"type": "accepted", "id": held.id, "ttl": held.ttl,
                                  "expires_at": float(expires_at)})
-        claim = self.claims.get(to)
-        if claim is not None and claim.client is not None and not claim.client.paused:
-            self._deliver(claim.client, held, expires_at)
+        return expires_at
 
     def _hs_refusal(self, a: str, b: str, now: float) -> str | None:
         """Why a handshake message between ``a`` and ``b`` is refused now, or None."""
@@ -523,6 +649,10 @@ class Relay:
             return (f"too many handshake attempts between {a} and {b}; wait a minute before "
                     "trying again")
         return None
+
+    def _too_many_names(self) -> Refused:
+        return Refused("too_many_names", "too many new names from your address; try "
+                       f"again in {1 / self.config.claim_rate:g} s", fatal=True)
 
     def _claim_allowed(self, origin: str) -> bool:
         config = self.config
@@ -593,11 +723,16 @@ class Relay:
             ids = [msg.get("id")]
         if type(ids) is not list or len(ids) > 1024:
             raise ProtocolViolation("ack needs an id or a list of at most 1024 ids")
-        user: str = client.user  # type: ignore[assignment]
         for msg_id in ids:
             if type(msg_id) is not int:
                 raise ProtocolViolation("message ids are integers")
-            self.store.ack(user, msg_id)
+        self._ack_ids(client, client.user, ids)  # type: ignore[arg-type]
+
+    def _ack_ids(self, client: Client, user: str, ids: list[int]) -> None:
+        """Backend step: drop acknowledged messages (unknown ids are ignored)."""
+        ack = self.store.ack
+        for msg_id in ids:
+            ack(user, msg_id)
 
     def _on_ping(self, client: Client, msg: dict[str, Any]) -> None:
         frame: dict[str, Any] = {"type": "pong"}
@@ -607,7 +742,7 @@ class Relay:
 
     def _on_watch(self, client: Client, msg: dict[str, Any]) -> None:
         name = msg.get("user")
-        if not is_valid_name(name):
+        if type(name) is not str or not is_valid_name(name):
             raise Refused("bad_name", "invalid name to watch")
         if name not in client.watching:
             if len(client.watching) >= self.config.max_watch:
@@ -615,6 +750,13 @@ class Relay:
                               f"a connection may watch at most {self.config.max_watch} names")
             client.watching.add(name)
             self.watchers.setdefault(name, set()).add(client)
+            self._is_online(client, name, True)
+        else:
+            self._is_online(client, name, False)
+
+    def _is_online(self, client: Client, name: str, first: bool) -> None:
+        """Backend step: answer ``presence`` for ``name`` (``first``: the
+        connection just started watching it)."""
         claim = self.claims.get(name)
         online = claim is not None and claim.client is not None
         self._write(client, {"type": "presence", "user": name, "online": online})
@@ -652,10 +794,10 @@ class Relay:
             owner = self.nameplates.join(frame.nameplate, user, self.clock())
         except NameplateError as err:
             raise Refused(err.code, str(err)) from None
-        claim = self.claims.get(owner)
         # An owner's nameplates are freed when its connection ends, so it is here.
-        if claim is not None and claim.client is not None:
-            self._write(claim.client, protocol.Joined(frame.nameplate, user).to_json())
+        owner_client = self._connected(owner)
+        if owner_client is not None:
+            self._write(owner_client, protocol.Joined(frame.nameplate, user).to_json())
         self._write(client, protocol.Joined(frame.nameplate, owner).to_json())
 
     def _on_cancel(self, client: Client, msg: dict[str, Any]) -> None:

@@ -105,6 +105,10 @@ class Connection(asyncio.Protocol):
         if client is None or self.closing:
             return
         self.last_rx = self.server.loop.time()
+        if not self._logged_in and client.state is State.READY and not self.decoder.buffered:
+            # Welcomed since the last read (an engine answers the sign-in later).
+            self._logged_in = True
+            self.decoder = framing.FrameDecoder(max_size=self.relay.config.max_frame)
         try:
             frames = self.decoder.feed(data)
         except framing.FramingError as err:
@@ -203,6 +207,15 @@ class Connection(asyncio.Protocol):
             self.server.dirty.append(self)
         self.out.append(data)
 
+    def pause_reading(self) -> None:
+        """Stop reading: frames wait for an engine's answers (rules.BACKLOG_PAUSE)."""
+        if self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
     def close(self) -> None:
         if self.closing:
             return
@@ -268,10 +281,21 @@ class RelayServer:
     """A relay listening on a socket. Use :func:`start_relay` to make one."""
 
     def __init__(self, config: RelayConfig, *, loop: asyncio.AbstractEventLoop,
-                 tls_fingerprint: str | None = None) -> None:
+                 tls_fingerprint: str | None = None, backend: Any = None) -> None:
         self.loop = loop
-        self.relay = Relay(config, clock=loop.time, wallclock=time.time, rng=os.urandom,
-                           arm=self._arm, tls_fingerprint=tls_fingerprint)
+        #: The engine backend (a started RedisBackend), or None: in memory.
+        self.backend = backend
+        self._steps: set[asyncio.Future[Any]] = set()
+        self.relay: Relay
+        if backend is None:
+            self.relay = Relay(config, clock=loop.time, wallclock=time.time, rng=os.urandom,
+                               arm=self._arm, tls_fingerprint=tls_fingerprint)
+        else:
+            from msgrlib.relay.cluster import EngineRelay
+            self.relay = EngineRelay(config, backend, clock=loop.time, wallclock=time.time,
+                                     rng=os.urandom, arm=self._arm,
+                                     tls_fingerprint=tls_fingerprint, spawn=self._spawn,
+                                     after_event=self.flush)
         self.connections: set[Connection] = set()
         self.per_address: dict[str, int] = {}
         #: Bytes of partly received frames held by all connections.
@@ -333,6 +357,24 @@ class RelayServer:
                 conn._flush()
             dirty.clear()
 
+    def _spawn(self, step: Any,
+               done: Callable[[Any, BaseException | None], None]) -> None:
+        """Run a backend step; ``done(result, error)`` then flush the writes."""
+        future = asyncio.ensure_future(step)
+        self._steps.add(future)
+
+        def finished(fut: asyncio.Future[Any]) -> None:
+            self._steps.discard(fut)
+            if fut.cancelled():
+                from msgrlib.relay.engine import EngineUnavailable
+                done(None, EngineUnavailable("the relay is closing"))
+            else:
+                error = fut.exception()
+                done(None if error is not None else fut.result(), error)
+            self.flush()
+
+        future.add_done_callback(finished)
+
     def _arm(self, deadline: float) -> None:
         if self._expiry is not None:
             if self._expiry_at is not None and self._expiry_at <= deadline:
@@ -378,6 +420,9 @@ class RelayServer:
             self._expiry.cancel()
         for srv in self.servers:
             await srv.wait_closed()
+        if self.backend is not None:
+            # Releases this node's names at once (else they lapse with its lease).
+            await self.backend.close()
 
 
 #: What ``host=None`` listens on: every address of both families, one
@@ -388,7 +433,7 @@ ALL_HOSTS = ("0.0.0.0", "::")
 async def start_relay(config: RelayConfig | None = None, *,
                       host: str | Sequence[str] | None = "127.0.0.1",
                       port: int = 0, ssl_context: ssl.SSLContext | None = None,
-                      backlog: int = 1024) -> RelayServer:
+                      backlog: int = 1024, backend: Any = None) -> RelayServer:
     """Start a relay in the running loop and return it once it listens.
 
     The library entry point: ``server = await start_relay(port=0)``, then
@@ -399,6 +444,11 @@ async def start_relay(config: RelayConfig | None = None, *,
     None for :data:`ALL_HOSTS`, IPv4 and IPv6; there a family this machine
     lacks (no IPv6) is skipped, but not both. Raises ``OSError`` if an
     address cannot be listened on.
+
+    ``backend``: a :class:`~msgrlib.relay.engine.RedisBackend` (not started)
+    to share names and mailboxes with other relay processes; it is started
+    here before listening (raising its EngineConfigError or
+    EngineUnavailable) and closed by :meth:`RelayServer.close`.
     """
     loop = asyncio.get_running_loop()
     config = config or RelayConfig()
@@ -406,7 +456,10 @@ async def start_relay(config: RelayConfig | None = None, *,
     if ssl_context is not None:
         from msgrlib.tls import contexts  # signatures name the relay by its certificate
         fingerprint = contexts.served_fingerprint(ssl_context)
-    relay_server = RelayServer(config, loop=loop, tls_fingerprint=fingerprint)
+    if backend is not None:
+        await backend.start()
+    relay_server = RelayServer(config, loop=loop, tls_fingerprint=fingerprint,
+                               backend=backend)
     relay_server.tls = ssl_context is not None
     factory: Callable[[], asyncio.BaseProtocol]
     if ssl_context is None:
@@ -437,6 +490,8 @@ async def start_relay(config: RelayConfig | None = None, *,
     except BaseException:
         for opened in relay_server.servers:
             opened.close()
+        if backend is not None:
+            await backend.close(timeout=0)
         raise
     return relay_server
 

@@ -7,10 +7,22 @@ import base64
 import struct
 
 import pytest
-from helpers import RawClient, relay_running, run, send_frame, tls_contexts
+from helpers import (
+    RawClient,
+    connected,
+    relay_running,
+    run,
+    send_frame,
+    stored,
+    tls_contexts,
+    waiting_for,
+)
 from nacl.signing import SigningKey
 
 from msgrlib.relay import rules as relay
+
+# Every test runs on the in-memory store, then on a Redis engine.
+pytestmark = pytest.mark.usefixtures("store")
 
 FAST = relay.RelayConfig(ttl_min=1, hello_timeout=1.0, claim_ttl=1.0)
 
@@ -31,7 +43,7 @@ def test_delivery_both_ways_ack_and_ttl_clamped():
             assert (await bob.recv_type("accepted"))["ttl"] == 5  # clamped to the minimum
             assert (await alice.recv_type("deliver"))["body"] == "s1.two"
             await asyncio.sleep(0.05)
-            assert len(srv.relay.store) == 1  # bob acked; alice has not yet
+            assert await stored(srv) == 1  # bob acked; alice has not yet
     run(main())
 
 
@@ -49,7 +61,7 @@ def test_offline_peer_gets_waiting_messages_within_ttl_and_sender_told_on_expiry
             bob = await RawClient.login(port, "bob")
             got = await bob.recv_type("deliver")
             assert got["body"] == "s1.kept"
-            assert len(srv.relay.store) == 1
+            assert await stored(srv) == 1
     run(main())
 
 
@@ -61,7 +73,7 @@ def test_message_is_gone_after_its_ttl():
             await alice.send(send_frame("bob", "s1.gone", ttl=1))
             await alice.recv_type("accepted")
             await alice.recv_type("expired", timeout=3)
-            assert len(srv.relay.store) == 0 and srv.relay.store.bytes == 0
+            assert await stored(srv) == 0 and srv.relay.store.bytes == 0
             bob = await RawClient.login(port, "bob")
             await bob.send({"type": "ping"})
             assert (await bob.recv())["type"] == "pong"  # and no deliver before it
@@ -197,7 +209,7 @@ def test_a_ref_that_is_not_an_integer_is_refused_and_nothing_is_stored():
             err = await c.recv()
             assert err["code"] == "protocol" and "ref" in err["message"] and err["fatal"]
             assert await c.closed()
-            assert len(srv.relay.store) == 0
+            assert await stored(srv) == 0
             c = await RawClient.login(port, "carol")
             await c.send({k: v for k, v in send_frame("bob").items() if k != "ref"})
             accepted = await c.recv()
@@ -305,10 +317,10 @@ def test_non_reading_client_is_dropped_and_its_messages_wait_until_ttl(tls, tmp_
             # The relay stops handing deliveries to it, then drops it.
             for _ in range(100):
                 await asyncio.sleep(0.05)
-                if srv.relay.claims["lazy"].client is None:
+                if not connected(srv, "lazy"):
                     break
-            assert srv.relay.claims["lazy"].client is None
-            assert srv.relay.store.count_for("lazy") == 2000  # nothing lost
+            assert not connected(srv, "lazy")
+            assert await waiting_for(srv, "lazy") == 2000  # nothing lost
             lazy.writer.transport.abort()
             again = await RawClient.login(port, "lazy", key, ssl=client_ctx)
             first = await again.recv_type("deliver")
@@ -422,4 +434,43 @@ def test_tls_handshake_timeout_cuts_a_silent_tls_client(tmp_path):
             ok = await RawClient.login(srv.address[1], "alice", ssl=client_context)
             await ok.send({"type": "ping"})
             assert (await ok.recv())["type"] == "pong"
+    run(main())
+
+
+def test_a_full_size_frame_right_after_welcome_is_accepted():
+    """On the engine, welcome is written when the engine answers, after the
+    read that carried auth: the switch from the small sign-in frame limit
+    to max_frame must not wait for a read that ends at READY (it used to)."""
+    async def main():
+        async with relay_running() as srv:
+            port = srv.address[1]
+            alice = await RawClient.login(port, "alice")
+            await alice.send(send_frame("bob", "s1." + "A" * 60_000))
+            assert (await alice.recv())["type"] == "accepted"
+    run(main())
+
+
+def test_an_ack_sent_just_before_the_connection_ends_still_counts():
+    """On the engine, frames wait behind an unanswered step; a connection
+    that ended dropped them, acks included, so what bob had read came again
+    at his next sign-in."""
+    async def main():
+        async with relay_running() as srv:
+            port = srv.address[1]
+            alice = await RawClient.login(port, "alice")
+            bob = await RawClient.login(port, "bob")
+            await alice.send(send_frame("bob", "s1.one"))
+            await alice.recv_type("accepted")
+            got = await bob.recv_type("deliver")
+            encode = relay.framing.encode_frame
+            replies = b"".join(encode(send_frame("alice", "s1.reply", ref=i)) for i in range(20))
+            bob.writer.write(replies + encode({"type": "ack", "id": got["id"]}))
+            bob.writer.close()  # at once: the ack waits behind the send
+            await asyncio.sleep(0.3)
+            again = await RawClient.login(port, "bob", bob.key)
+            frames = []
+            with pytest.raises(asyncio.TimeoutError):
+                while True:  # (on the engine, what waits comes after welcome)
+                    frames.append(await again.recv(timeout=0.5))
+            assert not [f for f in frames if f["type"] == "deliver"], frames
     run(main())
