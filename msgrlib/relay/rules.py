@@ -439,9 +439,9 @@ class Relay:
                                                "to": held.recipient})
             self._event(logging.DEBUG, "expire", count=len(expired))
         for number, owner in self.nameplates.expire(now):
-            claim = self.claims.get(owner)
-            if claim is not None and claim.client is not None:
-                self._write(claim.client, protocol.NameplateGone(number, "expired").to_json())
+            owner_client = self._connected(owner)
+            if owner_client is not None:
+                self._write(owner_client, protocol.NameplateGone(number, "expired").to_json())
         heap = self._claim_heap
         while heap and heap[0][0] <= now:
             _, name = heapq.heappop(heap)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from helpers import RawClient, relay_running, run
 
 from msgrlib import protocol
 from msgrlib.relay.config import RelayConfig
+
+# Invites stay in each relay's memory; they work the same on an engine relay.
+pytestmark = pytest.mark.usefixtures("store")
 
 
 async def _pair(port: int, ttl: float = 600.0) -> tuple[RawClient, RawClient, int]:
