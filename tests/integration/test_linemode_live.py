@@ -109,3 +109,44 @@ def test_input_that_cannot_be_read_is_one_line_and_exit_1() -> None:
     assert b"msgr: cannot read input: Bad file descriptor" in err
     assert b"Traceback" not in err
 
+
+
+# -- end of input right after a message arrives ---------------------------------------------
+
+def test_a_client_that_ends_right_after_a_message_still_sends_its_receipt(tmp_path) -> None:
+    """make demo, and any script that closes the receiver's input once it printed the
+    last line: the receiver's own messages were all confirmed, so it said bye at once,
+    before the receipt it owed for the line it had just printed went out (here the
+    relay's message rate holds that receipt back a while); the sender then waited out
+    --wait and exited 3, "not delivered", for a message that was shown."""
+    from helpers import Chat
+
+    from msgrlib.relay.config import RelayConfig
+
+    async def main() -> None:
+        # bob's handshake and his two long lines use the byte burst up (the second
+        # line waits for bytes), so his receipt for alice's "bye" waits a second or two.
+        config = RelayConfig(rate_bytes=400, burst_bytes=12_000)
+        async with relay_running(config) as srv:
+            port = srv.address[1]
+            home = {"HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")}
+            alice = await Chat.start(port, "alice", "bob", "--wait", "8", env=home)
+            bob = await Chat.start(port, "bob", "alice", "--wait", "8", env=home)
+            try:
+                await bob.say("a" * 4400)
+                await bob.say("b" * 4400)
+                await alice.wait_for(r"^bob: b+$", timeout=30)
+                await alice.say("bye")
+                await alice.end_input()
+                try:
+                    await bob.wait_for(r"^alice: bye$")
+                except AssertionError:
+                    raise AssertionError(alice.stderr) from None
+                await bob.end_input()  # at once, as make demo does
+                codes = await alice.exit_code(), await bob.exit_code()
+                assert codes == (0, 0), (alice.stderr, bob.stderr)
+            finally:
+                await alice.kill()
+                await bob.kill()
+
+    run(main(), timeout=60)
