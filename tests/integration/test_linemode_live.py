@@ -117,7 +117,7 @@ def test_a_client_that_ends_right_after_a_message_still_sends_its_receipt(tmp_pa
     """make demo, and any script that closes the receiver's input once it printed the
     last line: the receiver's own messages were all confirmed, so it said bye at once,
     before the receipt it owed for the line it had just printed went out (here the
-    relay's message rate holds that receipt back a while); the sender then waited out
+    relay's byte rate holds that receipt back a while); the sender then waited out
     --wait and exited 3, "not delivered", for a message that was shown."""
     from helpers import Chat
 
