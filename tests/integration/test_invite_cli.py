@@ -554,3 +554,31 @@ def test_invite_chat_line_mode_escapes_json_and_survives_a_line_that_is_not_utf8
                     texts.append(obj["text"])
             assert texts == ["first line", hostile]
     run(main(), timeout=90)
+
+
+def test_notices_about_the_other_side_never_show_its_random_routing_name(
+        tmp_path: Any) -> None:
+    """A joiner's line the inviter left too early to read was reported as "it expired at
+    the relay before i-0d08234af853c465 read it": the relay's random routing name, which
+    the person never chose or saw, where every other line says "the other side"."""
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            inviter = await start(["chat", "--invite", "--ttl", "5"], str(tmp_path), port,
+                                  name="inviter")
+            code = await code_of(inviter)
+            joiner = await start(["chat", "--join", "--ttl", "5", "--wait", "10"],
+                                 str(tmp_path), port, name="joiner")
+            await joiner.say(code)
+            for side in (inviter, joiner):
+                await side.wait_for(r"secure session up", stream="stderr")
+            await inviter.end_input()
+            assert await inviter.exit_code() == 0, inviter.stderr
+            await joiner.say("too late")
+            await joiner.end_input()
+            assert await joiner.exit_code() == 3, joiner.stderr
+            said = "\n".join(joiner.stderr)
+            assert "message #1 was not delivered" in said, said
+            assert not re.search(r"\bi-[0-9a-f]{6,}", said), said
+            assert "the other side" in said.split("message #1 was not delivered")[1], said
+    run(main(), timeout=60)
