@@ -649,7 +649,10 @@ class _Progress:
         if isinstance(event, Progress):
             self.meter.update(event.done_bytes, now)
         if self.json and not hasattr(event, "receiver"):
-            print(json.dumps(event_json(event, news.transfer_id, now, self.meter)), flush=True)
+            # Seconds since the epoch, as chat's --json lines: a script cannot use
+            # the monotonic clock the meter runs on.
+            print(json.dumps(event_json(event, news.transfer_id, time.time(), self.meter)),
+                  flush=True)
         if isinstance(event, Progress) and self.tty and now - self.shown_at >= 1 / PROGRESS_RATE:
             self.shown_at = now
             print(f"\r{self.meter.line()}\x1b[K", end="", file=sys.stderr, flush=True)

@@ -582,3 +582,32 @@ def test_notices_about_the_other_side_never_show_its_random_routing_name(
             assert not re.search(r"\bi-[0-9a-f]{6,}", said), said
             assert "the other side" in said.split("message #1 was not delivered")[1], said
     run(main(), timeout=60)
+
+
+def test_json_events_carry_the_wall_clock_time(tmp_path: Any) -> None:
+    """`msgr receive --json` printed "time": 7624.93, seconds of the machine's monotonic
+    clock, meaningless to a script; chat's --json lines use seconds since the epoch."""
+    import json
+    import time
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            source = tmp_path / "note.txt"
+            source.write_bytes(b"some bytes")
+            sender = await start(["send", str(source), "--json"], str(tmp_path), port,
+                                 name="sender")
+            code = await code_of(sender)
+            out = tmp_path / "out"
+            out.mkdir()
+            receiver = await start(["receive", "--dir", str(out), "--json"], str(tmp_path),
+                                   port, name="receiver")
+            await receiver.say(code)
+            await receiver.say("y")
+            assert await receiver.exit_code() == 0, receiver.stderr
+            assert await sender.exit_code() == 0, sender.stderr
+            events = [json.loads(line) for line in receiver.stdout + sender.stdout]
+            times = [e["time"] for e in events if "time" in e]
+            assert times, events
+            assert all(abs(t - time.time()) < 120 for t in times), events
+    run(main(), timeout=60)
