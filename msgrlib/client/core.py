@@ -315,9 +315,15 @@ class ChatCore:
         self.verified = True
 
     def give_up(self, reason: str) -> None:
-        """Report every unsettled message as not delivered (used at exit)."""
+        """Report every unsettled message as not delivered (used at exit); one
+        that never left says why it did not (no session, no relay), as at its TTL."""
         for out in self.unsettled():
-            self._fail(out, reason)
+            if out.state is OutState.QUEUED and not out.ever_sent:
+                why = (self._mode.queued_reason() if self.connected
+                       else "the relay could not be reached to send it")
+                self._fail(out, f"{reason}; {why}")
+            else:
+                self._fail(out, reason)
 
     # -- inputs from the I/O layer ----------------------------------------------
 

@@ -150,3 +150,32 @@ def test_a_client_that_ends_right_after_a_message_still_sends_its_receipt(tmp_pa
                 await bob.kill()
 
     run(main(), timeout=60)
+
+
+def test_a_line_never_sent_for_a_wrong_passcode_says_so_when_given_up(tmp_path) -> None:
+    """Tried with two different passcodes: both sides reported their line as "not
+    confirmed within 3 s of the end of input", as if the peer had been slow, while
+    it never left for want of a session (the handshake had failed)."""
+    from helpers import Chat
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            home = {"HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")}
+            ivy = await Chat.start(port, "ivy", "jon", "--wait", "1", env=home,
+                                   passcode="the first passcode")
+            jon = await Chat.start(port, "jon", "ivy", "--wait", "1", env=home,
+                                   passcode="another passcode")
+            try:
+                for side in (ivy, jon):
+                    await side.wait_for(r"passcode mismatch", stream="stderr")
+                    await side.say("hi")
+                    await side.end_input()
+                    assert await side.exit_code() == 3, side.stderr
+                    line = next(x for x in side.stderr if "#1 was not delivered" in x)
+                    assert "end of input" in line and "passcode mismatch" in line, line
+            finally:
+                await ivy.kill()
+                await jon.kill()
+
+    run(main(), timeout=60)
