@@ -205,8 +205,6 @@ def read_code(given: str | None, *, stdin: Any = None, err: Any = None) -> Any:
     stdin = stdin or sys.stdin
     err = err or sys.stderr
     if given:
-        print("msgr: note: a code on the command line is visible to other local users; it "
-              "works only once", file=err, flush=True)
         text = given
     elif stdin.isatty():
         text = _prompt_code()
@@ -215,9 +213,13 @@ def read_code(given: str | None, *, stdin: Any = None, err: Any = None) -> Any:
         if not text:
             raise UsageError("no invite code: type it at the prompt, or give it on stdin")
     try:
-        return parse_code(text)
+        code = parse_code(text)
     except InviteCodeError as error:
         raise UsageError(f"bad invite code: {error}") from None
+    if given:  # a bad code gets its one error line, not this note first
+        print("msgr: note: a code on the command line is visible to other local users; it "
+              "works only once", file=err, flush=True)
+    return code
 
 
 def _read_code_line(stdin: Any) -> str:
