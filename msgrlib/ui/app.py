@@ -183,6 +183,9 @@ class App:
             if isinstance(event, TransferEvent):
                 self._on_transfer(event)
             elif isinstance(event, InviteReady):
+                # The relay handed out the code, so it is connected: what is awaited
+                # now is the other side (the client says "connected" once they come).
+                self.view.connection = "connected"
                 self.view.progress = "waiting for the other side to type the code"
                 self.view.info(f"your invite code is  {event.code}  - on the other side run "
                                "msgr chat --join and type it (it works once, for "
