@@ -262,6 +262,14 @@ def test_every_test_the_documents_cite_exists():
             assert name in defined, f"{doc} cites {path}::{name}, which does not exist"
         for path in re.findall(r"tests/((?:unit|integration)/[\w/]+\.py)", text):
             assert os.path.exists(os.path.join(tests_dir, path)), f"{doc} cites tests/{path}"
+    # Any test file any document names (docs/ too: they named tests/test_engine.py and
+    # tests/test_transfer.py, both moved when the tests came to mirror the package).
+    docs = ["SECURITY.md", "ARCHITECTURE.md", "README.md", "PROTOCOL.md", "BENCHMARKS.md"]
+    docs += [os.path.join("docs", n) for n in sorted(os.listdir(os.path.join(ROOT, "docs")))
+             if n.endswith(".md")]
+    for doc in docs:
+        for path in re.findall(r"(?<![\w/])tests/[\w/]+\.py", read(doc)):
+            assert os.path.exists(os.path.join(ROOT, path)), f"{doc} cites {path}"
 
 
 def test_every_file_in_the_readme_module_map_exists():
