@@ -687,6 +687,14 @@ def run_invite_chat(args: argparse.Namespace) -> int:
         raise UsageError("use either --invite or --join, not both")
     if args.static:
         raise UsageError("invites use the default mode, not --static")
+    given = [flag for flag, attr in (("--user", "user"), ("--peer", "peer"),
+                                     ("--passcode-file", "passcode_file"),
+                                     ("--passcode", "passcode"), ("--identity", "identity"))
+             if getattr(args, attr, None)]
+    if given:
+        # Taken silently, they would be ignored: an invite has no names and no passcode.
+        raise UsageError(f"an invite uses no names and no passcode: drop {', '.join(given)} "
+                         "(or drop --invite/--join to chat as a named pair)")
     if not ttl_in_range(args.ttl):
         raise UsageError(f"--ttl {args.ttl} is out of range: use {TTL_MIN} to {TTL_MAX} "
                          "seconds")

@@ -612,3 +612,21 @@ def test_json_events_carry_the_wall_clock_time(tmp_path: Any) -> None:
             assert times, events
             assert all(abs(t - time.time()) < 120 for t in times), events
     run(main(), timeout=60)
+
+
+def test_names_or_a_passcode_given_with_an_invite_are_refused_not_ignored(
+        tmp_path: Any) -> None:
+    """`msgr chat --invite --user bob` printed a code and went on as "you" and "peer",
+    --user silently ignored (so were --peer, --passcode-file and --identity)."""
+    import subprocess
+
+    for extra in (["--invite", "--user", "bob"], ["--join", "1-abacus-aardvark", "--peer",
+                                                  "ann", "--passcode-file", "x"]):
+        done = subprocess.run([PYTHON, os.path.join(ROOT, "msgr.py"), "chat", *extra,
+                               "--server", "127.0.0.1:9"], capture_output=True, text=True,
+                              timeout=30, stdin=subprocess.DEVNULL, cwd=tmp_path,
+                              env={**os.environ, "HOME": str(tmp_path)})
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "an invite uses no names and no passcode" in lines[0], lines
+        assert extra[-2] in lines[0], lines
