@@ -19,6 +19,7 @@ Library use: see ``msgr.open_chat`` and ``msgr.start_relay``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import stat
 import sys
@@ -296,13 +297,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"bad --port {args.port}: expected 0-65535")
     context = None
     fingerprint = None
+    created = False
     if args.tls:
         from msgrlib.tls import contexts
         created, fingerprint = contexts.ensure_certificate(args.cert, args.key,
                                                         **_certificate_names(args.host))
-        if created:
-            print(f"msgr: created a self-signed certificate {args.cert} and key {args.key} "
-                  "(owner-only)", file=sys.stderr)
         context = contexts.server_context(args.cert, args.key)
 
     backend = None
@@ -322,8 +321,15 @@ def _serve(args: argparse.Namespace) -> int:
             relay_server = await server.start_relay(config, host=args.host, port=args.port,
                                                     ssl_context=context, backend=backend)
         except OSError as err:
+            if created:  # made for this run, which never served: leave nothing behind
+                for path in (args.cert, args.key):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
             where = " and ".join(host_port(h, args.port) for h in args.host or ("*",))
             raise MsgrError(f"cannot listen on {where}: {err.strerror or err}") from None
+        if created:
+            print(f"msgr: created a self-signed certificate {args.cert} and key {args.key} "
+                  "(owner-only)", file=sys.stderr)
         shown = " and ".join(host_port(h, p) for h, p in relay_server.addresses)
         line = f"msgr relay listening on {shown}"
         line += f" with TLS, certificate {fingerprint}" if context else " without TLS"

@@ -50,7 +50,7 @@ from msgrlib.client.identity import (  # noqa: F401 (load_identity: re-exported 
 )
 from msgrlib.client.invite import InviteError, Rendezvous, Step
 from msgrlib.client.session import Ended, ForChat, Ignored, Ready, RelaySession, SessionEvent
-from msgrlib.errors import LocalError, MsgrError, Refused
+from msgrlib.errors import ErrorCode, LocalError, MsgrError, Refused
 from msgrlib.limits import TTL_DEFAULT, TTL_MAX, TTL_MIN, ttl_in_range
 from msgrlib.util.netaddr import host_port
 from msgrlib.util.safetext import escape
@@ -213,6 +213,7 @@ class ChatClient:
         self.port = port
         self.tls = tls
         self._identity_notice: str | None = None
+        self._default_key = identity is None
         if identity is None:
             identity = self._default_identity()
         self.identity = identity
@@ -269,6 +270,25 @@ class ChatClient:
                                      "may be refused for a while after it ends (--identity "
                                      "FILE chooses where to keep one)")
             return SigningKey.generate()
+
+    def _with_key_hint(self, err: Refused) -> Refused:
+        """A ``name_owned`` refusal when this user keeps a key for the same name
+        under another relay address (``localhost`` and ``127.0.0.1`` and ``[::1]``
+        are three): say so, as that other key may well be the one the relay knows."""
+        if err.code != ErrorCode.NAME_OWNED or not self._default_key:
+            return err
+        ours = default_identity_path(self.address, self.core.me)
+        try:
+            others = sorted(p for p in ours.parent.parent.glob(f"*/{self.core.me}.key")
+                            if p.parent != ours.parent)
+        except OSError:
+            return err
+        if not others:
+            return err
+        return Refused(err.code, f"{err}. This computer keeps a key for {self.core.me!r} "
+                       f"for another relay address ({others[0]}): if that is this relay, "
+                       "connect with the --server you used then, or add --identity "
+                       f"{others[0]}", permanent=err.permanent)
 
     @property
     def address(self) -> str:
@@ -365,7 +385,7 @@ class ChatClient:
                     await self._session(first)
                 except Refused as err:
                     if err.permanent or (first and not self._ready.is_set()):
-                        raise
+                        raise self._with_key_hint(err) from None
                     self._status("disconnected", f"relay: {err}")
                 except (ConnectFailed, WrongTransport):
                     if first:

@@ -161,6 +161,12 @@ class ChatCore:
     # -- what the mode knows ----------------------------------------------------
 
     @property
+    def peer_name(self) -> str:
+        """The peer as sentences name them: an invite's peer has only the relay's
+        random routing name, which nobody chose or saw, so it is "the other side"."""
+        return "the other side" if self.invite else self.peer
+
+    @property
     def session(self) -> Session | None:
         return self._mode.session
 
@@ -309,9 +315,15 @@ class ChatCore:
         self.verified = True
 
     def give_up(self, reason: str) -> None:
-        """Report every unsettled message as not delivered (used at exit)."""
+        """Report every unsettled message as not delivered (used at exit); one
+        that never left says why it did not (no session, no relay), as at its TTL."""
         for out in self.unsettled():
-            self._fail(out, reason)
+            if out.state is OutState.QUEUED and not out.ever_sent:
+                why = (self._mode.queued_reason() if self.connected
+                       else "the relay could not be reached to send it")
+                self._fail(out, f"{reason}; {why}")
+            else:
+                self._fail(out, reason)
 
     # -- inputs from the I/O layer ----------------------------------------------
 
@@ -444,7 +456,7 @@ class ChatCore:
     def _on_transfer(self, inner: dict[str, Any]) -> None:
         """An opened ``xfer.*`` plaintext: never a chat message, never receipted."""
         if self.transfers is None:
-            self._notice(f"ignored a file or secret from {self.peer}: this chat does not take "
+            self._notice(f"ignored a file or secret from {self.peer_name}: this chat does not take "
                          "them (use msgr receive)", "transfer_ignored", "warn")
             return
         try:
@@ -478,19 +490,19 @@ class ChatCore:
         if verdict in (Verdict.NEW, Verdict.LATE):
             self._window.record(run, n, ts)
         if verdict is Verdict.LATE:
-            self._notice(f"the next message from {self.peer} arrived late: it was written "
+            self._notice(f"the next message from {self.peer_name} arrived late: it was written "
                          "before one already shown", "late", "info")
         elif verdict is Verdict.UNKNOWN:
-            self._notice(f"dropped a message from {self.peer} that may have been shown "
+            self._notice(f"dropped a message from {self.peer_name} that may have been shown "
                          "already (too many arrived out of order to tell)", "maybe_repeat",
                          "warn")
         elif verdict is Verdict.EXPIRED:
-            self._notice(f"refused a message from {self.peer} that arrived after its "
-                         f"deadline ({max(0, round(now - deadline))} s ago): {self.peer} is "
+            self._notice(f"refused a message from {self.peer_name} that arrived after its "
+                         f"deadline ({max(0, round(now - deadline))} s ago): {self.peer_name} is "
                          "told it was not delivered (if this repeats, check both clocks)",
                          "past_deadline", "warn")
         elif verdict is Verdict.FUTURE:
-            self._notice(f"refused a message from {self.peer} dated in the future or with an "
+            self._notice(f"refused a message from {self.peer_name} dated in the future or with an "
                          "impossible TTL (check both clocks)", "bad_deadline", "warn")
         return verdict
 
@@ -557,7 +569,7 @@ class ChatCore:
         try:
             self._mode.open(frame, body, expires_at)
         except CryptoError as err:
-            self._notice(_explain(err, self.peer), err.code, "warn")
+            self._notice(_explain(err, self.peer_name), err.code, "warn")
 
     def _on_accepted(self, frame: dict[str, Any]) -> None:
         entry = self._sends.take_answered(frame.get("ref"))

@@ -196,13 +196,13 @@ class RatchetMode:
             return ("starting a new secure session (the current one stays up meanwhile)"
                     if self.session is not None else "starting a secure session")
         if phase is Phase.ASKED:
-            return f"asked {self.core.peer} to start a secure session"
+            return f"asked {self.core.peer_name} to start a secure session"
         if self.session is not None:
             return "secure session up"
         if phase is Phase.STOPPED:
             return "no session: the last handshake failed (passcode mismatch?)"
         if phase is Phase.PAUSED:
-            return f"no session: handshakes timed out; waiting for {self.core.peer} to return"
+            return f"no session: handshakes timed out; waiting for {self.core.peer_name} to return"
         return "no session"
 
     def retry_wall_time(self) -> float | None:
@@ -341,20 +341,20 @@ class RatchetMode:
 
     def queued_reason(self) -> str:
         if self.phase is Phase.BACKOFF:
-            return (f"no secure session with {self.core.peer} came up to send it (the relay "
+            return (f"no secure session with {self.core.peer_name} came up to send it (the relay "
                     "limits handshakes between you; msgr retries by itself)")
         if self.phase is Phase.LOCKED:
-            return (f"no secure session with {self.core.peer}: this client stopped accepting "
+            return (f"no secure session with {self.core.peer_name}: this client stopped accepting "
                     "handshakes after failed ones")
         if self.phase is Phase.STOPPED:
-            return (f"no secure session with {self.core.peer}: the handshake failed (passcode "
+            return (f"no secure session with {self.core.peer_name}: the handshake failed (passcode "
                     "mismatch?)")
-        return f"no secure session with {self.core.peer} came up to send it"
+        return f"no secure session with {self.core.peer_name} came up to send it"
 
     def unconfirmed_reason(self, out: Outgoing) -> str:
         if out.expired_at_relay:
-            return f"it expired at the relay before {self.core.peer} read it"
-        return f"{self.core.peer} did not confirm it"
+            return f"it expired at the relay before {self.core.peer_name} read it"
+        return f"{self.core.peer_name} did not confirm it"
 
     def tick(self, now: float) -> None:
         if self.phase is Phase.BACKOFF and self.retry_at is not None and now >= self.retry_at:
@@ -369,7 +369,7 @@ class RatchetMode:
                 and hs.state is handshake.State.AWAIT_CONFIRM):
             # Our tag went out and no confirm came: whoever got it could test one
             # guess of the code against it. That was the invite's one guess.
-            self._failed(f"{self.core.peer} never confirmed the handshake")
+            self._failed(f"{self.core.peer_name} never confirmed the handshake")
             return
         if self.phase in (Phase.RUNNING, Phase.ASKED) and due:
             self.timeouts += 1
@@ -379,7 +379,7 @@ class RatchetMode:
             give_up = self.timeouts >= MAX_HANDSHAKE_TIMEOUTS or (
                 not self.initiator and self.refusals > 0)
             self._go(Ev.GIVE_UP if give_up else Ev.TIMEOUT)
-            self.core._notice(f"the handshake with {self.core.peer} timed out",
+            self.core._notice(f"the handshake with {self.core.peer_name} timed out",
                               "handshake_timeout", "warn")
             self.maybe_start()
 
@@ -408,7 +408,7 @@ class RatchetMode:
                 if self.locked or self._used_up():
                     return
                 if self.initiator:
-                    core._notice(f"ignored a handshake start from {core.peer}: the name that "
+                    core._notice(f"ignored a handshake start from {core.peer_name}: the name that "
                                  "sorts first starts handshakes, and that is you",
                                  "bad_handshake", "warn")
                     return
@@ -561,7 +561,7 @@ class RatchetMode:
             if self._sids and sid not in self._sids:
                 # We had sessions in this run, and never this one.
                 core._notice(f"could not read a message that names a session this client "
-                             f"never had with {core.peer} (from a handshake that did not "
+                             f"never had with {core.peer_name} (from a handshake that did not "
                              "complete, or forged); if genuine, it is sent again under the "
                              "next session", "unknown_session", "warn")
             # Otherwise: under a session we replaced, or one from before this

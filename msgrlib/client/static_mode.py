@@ -87,7 +87,7 @@ class StaticMode:
         pass
 
     def on_expired(self, out: Outgoing) -> None:
-        self.core._fail(out, f"it expired at the relay before {self.core.peer} read it")
+        self.core._fail(out, f"it expired at the relay before {self.core.peer_name} read it")
 
     def on_send_refused(self, entry: Pending, code: str, message: str) -> bool:
         return False
@@ -99,7 +99,7 @@ class StaticMode:
         return "it could not be sent"
 
     def unconfirmed_reason(self, out: Outgoing) -> str:
-        return f"{self.core.peer} did not confirm it"
+        return f"{self.core.peer_name} did not confirm it"
 
     def settle_accepted(self, out: Outgoing, now: float) -> None:
         """``out`` was held by the relay and its TTL ended. The relay reports an
@@ -110,7 +110,7 @@ class StaticMode:
             if out.blind:
                 self.core._notice(
                     f"message #{out.n}: its TTL ended while the connection to the relay "
-                    f"was down, so msgr cannot tell whether {self.core.peer} read it",
+                    f"was down, so msgr cannot tell whether {self.core.peer_name} read it",
                     "fate_unknown", "warn")
 
     def tick(self, now: float) -> None:

@@ -81,7 +81,8 @@ class ProgressMeter:
 
 def event_json(event: Event, transfer_id: str, now: float,
                meter: ProgressMeter | None = None) -> dict[str, Any]:
-    """One ``--json`` line for a machine event (``json.dumps`` it). Peer text (``reason``)
+    """One ``--json`` line for a machine event (``json.dumps`` it); ``now`` is its
+    ``time``, seconds since the epoch (scripts compare it with other clocks). Peer text (``reason``)
     is carried as is: JSON escapes control characters; a terminal printer must still use
     ``safetext.escape``."""
     out: dict[str, Any] = {"t": transfer_id, "time": now}

@@ -154,6 +154,14 @@ class App:
                 return EXIT_ERROR
             client.core.cancel_transfers("the other side left the chat")
             client.poke()
+            if self.exit_code == EXIT_OK:
+                # /quit: the receipts owed for lines just shown may still wait
+                # (paced under the relay's rates); leaving before them would have
+                # the peer report a message we showed as not delivered.
+                end = loop.time() + CLOSE_TIMEOUT
+                while (not client.core.quiet() and client.core.connected
+                       and not running.done() and loop.time() < end):
+                    await asyncio.sleep(0.05)
             client.close()
             try:
                 await asyncio.wait_for(running, CLOSE_TIMEOUT)
@@ -175,6 +183,9 @@ class App:
             if isinstance(event, TransferEvent):
                 self._on_transfer(event)
             elif isinstance(event, InviteReady):
+                # The relay handed out the code, so it is connected: what is awaited
+                # now is the other side (the client says "connected" once they come).
+                self.view.connection = "connected"
                 self.view.progress = "waiting for the other side to type the code"
                 self.view.info(f"your invite code is  {event.code}  - on the other side run "
                                "msgr chat --join and type it (it works once, for "

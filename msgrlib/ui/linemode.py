@@ -269,6 +269,13 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
         if core.unsettled():
             core.give_up("interrupted before it was confirmed" if interrupted.is_set() else
                          f"not confirmed within {wait:g} s of the end of input")
+        else:
+            # Our messages are settled, but receipts we owe for lines just printed
+            # may still wait to go out (paced under the relay's rates): saying bye
+            # before them would have the peer report a shown message as not delivered.
+            while (not core.quiet() and core.connected and loop.time() < deadline
+                   and not running.done() and not interrupted.is_set()):
+                await asyncio.sleep(0.05)
     stop.cancel()
     client._flush_events()
     client.close()

@@ -205,8 +205,6 @@ def read_code(given: str | None, *, stdin: Any = None, err: Any = None) -> Any:
     stdin = stdin or sys.stdin
     err = err or sys.stderr
     if given:
-        print("msgr: note: a code on the command line is visible to other local users; it "
-              "works only once", file=err, flush=True)
         text = given
     elif stdin.isatty():
         text = _prompt_code()
@@ -215,9 +213,13 @@ def read_code(given: str | None, *, stdin: Any = None, err: Any = None) -> Any:
         if not text:
             raise UsageError("no invite code: type it at the prompt, or give it on stdin")
     try:
-        return parse_code(text)
+        code = parse_code(text)
     except InviteCodeError as error:
         raise UsageError(f"bad invite code: {error}") from None
+    if given:  # a bad code gets its one error line, not this note first
+        print("msgr: note: a code on the command line is visible to other local users; it "
+              "works only once", file=err, flush=True)
+    return code
 
 
 def _read_code_line(stdin: Any) -> str:
@@ -649,7 +651,10 @@ class _Progress:
         if isinstance(event, Progress):
             self.meter.update(event.done_bytes, now)
         if self.json and not hasattr(event, "receiver"):
-            print(json.dumps(event_json(event, news.transfer_id, now, self.meter)), flush=True)
+            # Seconds since the epoch, as chat's --json lines: a script cannot use
+            # the monotonic clock the meter runs on.
+            print(json.dumps(event_json(event, news.transfer_id, time.time(), self.meter)),
+                  flush=True)
         if isinstance(event, Progress) and self.tty and now - self.shown_at >= 1 / PROGRESS_RATE:
             self.shown_at = now
             print(f"\r{self.meter.line()}\x1b[K", end="", file=sys.stderr, flush=True)
@@ -682,6 +687,14 @@ def run_invite_chat(args: argparse.Namespace) -> int:
         raise UsageError("use either --invite or --join, not both")
     if args.static:
         raise UsageError("invites use the default mode, not --static")
+    given = [flag for flag, attr in (("--user", "user"), ("--peer", "peer"),
+                                     ("--passcode-file", "passcode_file"),
+                                     ("--passcode", "passcode"), ("--identity", "identity"))
+             if getattr(args, attr, None)]
+    if given:
+        # Taken silently, they would be ignored: an invite has no names and no passcode.
+        raise UsageError(f"an invite uses no names and no passcode: drop {', '.join(given)} "
+                         "(or drop --invite/--join to chat as a named pair)")
     if not ttl_in_range(args.ttl):
         raise UsageError(f"--ttl {args.ttl} is out of range: use {TTL_MIN} to {TTL_MAX} "
                          "seconds")

@@ -813,6 +813,10 @@ class ChatView:
         key = (width, line.state, line.reason)
         if line._cache is None or line._cache[0] != key:
             indent = INFO_INDENT + line.hang if line.kind == "info" else MESSAGE_INDENT
+            if line.kind == "info" and indent * 2 > width:
+                # Too narrow for the label column too (wrap would drop the whole
+                # indent): keep the notices' own column, clear of the time stamps.
+                indent = INFO_INDENT
             line._cache = (key, wrap(self._segments(line), width, indent=indent))
         rows = line._cache[1]
         if line.expires_at is None:

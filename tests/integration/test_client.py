@@ -181,7 +181,8 @@ def test_the_library_refuses_a_ttl_out_of_range_and_reports_what_is_open_at_clos
             await alice.aclose()
             left = [e async for e in events]
             assert [(e.n, e.reason) for e in left if isinstance(e, chat.Undelivered)] == [
-                (n, "the chat was closed before it was confirmed")]
+                (n, "the chat was closed before it was confirmed; no secure session with "
+                    "bob came up to send it")]
     run(main())
 
 

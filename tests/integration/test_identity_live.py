@@ -60,3 +60,29 @@ def test_the_same_user_run_twice_in_a_row_always_gets_the_name():
             await r5.kill()
     run(main(), timeout=120)
 
+
+
+def test_the_same_relay_under_another_address_says_which_key_was_used(tmp_path):
+    """Tried as a new user: `--server localhost:8765`, then `--server [::1]:8765` (the
+    same relay) was refused with "the name 'alice' belongs to another key ... Wait, or
+    pick another name", though that other key was the user's own, kept for the other
+    spelling of the address. The refusal now names the key kept for the other address."""
+    from helpers import relay_running
+
+    env = {"HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")}
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            first = await Chat.start(port, "alice", "bob", "--wait", "1", env=env)
+            await first.wait_for(r"connected to", stream="stderr")
+            await first.end_input()
+            assert await first.exit_code() == 0, first.stderr
+            again = await Chat.start(port, "alice", "bob", "--wait", "1", env=env,
+                                     host="localhost")
+            assert await again.exit_code() == 1, again.stderr
+            said = "\n".join(again.stderr)
+            assert "belongs to another key" in said, said
+            assert f"127.0.0.1_{port}" in said and "--identity" in said, said
+
+    run(main(), timeout=60)

@@ -167,3 +167,21 @@ def test_a_relay_that_ends_the_session_mid_file_leaves_nothing_in_the_screens_di
             chat.close()
             asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(5)
             loop.call_soon_threadsafe(loop.stop)
+
+
+@needs_tmux
+def test_an_invite_waiting_for_the_other_side_shows_the_relay_connected(
+        chat_term: Chat) -> None:  # noqa: F811
+    """Tried as a new user: while the code waited to be typed, the status bar said
+    "127.0.0.1:PORT connecting…" for minutes, though the relay had handed out the
+    code (so it was connected): the wait is for the other side, not for the relay."""
+    term = chat_term.term
+    server = f"127.0.0.1:{chat_term.port}"
+    term.run(f"{PYTHON} msgr.py chat --invite --server {server} "
+             f"{' '.join(chat_term.tls_args())}; echo rc=$?")
+    term.wait(r"your invite code is\s+\d+-[a-z]+-[a-z]+", 20)
+    term.wait(r"waiting for the other side", 10)
+    bar = term.screen().splitlines()[0]
+    assert server in bar and "connecting" not in bar, bar
+    term.run("/quit")
+    chat_term.wait_exit(0)

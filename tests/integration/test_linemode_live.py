@@ -109,3 +109,73 @@ def test_input_that_cannot_be_read_is_one_line_and_exit_1() -> None:
     assert b"msgr: cannot read input: Bad file descriptor" in err
     assert b"Traceback" not in err
 
+
+
+# -- end of input right after a message arrives ---------------------------------------------
+
+def test_a_client_that_ends_right_after_a_message_still_sends_its_receipt(tmp_path) -> None:
+    """make demo, and any script that closes the receiver's input once it printed the
+    last line: the receiver's own messages were all confirmed, so it said bye at once,
+    before the receipt it owed for the line it had just printed went out (here the
+    relay's byte rate holds that receipt back a while); the sender then waited out
+    --wait and exited 3, "not delivered", for a message that was shown."""
+    from helpers import Chat
+
+    from msgrlib.relay.config import RelayConfig
+
+    async def main() -> None:
+        # bob's handshake and his two long lines use the byte burst up (the second
+        # line waits for bytes), so his receipt for alice's "bye" waits a second or two.
+        config = RelayConfig(rate_bytes=400, burst_bytes=12_000)
+        async with relay_running(config) as srv:
+            port = srv.address[1]
+            home = {"HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")}
+            alice = await Chat.start(port, "alice", "bob", "--wait", "8", env=home)
+            bob = await Chat.start(port, "bob", "alice", "--wait", "8", env=home)
+            try:
+                await bob.say("a" * 4400)
+                await bob.say("b" * 4400)
+                await alice.wait_for(r"^bob: b+$", timeout=30)
+                await alice.say("bye")
+                await alice.end_input()
+                try:
+                    await bob.wait_for(r"^alice: bye$")
+                except AssertionError:
+                    raise AssertionError(alice.stderr) from None
+                await bob.end_input()  # at once, as make demo does
+                codes = await alice.exit_code(), await bob.exit_code()
+                assert codes == (0, 0), (alice.stderr, bob.stderr)
+            finally:
+                await alice.kill()
+                await bob.kill()
+
+    run(main(), timeout=60)
+
+
+def test_a_line_never_sent_for_a_wrong_passcode_says_so_when_given_up(tmp_path) -> None:
+    """Tried with two different passcodes: both sides reported their line as "not
+    confirmed within 3 s of the end of input", as if the peer had been slow, while
+    it never left for want of a session (the handshake had failed)."""
+    from helpers import Chat
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            home = {"HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")}
+            ivy = await Chat.start(port, "ivy", "jon", "--wait", "1", env=home,
+                                   passcode="the first passcode")
+            jon = await Chat.start(port, "jon", "ivy", "--wait", "1", env=home,
+                                   passcode="another passcode")
+            try:
+                for side in (ivy, jon):
+                    await side.wait_for(r"passcode mismatch", stream="stderr")
+                    await side.say("hi")
+                    await side.end_input()
+                    assert await side.exit_code() == 3, side.stderr
+                    line = next(x for x in side.stderr if "#1 was not delivered" in x)
+                    assert "end of input" in line and "passcode mismatch" in line, line
+            finally:
+                await ivy.kill()
+                await jon.kill()
+
+    run(main(), timeout=60)

@@ -331,3 +331,40 @@ def _port_outside_the_ephemeral_range() -> int:
             return port
     raise AssertionError("no free port in 20000-31999")
 
+
+
+@needs_tmux
+def test_quit_right_after_a_message_still_sends_its_receipt(tmp_path) -> None:
+    """/quit as soon as the peer's line shows: the receipt owed for it may still wait
+    (paced under the relay's rates: here its byte rate, after two long lines); the
+    screen closed at once, and the peer reported a message that was shown as not
+    delivered (exit 3)."""
+    from msgrlib.tls import x509
+
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    with relay_process("--tls", "--cert", cert, "--key", key, "--log-level", "warning",
+                       "--rate-bytes", "400", "--burst-bytes", "12000") as (_, port):
+        with open(cert, "rb") as f:
+            fp = x509.fingerprint(f.read())
+        session = Chat((port, fp, str(tmp_path)), "quitreceipt")
+        try:
+            term = session.term
+            peer = session.start_peer("--wait", "8")
+            session.start()
+            session.wait_session()
+            for letter in "ab":
+                (tmp_path / "paste").write_text(letter * 4400)
+                term.tmux("load-buffer", str(tmp_path / "paste"))
+                term.tmux("paste-buffer", "-p", "-t", "t")
+                term.press("Enter")
+            peer.wait_line(f"{session.me}: {'b' * 4400}", timeout=30)
+            term.wait(r"b +delivered ✓", timeout=30)
+            peer.say("last words")
+            assert peer.proc.stdin is not None
+            peer.proc.stdin.close()
+            term.wait("last words")
+            term.run("/quit")
+            session.wait_exit(0)
+            assert peer.proc.wait(20) == 0, "\n".join(peer.errors)
+        finally:
+            session.close()

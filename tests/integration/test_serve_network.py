@@ -110,3 +110,24 @@ def test_cli_serves_both_families_and_says_what_it_dropped_when_stopped(how):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_tls_on_a_busy_port_leaves_no_certificate_behind(tmp_path):
+    """Tried as a new user: `msgr serve --tls` with the port taken printed "created a
+    self-signed certificate cert.pem and key key.pem", then "cannot listen": the failed
+    command left two files (one a private key) in the directory it was run in."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "msgr.py"), "serve", "--tls", "--host",
+             "127.0.0.1", "--port", str(port)], cwd=tmp_path, capture_output=True, text=True,
+            timeout=30, stdin=subprocess.DEVNULL)
+    finally:
+        busy.close()
+    assert done.returncode == 1, done.stderr
+    assert "cannot listen on 127.0.0.1:" in done.stderr, done.stderr
+    assert "created" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)

@@ -420,6 +420,22 @@ def test_status_values_wrap_under_their_column() -> None:
     assert rows[at + 1].startswith(" " * column) and rows[at + 1][column] != " "
 
 
+def test_status_values_wrap_under_the_notice_column_at_40_columns() -> None:
+    """Tried at 40 columns: the label column and the notice indent together were too
+    wide, so both were dropped and /status's values wrapped to column 0, under the
+    time stamps ("with dave (online)", "secrecy", "not verified" flush left)."""
+    view = make_view(tls=True)
+    view.fingerprint = "SHA256:" + ":".join(["AB"] * 32)
+    view.info("\n".join(view.status_lines(mode="ratchet", pending=0)), now=NOW,
+              hang=ui_view.STATUS_LABEL)
+    rows = screen_text(view, width=40, height=40).splitlines()
+    first = next(i for i, row in enumerate(rows) if "relay" in row and row[:2].isdigit())
+    last = next(i for i, row in enumerate(rows) if "not yet confirmed" in row)
+    block = rows[first + 1:last + 1]
+    assert len(block) > 8, rows  # it does wrap at this width
+    assert all(row.startswith(" " * ui_view.INFO_INDENT) for row in block), "\n".join(rows)
+
+
 def test_the_status_bar_keeps_verified_longest() -> None:
     """Found in review: at 40 columns the bar dropped "verified" before the
     relay address."""
