@@ -93,7 +93,7 @@ def test_static_mode_offline_peer_gets_the_message_within_ttl_and_not_after():
 def test_wrong_passcode_gives_a_notice_not_a_crash():
     async def main():
         async with relay_subprocess() as (_, port, _):
-            alice = await Chat.start(port, "alice", "bob", passcode="right one")
+            alice = await Chat.start(port, "alice", "bob", "--ttl", "5", passcode="right one")
             bob = await Chat.start(port, "bob", "alice", passcode="wrong one")
             await alice.say("secret words")
             line = await bob.wait_for("passcode mismatch, or someone is interfering",
