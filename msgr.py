@@ -196,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--plain", action="store_true",
                       help="on a terminal, use the simple line interface instead of the "
                       "full screen")
-    from msgrlib.ui import transfer_cli
-    transfer_cli.add_commands(sub)
+    from msgrlib.ui import transfer_args
+    transfer_args.add_commands(sub)
     return parser
 
 
