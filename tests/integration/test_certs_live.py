@@ -9,7 +9,6 @@ import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Callable
-from datetime import timezone
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from msgrlib.tls.errors import (
     UnknownCertificate,
 )
 
-UTC = timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+)
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl binary")
 TIMEOUT = 5.0
@@ -242,7 +240,4 @@ def test_trust_on_first_use(pair: Pair, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------
 # KnownHosts
 
-
-FP_A = "SHA256:" + ":".join(["AA"] * 32)
-FP_B = "SHA256:" + ":".join(["BB"] * 32)
 

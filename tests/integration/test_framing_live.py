@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
 
 from framing import (
     DEFAULT_MAX_FRAME,
@@ -31,7 +30,6 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-FUZZ = settings.get_profile("msgr-fuzz")
 
 BIGGEST = 0xFFFF_FFFF
 
@@ -58,22 +56,6 @@ def nested_object(depth: int) -> bytes:
     return b'{"a":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
 
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=6,
-)
-json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=5)
-
-
 # -- size limits ------------------------------------------------------------
 
 
@@ -84,85 +66,6 @@ def body_of_size(size: int) -> dict[str, str]:
 
 
 # -- strictness -------------------------------------------------------------
-
-MALFORMED = {
-    "invalid utf-8": b'{"a":"\xff"}',
-    "overlong utf-8": b'{"a":"\xc0\xaf"}',
-    "utf-8 encoded surrogate": b'{"a":"\xed\xa0\x80"}',
-    "not json": b"hello",
-    "trailing data": b"{}{}",
-    "unterminated": b'{"a":',
-    "array": b"[1,2]",
-    "string": b'"hello"',
-    "number": b"42",
-    "null": b"null",
-    "true": b"true",
-    "NaN": b'{"a":NaN}',
-    "Infinity": b'{"a":Infinity}',
-    "-Infinity": b'{"a":-Infinity}',
-    "top-level NaN": b"NaN",
-    "float overflow": b'{"a":1e999}',
-    "huge integer": b'{"a":' + b"9" * 5000 + b"}",
-    "duplicate key": b'{"a":1,"a":2}',
-    "nested duplicate key": b'{"a":{"b":1,"b":1}}',
-    "duplicate key via escape": b'{"a":1,"\\u0061":2}',
-    "unpaired high surrogate": b'{"a":"\\ud800"}',
-    "unpaired low surrogate in key": b'{"\\udc00":1}',
-    "unpaired surrogate deep": b'{"a":[{"b":"x\\udbff"}]}',
-    "raw control character": b'{"a":"\x01"}',
-    "byte order mark": b'\xef\xbb\xbf{"a":1}',
-    "single quotes": b"{'a':1}",
-    "trailing comma": b'{"a":1,}',
-}
-
-
-# Byte soup that looks like JSON, to reach the parser's corners.
-json_tokens = st.sampled_from(
-    [
-        b"{", b"}", b"[", b"]", b":", b",", b'"', b'"a"', b'"b"', b"1", b"-", b"0.5",
-        b"e9", b"1e999", b"NaN", b"Infinity", b"true", b"null", b" ", b"\\", b"\\u",
-        b"\\ud800", b"\\udc00", b"\\\\", b"\xff", b"\xc3\xa9", b"\xed\xa0\x80", b"\x00",
-    ]
-)
-json_soup = st.lists(json_tokens, max_size=40).map(b"".join)
-# Inside a well-formed object, to reach string and number handling.
-string_tokens = st.sampled_from(
-    [
-        b"a", b"\\ud800", b"\\udc00", b"\\ud83d", b"\\ude00", b"\\u0041", b"\\n",
-        b"\\", b'\\"', b"\\x", b"\xe9", b"\xc3\xa9", b"\x01", b"\\u12",
-    ]
-)
-object_soup = st.tuples(
-    st.lists(string_tokens, max_size=8).map(b"".join),
-    st.lists(string_tokens, max_size=8).map(b"".join),
-    st.sampled_from([b"1", b"-0", b"1.5e308", b"2e308", b"-1e400", b"0.1", b"[]", b"{}"]),
-).map(lambda t: b'{"' + t[0] + b'":"' + t[1] + b'","n":' + t[2] + b"}")
-
-
-@st.composite
-def mutated_streams(draw: st.DrawFn) -> bytes:
-    messages = draw(st.lists(json_objects, min_size=1, max_size=3))
-    data = bytearray(b"".join(encode_frame(m) for m in messages))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "insert", "delete"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[pos] ^= draw(st.integers(1, 255))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=4))
-        elif data:
-            del data[pos : pos + draw(st.integers(1, 4))]
-    return bytes(data)
-
-
-fuzz_streams = st.one_of(
-    st.binary(max_size=300),
-    st.binary(max_size=200).map(frame_of),
-    json_soup.map(frame_of),
-    object_soup.map(frame_of),
-    st.lists(json_soup.map(frame_of), max_size=4).map(b"".join),
-    mutated_streams(),
-)
 
 
 # -- asyncio glue over real sockets -----------------------------------------

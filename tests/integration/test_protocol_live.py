@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 
 import pytest
 from helpers import RawClient, relay_running, run, tls_contexts
@@ -17,23 +16,6 @@ import kdf
 from msgrlib import protocol
 from msgrlib.client import connection as client
 from msgrlib.errors import Refused
-
-EXAMPLES = int(os.environ.get("MSGR_FUZZ_EXAMPLES", "300"))
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**64, 2**64)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                               max_size=4),
-    max_leaves=10)
-FIELDS = ["type", "v", "user", "key", "sig", "to", "body", "ttl", "kind", "ref", "id", "ids",
-          "t", "nonce", "relay", "limits", "expires_at", "from", "online", "code", "message",
-          "fatal"]
-KINDS = ["hello", "auth", "send", "ack", "watch", "ping", "bye", "challenge", "welcome",
-         "accepted", "deliver", "expired", "presence", "pong", "error", "shutdown", "x"]
-objects = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=8).flatmap(
-    lambda d: st.sampled_from(KINDS).map(lambda kind: {**d, "type": kind}))
-
 
 names = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,31}", fullmatch=True)
 
@@ -126,15 +108,4 @@ def test_a_hostile_tls_relay_cannot_forward_another_relays_challenge(tmp_path):
                 evil.close()
     run(main())
 
-
-send_like = st.fixed_dictionaries(
-    {"type": st.sampled_from(["send", "ack"])},
-    optional={"to": st.sampled_from(["bob", "Bob", "", 5, None]),
-              "body": st.sampled_from(["s1.x", 5, None, ""]),
-              "ttl": st.sampled_from([30, 30.0, True, None, "30", -1]),
-              "kind": st.sampled_from(["msg", "hs", "x", None]),
-              "ref": st.sampled_from([1, 2**60, 1.0, True, None, "1"]),
-              "id": st.sampled_from([1, "1", None, 1.5]),
-              "ids": st.sampled_from([[1, 2], [], [1, "2"], "1", None, [True],
-                                      list(range(1025))])})
 

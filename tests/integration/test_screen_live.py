@@ -13,8 +13,6 @@ import pytest
 from helpers import PYTHON, ROOT, chat_process, relay_process
 from tmuxterm import PASSCODE, Chat, Peer, needs_tmux, wait_until
 
-NOW = 1_700_000_000.0
-
 
 def test_import_fails_cleanly_without_curses() -> None:
     """Where curses is missing, the screen's modules fail to import (msgr.py
@@ -50,8 +48,8 @@ def test_the_view_model_loads_no_curses_and_ui_modules_form_no_cycle() -> None:
                 names.update(alias.name for alias in node.names)
         graph[path.stem] = {name.split(".")[2] for name in names
                             if name.startswith("msgrlib.ui.") and name.count(".") >= 2}
-    order = ["options", "view", "terminal", "linemode", "app",  # each imports only earlier ones
-             "transfer_cli"]
+    order = ["transfer_args", "options", "view", "terminal", "linemode", "app",  # each imports
+             "transfer_cli"]                                                # only earlier ones
     for module, imports in graph.items():
         if module == "__init__":
             continue
@@ -330,7 +328,6 @@ def _port_outside_the_ephemeral_range() -> int:
                 continue
             return port
     raise AssertionError("no free port in 20000-31999")
-
 
 
 @needs_tmux

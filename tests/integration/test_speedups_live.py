@@ -3,34 +3,12 @@ unit tests are in tests/unit/test_speedups.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 
-from hypothesis import strategies as st
-
-import framing
-from msgrlib import speedups
-
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-EXAMPLES = int(os.environ.get("MSGR_FUZZ_EXAMPLES", "200"))
-
-_full_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False,
-                                separators=(",", ":")).encode
-_fast_encode = speedups.fast_json_encoder(_full_encode)
-_decoder = json.JSONDecoder(object_pairs_hook=framing._pairs_to_dict,
-                            parse_constant=framing._reject_constant,
-                            parse_float=framing._parse_float)
-_fast_decode = speedups.fast_json_decoder(_decoder, (framing.FramingError,))
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=20,
-)
 
 
 def test_framing_and_kdf_work_copied_alone(tmp_path):
