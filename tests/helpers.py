@@ -10,9 +10,11 @@ import base64
 import contextlib
 import os
 import re
+import struct
 import subprocess
 import sys
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -417,3 +419,63 @@ def send_frame(to: str, body: str = "s1.opaque", ref: int = 1, ttl: int = 30,
 
 #: Published test vectors (RFC 9106, the CFRG CPace draft), with their sources.
 VECTORS = Path(__file__).resolve().parent / "vectors"
+
+
+# -- shared by the unit and integration halves of a module's tests ---------------------------
+
+#: Frames of every shape the framing tests round-trip.
+SAMPLE_FRAMES = [
+    {"type": "hello", "user": "alice", "version": 1},
+    {"type": "send", "to": "bob", "ttl": 30, "ref": 17, "body": "QUJD" * 40},
+    {"type": "ack", "ref": 17, "ok": True, "error": None},
+    {"type": "text", "body": "héllo wörld ✓ 😀", "nested": {"a": [1, 2, {"b": []}]}},
+    {},
+]
+#: The largest length a 4-byte prefix can declare.
+BIGGEST = 0xFFFF_FFFF
+
+
+def prefix(size: int) -> bytes:
+    """The 4-byte big-endian length prefix."""
+    return struct.pack(">I", size)
+
+
+def frame_of(body: bytes) -> bytes:
+    return prefix(len(body)) + body
+
+
+def nested_object(depth: int) -> bytes:
+    """A body whose nesting depth is exactly ``depth`` (top-level object = 1)."""
+    assert depth >= 1
+    return b'{"a":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
+
+
+# A tiny DER reader, to check structure without trusting the encoder under test.
+def tlvs(data: bytes) -> list[tuple[int, bytes]]:
+    out = []
+    i = 0
+    while i < len(data):
+        tag, n = data[i], data[i + 1]
+        i += 2
+        if n & 0x80:
+            k = n & 0x7F
+            assert 1 <= k <= 4 and data[i] != 0, "non-minimal long form"
+            n = int.from_bytes(data[i : i + k], "big")
+            assert n >= 0x80, "long form for a short length"
+            i += k
+        out.append((tag, data[i : i + n]))
+        i += n
+    assert i == len(data)
+    return out
+
+
+def one(data: bytes) -> tuple[int, bytes]:
+    (item,) = tlvs(data)
+    return item
+
+
+def unsafe(text: str) -> list[str]:
+    """The characters of ``text`` that must never reach a terminal raw."""
+    from msgrlib.util.safetext import UNSAFE_CATEGORIES
+    return [c for c in text if unicodedata.category(c) in UNSAFE_CATEGORIES]
+

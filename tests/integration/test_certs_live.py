@@ -25,30 +25,6 @@ needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl binary")
 TIMEOUT = 5.0
 
 
-# A tiny DER reader, to check structure without trusting the encoder under test.
-def tlvs(data: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    i = 0
-    while i < len(data):
-        tag, n = data[i], data[i + 1]
-        i += 2
-        if n & 0x80:
-            k = n & 0x7F
-            assert 1 <= k <= 4 and data[i] != 0, "non-minimal long form"
-            n = int.from_bytes(data[i : i + k], "big")
-            assert n >= 0x80, "long form for a short length"
-            i += k
-        out.append((tag, data[i : i + n]))
-        i += n
-    assert i == len(data)
-    return out
-
-
-def one(data: bytes) -> tuple[int, bytes]:
-    (item,) = tlvs(data)
-    return item
-
-
 @needs_openssl
 def test_openssl_parses_certificate_and_key(tmp_path: Path) -> None:
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from helpers import BIGGEST, SAMPLE_FRAMES, frame_of, nested_object, prefix
 
 from framing import (
     DEFAULT_MAX_FRAME,
@@ -23,38 +21,6 @@ from framing import (
     read_frame,
     write_frame,
 )
-
-settings.register_profile(
-    "msgr-fuzz",
-    max_examples=int(os.environ.get("MSGR_FUZZ_EXAMPLES", "200")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-
-BIGGEST = 0xFFFF_FFFF
-
-SAMPLE = [
-    {"type": "hello", "user": "alice", "version": 1},
-    {"type": "send", "to": "bob", "ttl": 30, "ref": 17, "body": "QUJD" * 40},
-    {"type": "ack", "ref": 17, "ok": True, "error": None},
-    {"type": "text", "body": "héllo wörld ✓ 😀", "nested": {"a": [1, 2, {"b": []}]}},
-    {},
-]
-
-
-def prefix(size: int) -> bytes:
-    return struct.pack(">I", size)
-
-
-def frame_of(body: bytes) -> bytes:
-    return prefix(len(body)) + body
-
-
-def nested_object(depth: int) -> bytes:
-    """A body whose nesting depth is exactly ``depth`` (top-level object = 1)."""
-    assert depth >= 1
-    return b'{"a":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
-
 
 # -- size limits ------------------------------------------------------------
 
@@ -103,11 +69,11 @@ def run(coro: Any) -> Any:
 def test_write_then_read_frames_then_clean_eof() -> None:
     async def main() -> None:
         async with socket_pair() as ((_, cw), (sr, _)):
-            for message in SAMPLE:
+            for message in SAMPLE_FRAMES:
                 await write_frame(cw, message)
             cw.close()
-            got = [await read_frame(sr) for _ in SAMPLE]
-            assert got == SAMPLE
+            got = [await read_frame(sr) for _ in SAMPLE_FRAMES]
+            assert got == SAMPLE_FRAMES
             assert await read_frame(sr) is None
             assert await read_frame(sr) is None
 
@@ -118,7 +84,7 @@ def test_write_then_read_frames_then_clean_eof() -> None:
 def test_read_frame_eof_mid_frame(cut: int) -> None:
     async def main() -> None:
         async with socket_pair() as ((_, cw), (sr, _)):
-            cw.write(encode_frame(SAMPLE[1])[:cut])
+            cw.write(encode_frame(SAMPLE_FRAMES[1])[:cut])
             await cw.drain()
             cw.close()
             with pytest.raises(TruncatedFrame) as info:

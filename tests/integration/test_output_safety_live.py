@@ -6,34 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import unicodedata
 
-from helpers import ROOT, Proxy, chat_argv, relay_running, run
-
-from msgrlib.client import core as chat
-from msgrlib.client.events import Status
-from msgrlib.util.safetext import UNSAFE_CATEGORIES
-
-
-def unsafe(text: str) -> list[str]:
-    return [c for c in text if unicodedata.category(c) in UNSAFE_CATEGORIES]
-
-
-def events(s: list[str]) -> list[object]:
-    text, name, reason, detail, notice, sid = s
-    return [
-        chat.Received(name, text, 1.7e9, 1.7e9 + 30, 30),
-        chat.Notice(notice, "info", "warn"),
-        chat.Notice(notice, "passcode_mismatch", "error"),
-        chat.Undelivered(3, reason),
-        chat.Delivered(3),
-        chat.Presence(True),
-        chat.SessionStarted(detail, sid, True),
-        Status("connected", detail, "SHA256:" + sid),
-        Status("disconnected", reason),
-        Status("trust", notice),
-    ]
-
+from helpers import ROOT, Proxy, chat_argv, relay_running, run, unsafe
 
 # -- a hostile relay, real processes -----------------------------------------------------
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import struct
 from typing import Any
 
 import pytest
+from helpers import BIGGEST, SAMPLE_FRAMES, frame_of, nested_object, prefix
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,30 +36,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 FUZZ = settings.get_profile("msgr-fuzz")
-
-BIGGEST = 0xFFFF_FFFF
-
-SAMPLE = [
-    {"type": "hello", "user": "alice", "version": 1},
-    {"type": "send", "to": "bob", "ttl": 30, "ref": 17, "body": "QUJD" * 40},
-    {"type": "ack", "ref": 17, "ok": True, "error": None},
-    {"type": "text", "body": "héllo wörld ✓ 😀", "nested": {"a": [1, 2, {"b": []}]}},
-    {},
-]
-
-
-def prefix(size: int) -> bytes:
-    return struct.pack(">I", size)
-
-
-def frame_of(body: bytes) -> bytes:
-    return prefix(len(body)) + body
-
-
-def nested_object(depth: int) -> bytes:
-    """A body whose nesting depth is exactly ``depth`` (top-level object = 1)."""
-    assert depth >= 1
-    return b'{"a":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
 
 
 def nested_array(depth: int) -> bytes:
@@ -86,33 +62,33 @@ def test_encode_format_is_compact_utf8_with_big_endian_length() -> None:
 
 
 def test_round_trip_whole_stream() -> None:
-    stream = b"".join(encode_frame(m) for m in SAMPLE)
+    stream = b"".join(encode_frame(m) for m in SAMPLE_FRAMES)
     decoder = FrameDecoder()
-    assert decoder.feed(stream) == SAMPLE
+    assert decoder.feed(stream) == SAMPLE_FRAMES
     assert decoder.buffered == 0
     decoder.feed_eof()
 
 
 def test_round_trip_byte_by_byte() -> None:
-    stream = b"".join(encode_frame(m) for m in SAMPLE)
+    stream = b"".join(encode_frame(m) for m in SAMPLE_FRAMES)
     decoder = FrameDecoder()
     out: list[dict[str, Any]] = []
     for i in range(len(stream)):
         out.extend(decoder.feed(stream[i : i + 1]))
         assert decoder.buffered < len(stream)
-    assert out == SAMPLE
+    assert out == SAMPLE_FRAMES
     decoder.feed_eof()
 
 
 def test_partial_frame_is_buffered_until_complete() -> None:
-    frame = encode_frame(SAMPLE[1])
+    frame = encode_frame(SAMPLE_FRAMES[1])
     decoder = FrameDecoder()
     assert decoder.feed(frame[:-1]) == []
     assert decoder.buffered == len(frame) - 1
-    assert decoder.feed(frame[-1:] + frame[:3]) == [SAMPLE[1]]
+    assert decoder.feed(frame[-1:] + frame[:3]) == [SAMPLE_FRAMES[1]]
     assert decoder.buffered == 3
     assert decoder.feed(b"") == []
-    assert decoder.feed(frame[3:]) == [SAMPLE[1]]
+    assert decoder.feed(frame[3:]) == [SAMPLE_FRAMES[1]]
     assert decoder.buffered == 0
 
 
@@ -125,10 +101,10 @@ def test_many_small_frames_in_one_chunk() -> None:
 
 
 def test_feed_accepts_bytearray_and_memoryview() -> None:
-    frame = encode_frame(SAMPLE[0])
+    frame = encode_frame(SAMPLE_FRAMES[0])
     decoder = FrameDecoder()
-    assert decoder.feed(bytearray(frame)) == [SAMPLE[0]]
-    assert decoder.feed(memoryview(frame)) == [SAMPLE[0]]
+    assert decoder.feed(bytearray(frame)) == [SAMPLE_FRAMES[0]]
+    assert decoder.feed(memoryview(frame)) == [SAMPLE_FRAMES[0]]
 
 
 scalars = (
@@ -349,15 +325,15 @@ def test_clean_eof() -> None:
     decoder = FrameDecoder()
     decoder.feed_eof()
     decoder = FrameDecoder()
-    decoder.feed(encode_frame(SAMPLE[0]))
+    decoder.feed(encode_frame(SAMPLE_FRAMES[0]))
     decoder.feed_eof()
 
 
 @pytest.mark.parametrize("cut", [1, 2, 3, 4, 5, 20])
 def test_truncated_at_eof(cut: int) -> None:
-    frame = encode_frame(SAMPLE[1])
+    frame = encode_frame(SAMPLE_FRAMES[1])
     decoder = FrameDecoder()
-    assert decoder.feed(encode_frame(SAMPLE[0]) + frame[:cut]) == [SAMPLE[0]]
+    assert decoder.feed(encode_frame(SAMPLE_FRAMES[0]) + frame[:cut]) == [SAMPLE_FRAMES[0]]
     with pytest.raises(TruncatedFrame) as info:
         decoder.feed_eof()
     assert info.value.buffered == cut
@@ -368,7 +344,7 @@ def test_truncated_at_eof(cut: int) -> None:
 
 def test_decoder_stays_dead_after_malformed_frame() -> None:
     decoder = FrameDecoder()
-    good = encode_frame(SAMPLE[0])
+    good = encode_frame(SAMPLE_FRAMES[0])
     with pytest.raises(MalformedFrame) as first:
         decoder.feed(good + frame_of(b"[]") + good)
     for _ in range(3):

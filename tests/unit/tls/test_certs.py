@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from helpers import one, tlvs
 from hypothesis import given
 from hypothesis import strategies as st
 from nacl.signing import VerifyKey
@@ -42,30 +43,6 @@ def fixed_rng(label: bytes) -> Callable[[int], bytes]:
         return hashlib.sha512(label + counter.to_bytes(4, "big")).digest()[:n]
 
     return rng
-
-
-# A tiny DER reader, to check structure without trusting the encoder under test.
-def tlvs(data: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    i = 0
-    while i < len(data):
-        tag, n = data[i], data[i + 1]
-        i += 2
-        if n & 0x80:
-            k = n & 0x7F
-            assert 1 <= k <= 4 and data[i] != 0, "non-minimal long form"
-            n = int.from_bytes(data[i : i + k], "big")
-            assert n >= 0x80, "long form for a short length"
-            i += k
-        out.append((tag, data[i : i + n]))
-        i += n
-    assert i == len(data)
-    return out
-
-
-def one(data: bytes) -> tuple[int, bytes]:
-    (item,) = tlvs(data)
-    return item
 
 
 def pem_body(pem: bytes) -> bytes:

@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import io
 import json
-import unicodedata
 from types import SimpleNamespace
 
+from helpers import unsafe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +25,6 @@ from msgrlib.client import core as chat
 from msgrlib.client.events import Status
 from msgrlib.ui import linemode
 from msgrlib.ui.view import ChatView
-from msgrlib.util.safetext import UNSAFE_CATEGORIES
 
 #: Strings from outside: anything, with the attacker's favourites made likely.
 HOSTILE = st.text(alphabet=st.one_of(
@@ -33,10 +32,6 @@ HOSTILE = st.text(alphabet=st.one_of(
     st.sampled_from(["\x1b", "\x9b", "\x07", "\r", "\n", "\u2028", "\u2029", "\u202e",
                      "\u200b", "\u200d", "\ufeff", "\U000e0041", "\ue000", "\ud800",
                      "\u0378", "\x7f", "\t"])))
-
-
-def unsafe(text: str) -> list[str]:
-    return [c for c in text if unicodedata.category(c) in UNSAFE_CATEGORIES]
 
 
 def check_stream(text: str, writes: int) -> None:
