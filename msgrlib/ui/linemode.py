@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from msgrlib.client import events
@@ -151,6 +152,42 @@ def decode_line(raw: bytes) -> str:
     return raw.decode("utf-8").rstrip("\r\n")
 
 
+def line_text(raw: bytes | None) -> str:
+    """An input line from :func:`start_reader` as text, or :class:`MsgrError`
+    saying why it cannot be sent (too long to have been kept, not UTF-8)."""
+    if raw is None:
+        raise MsgrError(f"it is longer than {MAX_LINE_BYTES:,} bytes")
+    try:
+        return decode_line(raw)
+    except UnicodeDecodeError as err:
+        raise MsgrError(f"it is not UTF-8 text (byte {err.start + 1} is "
+                        f"0x{raw[err.start]:02x})") from None
+
+
+def start_reader(loop: asyncio.AbstractEventLoop, on_line: Callable[[bytes | None], Any],
+                 on_error: Callable[[OSError], Any], on_eof: Callable[[], Any]) -> None:
+    """Read stdin as bytes in a daemon thread and call back on ``loop``: ``on_line``
+    per line (None for one too long to keep), ``on_error`` if reading fails, then
+    ``on_eof``. os.read, not sys.stdin: no locale decoding, and no lock of
+    Python's buffered reader held while blocked (a daemon thread holding it
+    aborts the interpreter at exit)."""
+    fd = sys.stdin.fileno()
+
+    def reader() -> None:
+        splitter = LineSplitter()
+        try:
+            while data := os.read(fd, 65536):
+                for raw in splitter.feed(data):
+                    loop.call_soon_threadsafe(on_line, raw)
+            for raw in splitter.feed_eof():
+                loop.call_soon_threadsafe(on_line, raw)
+        except OSError as err:
+            loop.call_soon_threadsafe(on_error, err)
+        loop.call_soon_threadsafe(on_eof)
+
+    threading.Thread(target=reader, name="msgr-stdin", daemon=True).start()
+
+
 def run_lines(options: ChatOptions, *, interactive: bool = False) -> int:
     """Run line mode until end of input (or Ctrl-C); return the exit code."""
     if options.static:
@@ -181,16 +218,11 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
         if eof.is_set():
             return  # after /quit: what is typed while we wait is not sent
         count += 1
-        if raw is None:
-            refused.append(count)
-            notice(f"input line {count} not sent: it is longer than {MAX_LINE_BYTES:,} bytes")
-            return
         try:
-            line = decode_line(raw)
-        except UnicodeDecodeError as err:
+            line = line_text(raw)
+        except MsgrError as err:
             refused.append(count)
-            notice(f"input line {count} not sent: it is not UTF-8 text "
-                   f"(byte {err.start + 1} is 0x{raw[err.start]:02x})")
+            notice(f"input line {count} not sent: {err}")
             return
         if not line:
             return
@@ -214,22 +246,6 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
         read_failed = True
         notice(f"cannot read input: {err.strerror or err}")
 
-    fd = sys.stdin.fileno()
-
-    def reader() -> None:
-        # os.read, not sys.stdin: no locale decoding, and no lock of Python's
-        # buffered reader held while blocked (a daemon thread holding it aborts
-        # the interpreter at exit).
-        splitter = LineSplitter()
-        try:
-            while data := os.read(fd, 65536):
-                for raw in splitter.feed(data):
-                    loop.call_soon_threadsafe(on_line, raw)
-            for raw in splitter.feed_eof():
-                loop.call_soon_threadsafe(on_line, raw)
-        except OSError as err:
-            loop.call_soon_threadsafe(cannot_read, err)
-        loop.call_soon_threadsafe(eof.set)
 
     # Ctrl-C or SIGTERM: say bye (so the name is free at once) and name the
     # messages whose fate is open, instead of a bare exit.
@@ -248,7 +264,7 @@ async def _lines(options: ChatOptions, key: bytes, interactive: bool) -> int:
         stop.cancel()
         running.result()  # raises the reason we could not connect
     if not interrupted.is_set():
-        threading.Thread(target=reader, name="msgr-stdin", daemon=True).start()
+        start_reader(loop, on_line, cannot_read, eof.set)
         ending = loop.create_task(eof.wait())
         await asyncio.wait({running, ending, stop}, return_when=asyncio.FIRST_COMPLETED)
         ending.cancel()

@@ -671,7 +671,7 @@ def run_invite_chat(args: argparse.Namespace) -> int:
 
 async def _invite_chat(args: argparse.Namespace, target: Any, code: Any) -> int:
     from msgrlib.client.events import Received, SessionStarted, Undelivered
-    from msgrlib.ui.linemode import MAX_LINE_BYTES, LineSplitter, decode_line
+    from msgrlib.ui.linemode import line_text, start_reader
 
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[int] = loop.create_future()
@@ -699,36 +699,17 @@ async def _invite_chat(args: argparse.Namespace, target: Any, code: Any) -> int:
         await up.wait()
         _say("type a line to send it; end of input (Ctrl-D) ends the chat")
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        fd = sys.stdin.fileno()
-
-        def reader() -> None:
-            # Bytes, decoded per line below (as line mode does): the locale plays no part,
-            # and a line that is not UTF-8 cannot end the reader.
-            splitter = LineSplitter()
-            try:
-                while data := os.read(fd, 65536):
-                    for raw in splitter.feed(data):
-                        loop.call_soon_threadsafe(queue.put_nowait, raw)
-                for raw in splitter.feed_eof():
-                    loop.call_soon_threadsafe(queue.put_nowait, raw)
-            except OSError as err:
-                loop.call_soon_threadsafe(_say, f"cannot read input: {err.strerror or err}")
-            loop.call_soon_threadsafe(queue.put_nowait, b"")
-
-        import threading
-        threading.Thread(target=reader, name="msgr-stdin", daemon=True).start()
+        # Bytes, decoded per line below (as line mode does): the locale plays no
+        # part, and a line that is not UTF-8 cannot end the reader.
+        start_reader(loop, queue.put_nowait,
+                     lambda err: _say(f"cannot read input: {err.strerror or err}"),
+                     lambda: queue.put_nowait(b""))
         refused: list[int] = []
         count = 0
         while (raw := await queue.get()) != b"":
             count += 1
             try:
-                if raw is None:
-                    raise MsgrError(f"it is longer than {MAX_LINE_BYTES:,} bytes")
-                try:
-                    line = decode_line(raw)
-                except UnicodeDecodeError as err:
-                    raise MsgrError(f"it is not UTF-8 text (byte {err.start + 1} is "
-                                    f"0x{raw[err.start]:02x})") from None
+                line = line_text(raw)
                 if line:
                     client.send(line)
             except MsgrError as err:
