@@ -92,7 +92,7 @@ class EngineRelay(Relay):
                 self._engine_failed(client, error)
                 return
             if client.state is State.CLOSED:  # gone while the engine answered
-                self._spawn_quiet(self.backend.release(user, conn))
+                self._spawn_quiet(self.backend.release(user, conn, bye=client.said_bye))
                 return
             if claimed.replaced is not None:
                 old = self.conns.get(claimed.replaced)
@@ -121,7 +121,7 @@ class EngineRelay(Relay):
             client.conn = None
             if self.conns.get(conn) is client:
                 del self.conns[conn]
-            self._spawn_quiet(self.backend.release(user, conn))
+            self._spawn_quiet(self.backend.release(user, conn, bye=client.said_bye))
             return
         if error is not None:
             self._engine_failed(client, error)

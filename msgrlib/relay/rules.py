@@ -93,7 +93,7 @@ class Client:
     """The relay's view of one connection."""
 
     __slots__ = ("link", "state", "user", "key", "nonce", "msgs", "bytes", "watching",
-                 "paused", "origin", "backlog", "steps", "conn", "__weakref__")
+                 "paused", "origin", "backlog", "steps", "conn", "said_bye", "__weakref__")
 
     def __init__(self, link: Link, now: float, config: RelayConfig) -> None:
         self.link = link
@@ -117,6 +117,8 @@ class Client:
         self.steps = 0
         #: The connection's id at the engine backend (None in memory).
         self.conn: str | None = None
+        #: Set when the connection ends: whether the client said ``bye``.
+        self.said_bye = False
 
     def __repr__(self) -> str:
         return f"<Client {self.user or '?'} {self.state.value} {self.link.address}>"
@@ -267,6 +269,11 @@ class Relay:
         self._unwatch(client)
         client.watching.clear()
         queued, client.backlog = client.backlog, None
+        # A bye still waiting behind an unanswered backend step was said: the
+        # client closed cleanly, whatever the relay had got round to.
+        if queued and not said_bye:
+            said_bye = any(frame.get("type") == "bye" for frame in queued)
+        client.said_bye = said_bye
         user = client.user
         if user is not None and was_ready:
             if queued:

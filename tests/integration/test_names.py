@@ -9,11 +9,12 @@ messages wait for it. The ``name_owned`` refusal says what happened.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import helpers
 import pytest
-from helpers import RawClient, chat_argv, relay_running, relay_subprocess, run, send_frame
+from helpers import RawClient, chat_argv, frame_of, relay_running, relay_subprocess, run, send_frame
 from nacl.signing import SigningKey
 
 from msgrlib.relay import config as relay_config
@@ -71,6 +72,25 @@ def test_bye_with_a_delivered_but_unacked_message_is_still_a_bye():
             message = (await _refusal(port, "bob"))["message"]
             assert "said bye" in message and "without saying bye" not in message
             assert "1 message waits for it" in message
+    run(main())
+
+
+def test_a_bye_sent_right_behind_a_send_and_the_close_is_still_a_bye():
+    """On the engine a send is answered later, so the bye behind it waits in
+    the connection's backlog when the close arrives: it still counts (the
+    CI failure of 2026-12-02 said a clean line-mode exit ended "without
+    saying bye")."""
+    async def main():
+        async with relay_running(FAST) as srv:
+            port = srv.address[1]
+            bob = await RawClient.login(port, "bob")
+            # One write: a send, the bye, then the end of the stream.
+            bob.writer.write(frame_of(json.dumps(send_frame("alice", "s1.x")).encode())
+                             + frame_of(b'{"type": "bye"}'))
+            bob.writer.write_eof()
+            await bob.closed()
+            message = (await _refusal(port, "bob"))["message"]
+            assert "said bye" in message and "without saying bye" not in message
     run(main())
 
 
