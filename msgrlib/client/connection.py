@@ -357,6 +357,18 @@ class ChatClient:
         """Tell the client that the core changed (e.g. after a /ttl command)."""
         self._kick()
 
+    def cancel_invite(self) -> bool:
+        """Give an invite's nameplate back (the relay's ``cancel``, PROTOCOL.md 3.6)
+        while it waits for the other side; ``run()`` then raises ``InviteError``
+        ("cancelled") when the relay confirms. False (nothing sent) when there is
+        no such nameplate now: not an inviter, no code yet, joined, or offline."""
+        rendezvous, writer = self.rendezvous, self._writer
+        if rendezvous is None or writer is None or writer.is_closing() \
+                or not rendezvous.can_cancel:
+            return False
+        self._write_frames(writer, rendezvous.cancel())
+        return True
+
     def reconnect_now(self) -> bool:
         """Try the relay again at once, if the client is waiting to reconnect.
 

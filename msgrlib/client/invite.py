@@ -13,6 +13,13 @@ States (one table; DONE and FAILED are terminal)::
 
     NEW --start--> WAITING --allocated (inviter)--> WAITING --joined--> DONE
     WAITING --nameplate_gone | nameplate error--> FAILED
+    WAITING --cancel (inviter, code known)--> CANCELLING
+    CANCELLING --nameplate_gone | joined | error--> FAILED  (InviteError "cancelled")
+
+:meth:`Rendezvous.cancel` gives the nameplate back with the relay's ``cancel``
+frame (the screen's ``/cancel``); the relay's ``nameplate_gone`` ends it. A
+``joined`` that crossed the cancel (the other side typed the code just then)
+ends it too: the user asked to stop, so the chat does not start.
 
 Errors::
 
@@ -71,6 +78,7 @@ class PeerJoined:
 class Step(enum.Enum):
     NEW = "new"
     WAITING = "waiting"
+    CANCELLING = "cancelling"
     DONE = "done"
     FAILED = "failed"
 
@@ -80,6 +88,8 @@ TRANSITIONS: dict[tuple[Step, str], Step] = {
     (Step.WAITING, "allocated"): Step.WAITING,
     (Step.WAITING, "joined"): Step.DONE,
     (Step.WAITING, "fail"): Step.FAILED,
+    (Step.WAITING, "cancel"): Step.CANCELLING,
+    (Step.CANCELLING, "fail"): Step.FAILED,
 }
 
 
@@ -112,9 +122,35 @@ class Rendezvous:
             return [protocol.Allocate().to_json()]
         return [protocol.Join(self.code.nameplate).to_json()]
 
+    @property
+    def can_cancel(self) -> bool:
+        """An inviter whose nameplate the relay gave and nobody has joined yet."""
+        return self.inviter and self.step is Step.WAITING and self.code is not None
+
+    def cancel(self) -> list[dict[str, Any]]:
+        """The frame that gives the nameplate back (nothing if :attr:`can_cancel` is
+        false); the relay answers ``nameplate_gone`` and :meth:`handle` then raises
+        ``InviteError("cancelled")``."""
+        if not self.can_cancel:
+            return []
+        assert self.code is not None
+        self._go("cancel")
+        return [protocol.Cancel(self.code.nameplate).to_json()]
+
     def handle(self, frame: protocol.RelayFrame) -> list[InviteReady | PeerJoined]:
         """A relay frame while waiting; other frames (presence...) are ignored.
         Raises :class:`InviteError` when the invite cannot go on."""
+        if self.step is Step.CANCELLING and (
+                isinstance(frame, protocol.Error)
+                or (isinstance(frame, (protocol.Joined, protocol.NameplateGone))
+                    and self.code is not None and frame.nameplate == self.code.nameplate)):
+            self._go("fail")
+            if isinstance(frame, protocol.Joined):
+                raise InviteError("cancelled", "the invite was cancelled (the other side "
+                                  "typed the code just as you cancelled; the chat did not "
+                                  "start)")
+            raise InviteError("cancelled", "the invite was cancelled: the relay freed its "
+                              "number")
         if isinstance(frame, protocol.Allocated) and self.inviter and self.code is None:
             self._go("allocated")
             self.code = make_code(frame.nameplate, self.rng)

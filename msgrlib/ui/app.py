@@ -27,8 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from msgrlib.client.connection import ChatClient
-from msgrlib.client.events import Received, TransferEvent
-from msgrlib.client.invite import InviteReady, PeerJoined
+from msgrlib.client.events import Notice, Received, SessionStarted, TransferEvent
+from msgrlib.client.invite import InviteError, InviteReady, PeerJoined
 from msgrlib.errors import MsgrError
 from msgrlib.ui import linemode
 from msgrlib.ui.options import (
@@ -50,6 +50,7 @@ from msgrlib.ui.view import (
     STATUS_LABEL,
     WARN,
     ChatView,
+    InviteState,
     PasteDecoder,
     handle_key,
     parse_command,
@@ -87,6 +88,13 @@ class App:
         #: Transfers shown on screen, by id; the offer waiting for /accept or /decline.
         self._transfers: dict[str, _Shown] = {}
         self._offered: tuple[str, Any] | None = None
+        #: The current conversation's client task and its event reader (``/invite``
+        #: replaces them); ``_changed`` wakes the main loop when it does.
+        self._running: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._changed: asyncio.Event | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._replaced = False   # /invite replaced the first conversation
 
     # -- main ---------------------------------------------------------------------------
 
@@ -118,13 +126,10 @@ class App:
         for warning in self.options.warnings:
             self.view.info(warning, WARN, now=now)
         quitting = loop.create_task(self._quit.wait())
+        self._changed = asyncio.Event()
         if self.options.invite:
-            from msgrlib.transfer import Transfers
-            client = self.client = ChatClient.for_invite(
-                self.options.invite_code, host=self.options.host, port=self.options.port,
-                tls=self.options.tls, transfers=Transfers(), ttl=self.view.ttl)
-            self.view.progress = ("asking the relay for an invite" if
-                                  self.options.invite_code is None else "joining the invite")
+            self.view.invite.go("invite")
+            client = self._invite_client(self.options.invite_code)
         else:
             params = self.options.kdf_params or kdf.DEFAULT_PARAMS
             self.view.progress = (f"deriving the key from the passcode (Argon2id, "
@@ -141,17 +146,33 @@ class App:
         if not self.options.static and client.core.transfers is None:
             from msgrlib.transfer import Transfers
             client.core.transfers = Transfers()   # /send, /accept, /decline
-        running = loop.create_task(client.run())
-        events = loop.create_task(self._events(client))
+        self._start(client)
         for text in self.pending:
             self._send(text)
         self.pending.clear()
         self.draw()
         try:
-            await asyncio.wait({running, quitting}, return_when=asyncio.FIRST_COMPLETED)
-            if running.done():
-                running.result()   # the reason it stopped: an error for msgr.py to print
-                return EXIT_ERROR
+            while True:
+                running = self._running
+                changed = loop.create_task(self._changed.wait())
+                try:
+                    await asyncio.wait({quitting, changed} | ({running} if running else set()),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                self._changed.clear()
+                if quitting.done():
+                    break
+                if running is None or running is not self._running or not running.done():
+                    continue   # /invite replaced the conversation, or ended it
+                if not self._ended_in_place(running):
+                    running.result()   # the reason it stopped: an error for msgr.py to print
+                    return EXIT_ERROR
+            client = self.client   # type: ignore[assignment]
+            if client is None:     # an invite ended: no conversation to close
+                return self.exit_code
+            running = self._running
+            assert running is not None
             client.core.cancel_transfers("the other side left the chat")
             client.poke()
             if self.exit_code == EXIT_OK:
@@ -171,35 +192,120 @@ class App:
         finally:
             # However the chat ends (a relay's permanent refusal, an error), a transfer
             # still running is cancelled: a receiver's partial file never stays on disk.
-            client.core.cancel_transfers("the other side left the chat")
             quitting.cancel()
-            events.cancel()
+            if self.client is not None:
+                self.client.core.cancel_transfers("the other side left the chat")
+            if self._reader is not None:
+                self._reader.cancel()
+            if self._running is not None and not self._running.done():
+                assert self.client is not None
+                self.client.close()
+                self._running.cancel()
+
+    # -- the conversation's client (one at a time; /invite replaces it) --------------------
+
+    def _invite_client(self, code: Any) -> ChatClient:
+        """A client for an invite (``code`` None: make one) on the screen's relay."""
+        from msgrlib.transfer import Transfers
+
+        return ChatClient.for_invite(code, host=self.options.host, port=self.options.port,
+                                     tls=self.options.tls, transfers=Transfers(),
+                                     ttl=self.view.ttl)
+
+    def _start(self, client: ChatClient) -> None:
+        loop = asyncio.get_running_loop()
+        self.client = client
+        self._running = loop.create_task(client.run())
+        self._reader = loop.create_task(self._events(client))
+        if self._changed is not None:
+            self._changed.set()
+
+    def _retire(self) -> None:
+        """Let the current client go (it says bye in the background): the screen has no
+        conversation until :meth:`_start` gives it another."""
+        client, running, reader = self.client, self._running, self._reader
+        self.client = self._running = self._reader = None
+        self._offered = None
+        self._transfers.clear()
+        if client is None or running is None:
+            return
+        client.core.cancel_transfers("the conversation was closed")
+        client.close()
+
+        async def wait_out() -> None:
+            await asyncio.wait({running}, timeout=CLOSE_TIMEOUT)
             if not running.done():
-                client.close()
                 running.cancel()
+                await asyncio.wait({running})
+            if not running.cancelled():
+                running.exception()   # retrieved: it ended as it was told to
+            if reader is not None:
+                reader.cancel()
+
+        task = asyncio.get_running_loop().create_task(wait_out())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        if self._changed is not None:
+            self._changed.set()
+
+    def _ended_in_place(self, running: asyncio.Task[None]) -> bool:
+        """The current client stopped by itself. An invite that could not go on (expired,
+        cancelled, refused, lost before the other side came) leaves the screen open with
+        no conversation, saying why; True then. False: the chat is over (the caller
+        raises the error for msgr.py)."""
+        flow = self.view.invite
+        error = None if running.cancelled() else running.exception()
+        if isinstance(error, InviteError):
+            event = {"cancelled": "cancelled", "expired": "expired"}.get(error.code, "failed")
+        elif isinstance(error, MsgrError) and self._replaced:
+            event = "failed"   # /invite's own connection: the screen stays
+        else:
+            return False
+        if not flow.can(event):
+            return False
+        flow.go(event, reason=str(error))
+        self.client = self._running = None
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        self.view.connection, self.view.detail = "idle", ""
+        self.view.peer_online = None
+        self.view.info(str(error), WARN if event == "cancelled" else ERROR, now=self.now())
+        self.draw()
+        return True
 
     async def _events(self, client: ChatClient) -> None:
         async for event in client.events():
+            if client is not self.client:
+                return   # replaced by /invite: its news no longer belongs on screen
+            flow, now = self.view.invite, self.now()
             if isinstance(event, TransferEvent):
                 self._on_transfer(event)
             elif isinstance(event, InviteReady):
                 # The relay handed out the code, so it is connected: what is awaited
                 # now is the other side (the client says "connected" once they come).
                 self.view.connection = "connected"
-                self.view.progress = "waiting for the other side to type the code"
+                if flow.can("allocated"):
+                    flow.go("allocated", code=event.code, expires_at=now + event.ttl)
                 self.view.info(f"your invite code is  {event.code}  - on the other side run "
-                               "msgr chat --join and type it (it works once, for "
-                               f"{event.ttl:g} s)", WARN, now=self.now())
-            elif isinstance(event, Received) and self.options.invite:
+                               "msgr chat --join and type it (relay "
+                               f"{self.view.address}; it works once, for {event.ttl:g} s; "
+                               "/cancel gives it up)", WARN, now=now)
+            elif isinstance(event, Received) and client.core.invite:
                 # The peer's routing name is random: the screen calls them "peer".
-                self.view.apply(dataclasses.replace(event, sender=self.view.peer),
-                                now=self.now())
+                self.view.apply(dataclasses.replace(event, sender=self.view.peer), now=now)
             elif isinstance(event, PeerJoined):
-                self.view.progress = ""
+                if flow.can("joined"):
+                    flow.go("joined")
                 self.view.info("the other side is here; starting the secure session",
-                               now=self.now())
+                               now=now)
             else:
-                self.view.apply(event, now=self.now())
+                if isinstance(event, SessionStarted) and flow.can("session"):
+                    flow.go("session")
+                elif (isinstance(event, Notice) and event.code == "invite_burned"
+                      and flow.can("burned")):
+                    flow.go("burned", reason=event.text)
+                self.view.apply(event, now=now)
             self.draw()
 
     async def _ticker(self) -> None:
@@ -329,6 +435,83 @@ class App:
             asyncio.get_running_loop().create_task(self._send_file(arg))
         elif name in ("accept", "decline"):
             self._answer(name == "accept")
+        elif name == "invite":
+            self._invite(now)
+        elif name == "cancel":
+            self._cancel(now)
+
+    # -- /invite and /cancel: a conversation by invite code, in place of an idle one ------
+
+    def _busy(self) -> str:
+        """Why the current conversation must not be replaced ("" when it is idle)."""
+        client = self.client
+        if client is None:
+            return ""
+        core = client.core
+        if self.view.invite.state is InviteState.BURNED:
+            return ""   # a burned invite's conversation can never start
+        pending = len(core.unsettled())
+        if pending:
+            return f"{pending} message(s) you sent are not confirmed yet"
+        if self._transfers or self._offered is not None:
+            return "a file transfer is under way"
+        if core.peer_online:
+            return f"{self.view.peer} is online in this chat"
+        return ""
+
+    def _invite(self, now: float) -> None:
+        view, flow = self.view, self.view.invite
+        if self.options.static:
+            view.info("an invite needs a handshake, which --static chats do not make: run "
+                      "msgr chat --invite in another terminal", WARN, now=now)
+            return
+        if self._changed is None or (self.client is None and not flow.ended):
+            view.info("/invite works once the chat has started", WARN, now=now)
+            return
+        if flow.active:
+            view.info("an invite is under way already"
+                      + (f" (code {flow.code})" if flow.code else "")
+                      + ": /cancel gives it up", WARN, now=now)
+            return
+        busy = self._busy()
+        if busy:
+            view.info(f"/invite replaces this conversation, and it is in use ({busy}): "
+                      "finish it and /quit, or run msgr chat --invite in another terminal",
+                      WARN, now=now)
+            return
+        if self.client is not None:
+            view.info(f"left the chat with {view.peer} for the invite", now=now)
+        self._retire()
+        self._replaced = True
+        flow.go("invite")
+        view.new_conversation(me="you", peer="peer")
+        view.info(f"asking {view.address} for an invite code: a new conversation, under a "
+                  "random name, with whoever types it", now=now)
+        client = self._invite_client(None)
+        client.core.ttl = view.ttl
+        self._start(client)
+
+    def _cancel(self, now: float) -> None:
+        view, flow, client = self.view, self.view.invite, self.client
+        if flow.state is InviteState.WAITING and client is not None \
+                and client.cancel_invite():
+            flow.go("cancel")
+            view.info(f"cancelling the invite {flow.code}: asking the relay to free its "
+                      "number", now=now)
+        elif flow.state in (InviteState.ASKING, InviteState.WAITING):
+            # No number yet (or the connection is away): hanging up frees whatever the
+            # relay gave this connection.
+            flow.go("cancel" if flow.state is InviteState.ASKING else "cancelled",
+                    reason="the invite was cancelled")
+            self._retire()
+            view.connection, view.detail = "idle", ""
+            view.info("invite cancelled: the connection was closed, which frees its number "
+                      "at the relay", WARN, now=now)
+        elif flow.state is InviteState.CANCELLING:
+            view.info("the invite is being cancelled already", now=now)
+        else:
+            view.info("nothing to cancel: /cancel gives up an invite still waiting for the "
+                      "other side", WARN, now=now)
 
     # -- files (/send PATH, /accept, /decline: msgrlib.transfer through the session) ------
 
@@ -452,7 +635,11 @@ class App:
             close.close()
 
     def _send_or_hold(self, text: str) -> None:
-        if self.client is None:
+        if self.client is None and self.view.invite.ended:
+            self.view.input.restore(text)
+            self.view.info("no conversation now: nothing was sent (/invite starts one)",
+                           ERROR, now=self.now())
+        elif self.client is None:
             self.pending.append(text)   # typed before the key was ready
         else:
             self._send(text)

@@ -62,6 +62,8 @@ HELP = (
     "  /verify ok      mark the session verified once the numbers match",
     "  /clear          wipe the messages from the screen",
     "  /send PATH      offer a file or directory; /accept or /decline one offered to you",
+    "  /invite         a new conversation by invite code, in place of this one when it is "
+    "idle (no secure session in use, nothing unconfirmed); /cancel gives the code up",
     "  //text          send a message that starts with '/'",
     "A paste (several lines too) becomes one message, sent with Enter; it never runs a command.",
     "Keys: Left/Right Home/End move, Backspace/Delete, Ctrl-U/Ctrl-K cut to start/end, "
@@ -339,7 +341,8 @@ class InputLine:
 class Command:
     """What a submitted line asks for: ``send`` (arg is the text), ``help``,
     ``quit``, ``ttl`` (arg: seconds or "" to show), ``status``, ``clear``,
-    ``file`` (``/send PATH``; arg: the path), ``accept``, ``decline``,
+    ``file`` (``/send PATH``; arg: the path), ``accept``, ``decline``, ``invite``,
+    ``cancel`` (the invite waiting for the other side),
     ``verify`` (arg: "" or "ok"), ``unknown`` (arg: the word) or ``error``
     (arg: what was wrong)."""
 
@@ -369,7 +372,7 @@ def parse_command(line: str) -> Command | None:
             return Command("ttl", str(int(rest)))
         return Command("error", f"/ttl takes whole seconds from {TTL_MIN} to {TTL_MAX}, "
                                 "for example /ttl 20")
-    if name in ("status", "clear", "accept", "decline") and not rest:
+    if name in ("status", "clear", "accept", "decline", "invite", "cancel") and not rest:
         return Command(name)
     if name == "send":
         if rest:
@@ -380,7 +383,7 @@ def parse_command(line: str) -> Command | None:
             return Command("verify", rest.lower())
         return Command("error", "use /verify to see the safety number, then /verify ok "
                                 "once it matches on both screens")
-    if name in ("status", "clear", "accept", "decline"):
+    if name in ("status", "clear", "accept", "decline", "invite", "cancel"):
         return Command("error", f"/{name} takes no arguments")
     return Command("unknown", word)
 
@@ -539,6 +542,111 @@ class PasteDecoder:
         return out
 
 
+# -- an invite in the screen ------------------------------------------------------------
+
+class InviteState(enum.Enum):
+    """Where the screen's invite is (``/invite``, or ``chat --invite`` / ``--join``)."""
+
+    NONE = "none"              # no invite: a named chat
+    ASKING = "asking"          # allocate (or join) sent, the relay has not answered
+    WAITING = "waiting"        # the code is shown; the other side has not typed it yet
+    CANCELLING = "cancelling"  # /cancel sent the relay's cancel; its answer is awaited
+    JOINED = "joined"          # the other side is here; the handshake runs
+    TALKING = "talking"        # a secure session: an ordinary chat from now on
+    CANCELLED = "cancelled"    # ended: the nameplate was given back
+    EXPIRED = "expired"        # ended: nobody typed the code in time
+    BURNED = "burned"          # ended: a wrong code was tried (one guess per invite)
+    FAILED = "failed"          # ended: the relay refused, or the connection was lost
+
+
+#: Every move the screen's invite makes; anything else is a bug (``InviteFlow.go`` raises).
+INVITE_TRANSITIONS: dict[tuple[InviteState, str], InviteState] = {
+    **{(s, "invite"): InviteState.ASKING for s in (
+        InviteState.NONE, InviteState.TALKING, InviteState.CANCELLED, InviteState.EXPIRED,
+        InviteState.BURNED, InviteState.FAILED)},
+    (InviteState.ASKING, "allocated"): InviteState.WAITING,
+    (InviteState.ASKING, "joined"): InviteState.JOINED,        # a joiner meets at once
+    (InviteState.ASKING, "cancel"): InviteState.CANCELLED,     # no number yet: hang up
+    (InviteState.WAITING, "cancel"): InviteState.CANCELLING,
+    (InviteState.WAITING, "joined"): InviteState.JOINED,
+    (InviteState.WAITING, "expired"): InviteState.EXPIRED,
+    (InviteState.CANCELLING, "cancelled"): InviteState.CANCELLED,
+    (InviteState.JOINED, "session"): InviteState.TALKING,
+    (InviteState.JOINED, "burned"): InviteState.BURNED,
+    **{(s, "cancelled"): InviteState.CANCELLED for s in (
+        InviteState.ASKING, InviteState.WAITING)},
+    **{(s, "failed"): InviteState.FAILED for s in (
+        InviteState.ASKING, InviteState.WAITING, InviteState.CANCELLING,
+        InviteState.JOINED)},
+}
+
+#: States in which the invite is over and the screen has no conversation.
+INVITE_ENDED = frozenset({InviteState.CANCELLED, InviteState.EXPIRED, InviteState.BURNED,
+                          InviteState.FAILED})
+
+
+class InviteFlow:
+    """The screen's invite: its state (:data:`INVITE_TRANSITIONS`), its code, when the
+    relay frees the code, and the sentence the activity line shows for it."""
+
+    def __init__(self) -> None:
+        self.state = InviteState.NONE
+        self.code = ""
+        self.expires_at: float | None = None
+        self.reason = ""     # why it ended (already escaped)
+
+    def can(self, event: str) -> bool:
+        return (self.state, event) in INVITE_TRANSITIONS
+
+    def go(self, event: str, *, code: str = "", expires_at: float | None = None,
+           reason: str = "") -> InviteState:
+        nxt = INVITE_TRANSITIONS.get((self.state, event))
+        if nxt is None:
+            raise ValueError(f"invite: {event!r} in state {self.state.value}")
+        self.state = nxt
+        if event == "invite":
+            self.code, self.expires_at, self.reason = "", None, ""
+        if code:
+            self.code = code
+        if expires_at is not None:
+            self.expires_at = expires_at
+        if reason:
+            self.reason = escape(reason)
+        return nxt
+
+    @property
+    def active(self) -> bool:
+        """The activity line is about the invite (it waits for something)."""
+        return self.state in (InviteState.ASKING, InviteState.WAITING,
+                              InviteState.CANCELLING, InviteState.JOINED)
+
+    @property
+    def ended(self) -> bool:
+        return self.state in INVITE_ENDED
+
+    def activity(self, now: float | None) -> str:
+        """What the activity line says (the screen adds a spinner while :attr:`active`)."""
+        state = self.state
+        if state is InviteState.ASKING:
+            return "asking the relay for an invite code"
+        if state is InviteState.WAITING:
+            left = ("" if self.expires_at is None or now is None else
+                    f"; it expires in {max(0, math.ceil(self.expires_at - now))} s")
+            return (f"waiting for the other side to type the code {self.code}{left} "
+                    "(/cancel gives it up)")
+        if state is InviteState.CANCELLING:
+            return "cancelling the invite: waiting for the relay to free its number"
+        if state is InviteState.JOINED:
+            return "the other side is here; starting the secure session"
+        what = {InviteState.CANCELLED: "invite cancelled",
+                InviteState.EXPIRED: "invite expired unused",
+                InviteState.BURNED: "invite burned: a wrong code was tried",
+                InviteState.FAILED: "invite failed"}.get(state)
+        if what is None:
+            return ""
+        return f"{what}; no conversation now: /invite starts a new one, /quit leaves"
+
+
 # -- the view model ------------------------------------------------------------------
 
 @dataclass(eq=False)
@@ -623,6 +731,8 @@ class ChatView:
         self.safety_number: str | None = None
         self.verified = False
         self.ticks = 0                 # advances the spinner
+        #: The screen's invite (/invite, chat --invite / --join): its state and code.
+        self.invite = InviteFlow()
         self._sent: dict[int, float] = {}   # own message number -> when sent
         self.check, self.cross = ("✓", "✗") if unicode else ("v", "x")
 
@@ -666,6 +776,18 @@ class ChatView:
     def clear(self) -> None:
         self.lines.clear()
         self.scroll = 0
+
+    def new_conversation(self, *, me: str, peer: str) -> None:
+        """Another conversation takes the screen (``/invite``): forget the old one's
+        peer, session and presence; the lines already shown stay until they expire."""
+        self.me, self.peer = me, peer
+        self.static = False
+        self.connection, self.detail, self.progress = "starting", "", ""
+        self.hs_failed, self.hs_retry_at = False, None
+        self.peer_online = None
+        self.session_id = self.safety_number = None
+        self.verified = False
+        self.can_reconnect = False
 
     def expire(self, now: float) -> bool:
         """Drop every message whose TTL has ended; True if any was dropped.
@@ -780,7 +902,8 @@ class ChatView:
     @property
     def busy(self) -> bool:
         """A slow step is under way (the spinner turns, the screen redraws often)."""
-        return bool(self.progress) or self.connection in ("starting", "connecting",
+        return bool(self.progress) or self.invite.active \
+            or self.connection in ("starting", "connecting",
                                                            "reconnecting") \
             or (not self.static and self.connection == "connected"
                 and self.peer_online is True and self.session_id is None
@@ -914,8 +1037,14 @@ class ChatView:
         """Progress of a slow step, where the view is scrolled, or a hint."""
         spinner = _SPINNER_UNICODE if self.unicode else _SPINNER_ASCII
         spin = spinner[self.ticks % len(spinner)] + " "
-        if self.progress:
-            row: Row = [(spin + self.progress, WARN)]
+        flow = self.invite
+        if flow.active and not self.progress:
+            row: Row = [(spin + flow.activity(now), WARN)]
+        elif flow.ended and not self.scroll:
+            row = [(flow.activity(now), ERROR if flow.state is not InviteState.CANCELLED
+                    else HINT)]
+        elif self.progress:
+            row = [(spin + self.progress, WARN)]
         elif self.scroll:
             row = [(f"-- scrolled back {self.scroll} rows: PgDn to see the newest --", HINT)]
         elif self.connection in ("starting", "connecting", "reconnecting", "disconnected"):
