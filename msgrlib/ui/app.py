@@ -46,6 +46,7 @@ from msgrlib.ui.options import (
 from msgrlib.ui.terminal import Painter, Terminal
 from msgrlib.ui.view import (
     ERROR,
+    ESC_PAUSE,
     HELP,
     STATUS_LABEL,
     WARN,
@@ -95,6 +96,7 @@ class App:
         self._changed: asyncio.Event | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._replaced = False   # /invite replaced the first conversation
+        self._esc_timer: asyncio.TimerHandle | None = None
 
     # -- main ---------------------------------------------------------------------------
 
@@ -111,6 +113,8 @@ class App:
             return await self._chat()
         finally:
             ticker.cancel()
+            if self._esc_timer is not None:
+                self._esc_timer.cancel()
             loop.remove_reader(self.terminal.fd)
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH):
                 loop.remove_signal_handler(sig)
@@ -362,6 +366,11 @@ class App:
     def _on_keys(self) -> None:
         self._sync()   # the relay's limits, for the input line
         keys = [item for key in self.terminal.read_keys() for item in self.paste.feed(key)]
+        if self._esc_timer is not None:
+            self._esc_timer.cancel()
+            self._esc_timer = None
+        if self.paste.pending == "\x1b":   # Esc alone, or a paste marker's start
+            self._esc_timer = asyncio.get_running_loop().call_later(ESC_PAUSE, self._on_esc)
         for key in keys:
             action = handle_key(self.view, key)
             if action is None:
@@ -386,6 +395,14 @@ class App:
                 self._told_full = True  # once per message (a paste may be many keys)
                 self.view.info(f"{text}: the rest was not added", WARN, now=self.now())
         self.draw()
+
+    def _on_esc(self) -> None:
+        """Esc (nothing followed it): gives up an invite waiting for the other side."""
+        self._esc_timer = None
+        if self.paste.lone_escape() and self.view.invite.state in (InviteState.ASKING,
+                                                                   InviteState.WAITING):
+            self._cancel(self.now())
+            self.draw()
 
     def _submit(self, line: str) -> None:
         self._told_full = False

@@ -63,7 +63,7 @@ HELP = (
     "  /clear          wipe the messages from the screen",
     "  /send PATH      offer a file or directory; /accept or /decline one offered to you",
     "  /invite         a new conversation by invite code, in place of this one when it is "
-    "idle (no secure session in use, nothing unconfirmed); /cancel gives the code up",
+    "idle (no secure session in use, nothing unconfirmed); /cancel or Esc gives the code up",
     "  //text          send a message that starts with '/'",
     "A paste (several lines too) becomes one message, sent with Enter; it never runs a command.",
     "Keys: Left/Right Home/End move, Backspace/Delete, Ctrl-U/Ctrl-K cut to start/end, "
@@ -482,6 +482,10 @@ def handle_key(view: ChatView, key: str | Key | Paste) -> tuple[str, str] | None
     return None
 
 
+#: Seconds with no key after an ``ESC`` before it counts as the Esc key alone.
+ESC_PAUSE = 0.1
+
+
 class PasteDecoder:
     """Finds bracketed pastes in the stream of keys.
 
@@ -511,6 +515,21 @@ class PasteDecoder:
             chars = chars[:self.max_chars - self._size]
             self._paste.append(chars)
             self._size += len(chars)
+
+    @property
+    def pending(self) -> str:
+        """Characters held back as the possible start of a marker."""
+        return self._pending
+
+    def lone_escape(self) -> bool:
+        """After a pause with no key: a held ``ESC`` (the start of a marker, maybe)
+        was the Esc key alone. True (and it is dropped) if so; the glue asks this
+        :data:`ESC_PAUSE` seconds after the last key, so a marker split across two
+        reads (a slow link) is never taken for Esc."""
+        if self._pending == "\x1b" and self._paste is None:
+            self._pending = ""
+            return True
+        return False
 
     def feed(self, key: str | Key) -> list[str | Key | Paste]:
         out: list[str | Key | Paste] = []

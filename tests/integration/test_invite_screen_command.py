@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from typing import Any
 
 from helpers import PYTHON, ROOT
 from tmuxterm import Chat, needs_tmux, wait_until
@@ -133,3 +134,46 @@ def test_invite_leaves_a_chat_in_use_alone(chat_term: Chat) -> None:
     term.wait(r"nothing to cancel", 5)
     term.run("/quit")
     chat_term.wait_exit(0)
+
+
+@needs_tmux
+def test_the_screen_counts_the_code_down_says_when_it_expired_and_esc_cancels(
+        tmp_path: Any) -> None:
+    """A relay whose nameplates last 3 s (in this process, on a thread's loop): the
+    activity line counts down, the relay's ``nameplate_gone`` (expired) leaves the screen
+    open saying so, and Esc gives a second code back."""
+    import asyncio
+    import threading
+
+    from helpers import relay_running
+    from tmuxterm import Chat as TermChat
+
+    from msgrlib.relay.rules import RelayConfig
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    relay = relay_running(RelayConfig(nameplate_ttl=3.0))
+    srv = asyncio.run_coroutine_threadsafe(relay.__aenter__(), loop).result(10)
+    chat = TermChat((srv.address[1], "", str(tmp_path)), "expiry")
+    try:
+        term = chat.term
+        term.run(f"{PYTHON} msgr.py chat --server 127.0.0.1:{srv.address[1]} --user {chat.me} "
+                 f"--peer {chat.peer}; echo rc=$?")
+        term.wait(r"connected to 127\.0\.0\.1", 30)
+        code = invite(chat)
+        term.wait(rf"type the code {code}; it expires in [1-3] s", 5)
+        term.wait(r"invite expired unused; no conversation now: /invite starts a new one", 15)
+        term.wait(r"nobody used the invite code before it expired", 5)
+        code = invite(chat)
+        term.wait(rf"type the code {code}", 5)
+        assert len(srv.relay.nameplates) == 1
+        term.press("Escape")
+        term.wait(r"the relay freed its number", 10)
+        term.wait(r"invite cancelled; no conversation now", 5)
+        assert len(srv.relay.nameplates) == 0
+        term.run("/quit")
+        term.wait(r"(?m)^rc=0$", 10)
+    finally:
+        chat.close()
+        asyncio.run_coroutine_threadsafe(relay.__aexit__(None, None, None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)

@@ -174,3 +174,19 @@ def test_invite_and_cancel_are_commands_in_help() -> None:
     assert parse_command("//invite") == Command("send", "/invite")
     assert any(line.lstrip().startswith("/invite") for line in HELP)
     assert any("/cancel" in line for line in HELP)
+
+
+def test_esc_alone_is_told_apart_from_a_paste_marker() -> None:
+    from msgrlib.ui.view import Paste, PasteDecoder
+
+    decoder = PasteDecoder()
+    assert decoder.feed("\x1b") == [] and decoder.pending == "\x1b"
+    assert decoder.lone_escape() and decoder.pending == ""
+    assert not decoder.lone_escape()
+    # A paste marker split across two reads: after its first byte the glue waits; after
+    # the second, nothing is a lone Esc, and the paste still arrives whole.
+    decoder.feed("\x1b")
+    assert decoder.feed("[20") == [] and not decoder.lone_escape()
+    assert decoder.feed("0~hi\x1b[201~") == [Paste("hi")]
+    # Alt-x (ESC then x at once) is no Esc: the x is typed.
+    assert decoder.feed("\x1bx") == ["\x1b", "x"] and not decoder.lone_escape()
