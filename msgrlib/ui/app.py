@@ -233,6 +233,7 @@ class App:
         self._transfers.clear()
         if client is None or running is None:
             return
+        self._let_go(client, "the conversation was closed before it was confirmed")
         client.core.cancel_transfers("the conversation was closed")
         client.close()
 
@@ -268,6 +269,8 @@ class App:
         if not flow.can(event):
             return False
         flow.go(event, reason=str(error))
+        assert self.client is not None
+        self._let_go(self.client, "the invite ended before it was confirmed")
         self.client = self._running = None
         if self._reader is not None:
             self._reader.cancel()
@@ -277,6 +280,13 @@ class App:
         self.view.info(str(error), WARN if event == "cancelled" else ERROR, now=self.now())
         self.draw()
         return True
+
+    def _let_go(self, client: ChatClient, reason: str) -> None:
+        """A conversation leaves the screen: what you sent in it and is not confirmed is
+        shown as not delivered now (never left hanging, never lost silently)."""
+        client.core.give_up(reason)
+        for event in client.core.take_events():
+            self.view.apply(event, now=self.now())
 
     async def _events(self, client: ChatClient) -> None:
         async for event in client.events():

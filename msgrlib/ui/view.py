@@ -807,6 +807,11 @@ class ChatView:
         self.session_id = self.safety_number = None
         self.verified = False
         self.can_reconnect = False
+        # The new conversation numbers its messages from 1 again: the old lines no
+        # longer answer to a number (a "delivered" there is never about them).
+        for line in self.lines:
+            line.n = None
+        self._sent.clear()
 
     def expire(self, now: float) -> bool:
         """Drop every message whose TTL has ended; True if any was dropped.

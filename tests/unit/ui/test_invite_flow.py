@@ -9,6 +9,7 @@ import os
 import pytest
 
 from msgrlib import protocol
+from msgrlib.client import events
 from msgrlib.client.invite import InviteError, Rendezvous, Step
 from msgrlib.ui.view import (
     HELP,
@@ -161,10 +162,17 @@ def test_a_new_conversation_forgets_the_old_peer_and_session() -> None:
     view = ChatView(me="alice", peer="bob", address="127.0.0.1:1", tls=True, ttl=30)
     view.session_id, view.safety_number, view.verified, view.peer_online = "s", "1 2", True, True
     view.info("kept", now=0.0)
+    view.add_own(1, "to bob", now=0.0, ttl=30)
+    view.apply(events.Undelivered(1, "the conversation was closed"), now=1.0)
     view.new_conversation(me="you", peer="peer")
     assert (view.me, view.peer, view.session_id, view.safety_number, view.verified,
             view.peer_online) == ("you", "peer", None, None, False, None)
-    assert view.lines   # what was shown stays until it expires
+    assert len(view.lines) == 2   # what was shown stays until it expires
+    # The new conversation's message 1 is another message: bob's line stays failed.
+    view.add_own(1, "to whoever joined", now=2.0, ttl=30)
+    view.apply(events.Delivered(1), now=3.0)
+    assert [(line.text, line.state) for line in view.lines if line.kind == "out"] == [
+        ("to bob", "failed"), ("to whoever joined", "delivered")]
 
 
 def test_invite_and_cancel_are_commands_in_help() -> None:
