@@ -27,7 +27,13 @@ from collections.abc import Callable
 from typing import Any
 
 from msgrlib.client.connection import ChatClient
-from msgrlib.client.events import Notice, Received, SessionStarted, TransferEvent
+from msgrlib.client.events import (
+    Notice,
+    Received,
+    SessionStarted,
+    TransferEvent,
+    Undelivered,
+)
 from msgrlib.client.invite import InviteError, InviteReady, PeerJoined
 from msgrlib.errors import MsgrError
 from msgrlib.ui import linemode
@@ -132,7 +138,7 @@ class App:
         quitting = loop.create_task(self._quit.wait())
         self._changed = asyncio.Event()
         if self.options.invite:
-            self.view.invite.go("invite")
+            self.view.invite.go("invite", joining=self.options.invite_code is not None)
             client = self._invite_client(self.options.invite_code)
         else:
             params = self.options.kdf_params or kdf.DEFAULT_PARAMS
@@ -285,7 +291,12 @@ class App:
         """A conversation leaves the screen: what you sent in it and is not confirmed is
         shown as not delivered now (never left hanging, never lost silently)."""
         client.core.give_up(reason)
+        unmet = client.rendezvous is not None and not client.rendezvous.done
         for event in client.core.take_events():
+            if unmet and isinstance(event, Undelivered):
+                # (the core would blame the relay: an invite's core is offline until joined)
+                event = dataclasses.replace(event, reason="nobody joined the invite before "
+                                            "it ended")
             self.view.apply(event, now=self.now())
 
     async def _events(self, client: ChatClient) -> None:
@@ -662,7 +673,7 @@ class App:
             close.close()
 
     def _send_or_hold(self, text: str) -> None:
-        if self.client is None and self.view.invite.ended:
+        if self.view.invite.ended:   # (a burned invite's client is still connected)
             self.view.input.restore(text)
             self.view.info("no conversation now: nothing was sent (/invite starts one)",
                            ERROR, now=self.now())

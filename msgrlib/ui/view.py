@@ -613,18 +613,20 @@ class InviteFlow:
         self.code = ""
         self.expires_at: float | None = None
         self.reason = ""     # why it ended (already escaped)
+        self.joining = False  # this side typed a code (chat --join), not made one
 
     def can(self, event: str) -> bool:
         return (self.state, event) in INVITE_TRANSITIONS
 
     def go(self, event: str, *, code: str = "", expires_at: float | None = None,
-           reason: str = "") -> InviteState:
+           reason: str = "", joining: bool = False) -> InviteState:
         nxt = INVITE_TRANSITIONS.get((self.state, event))
         if nxt is None:
             raise ValueError(f"invite: {event!r} in state {self.state.value}")
         self.state = nxt
         if event == "invite":
             self.code, self.expires_at, self.reason = "", None, ""
+            self.joining = joining
         if code:
             self.code = code
         if expires_at is not None:
@@ -647,7 +649,8 @@ class InviteFlow:
         """What the activity line says (the screen adds a spinner while :attr:`active`)."""
         state = self.state
         if state is InviteState.ASKING:
-            return "asking the relay for an invite code"
+            return ("joining the invite at the relay" if self.joining
+                    else "asking the relay for an invite code")
         if state is InviteState.WAITING:
             left = ("" if self.expires_at is None or now is None else
                     f"; it expires in {max(0, math.ceil(self.expires_at - now))} s")

@@ -94,6 +94,9 @@ def test_a_wrong_code_burns_the_screens_invite_and_a_new_one_can_start(
     assert rc != 0 and "burned" in out + err, out + err
     term.wait(r"invite burned: a wrong code was tried", 30)
     term.wait(r"this invite is\s+burned", 5)
+    term.run("still there?")
+    term.wait(r"no conversation now: nothing was sent", 5)
+    term.press("C-u")
     # The screen is still here: typing says there is no conversation... until /invite.
     again = invite(chat_term)
     term.wait(rf"waiting for the other side to type the code {again}", 10)
@@ -106,10 +109,13 @@ def test_cancel_gives_the_number_back_to_the_relay(chat_term: Chat) -> None:
     term = chat_term.term
     named_screen(chat_term)
     code = invite(chat_term)
+    term.run("typed before anyone came")   # queued for the peer to come
+    term.wait(r"you: typed before anyone came", 5)
     term.run("/cancel")
     # "freed its number" comes from the relay's nameplate_gone, the answer to `cancel`.
     term.wait(r"the relay freed its number", 20)
     term.wait(r"invite cancelled; no conversation now: /invite starts a new one", 5)
+    term.wait(r"(?s)you: typed before anyone came\s+not delivered.{0,40}nobody\s+joined", 5)
     rc, out, err = finish(joiner(chat_term, code))
     assert rc != 0 and "no invite with that number" in out + err, out + err
     term.run("anyone there?")

@@ -135,6 +135,9 @@ def test_the_activity_line_counts_down_and_says_how_to_go_on() -> None:
     assert "/invite starts a new one" in flow.activity(42.0)
     flow.go("invite")            # a new invite forgets the old code
     assert flow.code == "" and flow.expires_at is None and flow.reason == ""
+    joiner = InviteFlow()
+    joiner.go("invite", joining=True)
+    assert "joining the invite" in joiner.activity(0.0)
 
 
 def test_a_reason_from_the_relay_or_peer_is_kept_escaped() -> None:
