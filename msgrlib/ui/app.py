@@ -10,6 +10,12 @@ A message disappears from the screen when its TTL ends (a received one at the
 relay's expiry time, one of yours at its TTL from when you sent it); the chat
 runs on the alternate screen, so nothing is left in the scrollback at exit.
 
+The screen holds one conversation (one client) at a time. ``/invite`` replaces an
+idle one with an invite's client on the same relay (``ChatClient.for_invite``);
+``view.InviteFlow`` (one table, ``INVITE_TRANSITIONS``) follows that invite and
+tells the activity line what it waits for. An invite that ends before a chat
+(cancelled, expired, burned, refused) leaves the screen open with no client.
+
 Importing this module raises :class:`ImportError` where :mod:`curses` is
 missing; ``msgr.py`` then falls back to line mode.
 """

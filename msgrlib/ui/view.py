@@ -653,7 +653,7 @@ class InviteFlow:
                     else "asking the relay for an invite code")
         if state is InviteState.WAITING:
             left = ("" if self.expires_at is None or now is None else
-                    f"; it expires in {max(0, math.ceil(self.expires_at - now))} s")
+                    f"; it expires in {max(0, math.ceil(min(self.expires_at - now, 1e9)))} s")
             return (f"waiting for the other side to type the code {self.code}{left} "
                     "(/cancel gives it up)")
         if state is InviteState.CANCELLING:

@@ -140,6 +140,15 @@ def test_the_activity_line_counts_down_and_says_how_to_go_on() -> None:
     assert "joining the invite" in joiner.activity(0.0)
 
 
+@pytest.mark.parametrize("ttl", [1e300, -5.0, 0.0])
+def test_a_relays_odd_ttl_still_gives_a_short_countdown(ttl: float) -> None:
+    flow = InviteFlow()
+    flow.go("invite")
+    flow.go("allocated", code="7-crossover-clockwork", expires_at=1000.0 + ttl)
+    said = flow.activity(1000.0)
+    assert len(said) < 120 and ("expires in 0 s" in said or ttl > 0)
+
+
 def test_a_reason_from_the_relay_or_peer_is_kept_escaped() -> None:
     flow = InviteFlow()
     flow.go("invite")
