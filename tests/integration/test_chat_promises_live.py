@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from helpers import Chat, Proxy, relay_subprocess, run
 
+from framing import encode_frame
+
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
@@ -84,3 +86,74 @@ def test_a_restarted_peer_process_says_nothing_about_messages_that_will_be_resen
                 "secure session with alice")
     notices = [line for line in bob2.stderr if not any(e in line for e in expected)]
     assert not notices, bob2.stderr
+
+
+# -- issue 13 item 2: a message is never shown twice -------------------------------------
+
+def test_more_than_4096_messages_resent_after_withheld_receipts_show_once_with_real_clients():
+    """The old receiver remembered the last 4,096 (run, number) pairs: a relay
+    that withheld bob's receipts and cut alice's connection after more than
+    4,096 messages got the first ones shown again, silently, when alice sent
+    every unconfirmed message again."""
+    count = 4200
+    state: dict[str, Any] = {"withheld": 0, "resent": 0}
+
+    def hook(direction: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[dict]:
+        _login(direction, frame, conn)
+        if conn.get("user") != "alice":
+            return [frame]
+        if direction == "up" and frame.get("type") == "hello":
+            state["alice"] = conn
+            conn["after_cut"] = state.get("cut", False)
+        if not state.get("armed"):
+            return [frame]
+        if direction == "down" and frame.get("type") == "deliver" and frame.get("kind") == "msg":
+            # One of bob's receipts (all bob sends now): alice never sees it,
+            # and the relay is told she read it, so it is gone for good.
+            state["withheld"] += 1
+            conn["to_relay"].write(encode_frame({"type": "ack", "ids": [frame["id"]]}))
+            return []
+        if (direction == "up" and conn["after_cut"] and frame.get("type") == "send"
+                and frame.get("kind", "msg") == "msg"):
+            state["resent"] += 1
+        return [frame]
+
+    async def main() -> tuple[Chat, Chat]:
+        relay_args = ("--rate-messages", "5000", "--burst-messages", "10000",
+                      "--mailbox-messages", "20000", "--mailbox-bytes", str(64 << 20))
+        async with relay_subprocess(*relay_args) as (_, port, _):
+            proxy = await Proxy(port, hook).start()
+            alice = await Chat.start(proxy.port, "alice", "bob", "--ttl", "60")
+            bob = await Chat.start(proxy.port, "bob", "alice", "--ttl", "60")
+            await alice.wait_for("secure session", stream="stderr")
+            await bob.wait_for("secure session", stream="stderr")
+            await alice.say("settled")
+            await bob.wait_for("^alice: settled$")
+            state["armed"] = True
+            assert alice.proc.stdin is not None
+            alice.proc.stdin.write("".join(f"m{i}\n" for i in range(count)).encode())
+            await alice.proc.stdin.drain()
+            await bob.wait_for(f"^alice: m{count - 1}$", timeout=60)
+            await until(lambda: len(bob.stdout) >= count + 1, "bob to show every message")
+            # The relay cuts alice's connection: she sends again all that bob
+            # never confirmed (his receipts were withheld), sealed anew.
+            state["cut"] = True
+            state["alice"]["to_client"].close()
+            state["alice"]["to_relay"].close()
+            await until(lambda: state["resent"] >= count, "alice to resend every message", 60)
+            await alice.say("end")
+            await bob.wait_for("^alice: end$", timeout=60)
+            await alice.kill()
+            await bob.kill()
+            await proxy.close()
+            return alice, bob
+
+    alice, bob = run(main(), timeout=150)
+    assert state["withheld"] > 0
+    shown = bob.stdout
+    assert len(shown) == len(set(shown)) == count + 2, (len(shown), len(set(shown)))
+    assert set(shown) == {"alice: settled", "alice: end"} | {f"alice: m{i}" for i in range(count)}
+    expected = ("deriving the key", "connecting to", "connected to", "alice is online",
+                "alice is offline", "secure session with alice")
+    notices = [line for line in bob.stderr if not any(e in line for e in expected)]
+    assert not notices, notices[:5]
