@@ -6,6 +6,10 @@ them where the attack is the relay's (issue 13 items 2 and 12, issue 14 items
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
+import time
 from typing import Any
 
 import pytest
@@ -157,3 +161,91 @@ def test_more_than_4096_messages_resent_after_withheld_receipts_show_once_with_r
                 "alice is offline", "secure session with alice")
     notices = [line for line in bob.stderr if not any(e in line for e in expected)]
     assert not notices, notices[:5]
+
+
+# -- issue 13 item 12: a hostile relay pegs the client's CPU ----------------------------
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads CPU time from /proc")
+def test_a_flood_of_handshake_starts_under_tiny_rates_leaves_a_real_client_idle():
+    """A relay that advertised tiny rates and flooded handshake starts made
+    the client's held-send queue rescan itself on every wake-up: it ran at
+    100 % for a minute. Here a proxy plays that relay in front of a real one:
+    bob's welcome says one message per 1,000 s, and 5,000 ``init`` frames
+    from "alice" follow his ``req``."""
+    flood = 8000
+    fake_base = 1 << 40  # relay ids the real relay never gave out
+    state: dict[str, Any] = {"hs_sends": 0, "acked": set(), "cpu": []}
+
+    def hook(direction: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[dict]:
+        _login(direction, frame, conn)
+        kind = frame.get("type")
+        if direction == "down" and kind == "welcome":
+            frame["limits"] = {**frame["limits"], "rate_messages": 0.001, "burst_messages": 1}
+        elif direction == "down" and kind == "presence":
+            return []  # alice's presence is the fake relay's to say
+        elif direction == "up" and kind == "watch":
+            state["bob"] = conn
+            return [frame, {"type": "presence", "user": "alice", "online": True, "_back": True}]
+        elif direction == "up" and kind == "send" and frame.get("kind") == "hs":
+            state["hs_sends"] += 1
+        elif direction == "up" and kind == "ack":
+            fake = {i for i in frame.get("ids", []) if i >= fake_base}
+            state["acked"] |= fake
+            if fake:
+                state["read"].set()
+            frame = {**frame, "ids": [i for i in frame["ids"] if i < fake_base]}
+            if not frame["ids"]:
+                return []
+        return [frame]
+
+    def init_frame(i: int) -> dict[str, Any]:
+        init = {"hs": "init", "v": 1, "na": base64.b64encode(os.urandom(16)).decode()}
+        return {"type": "deliver", "id": fake_base + i, "from": "alice", "kind": "hs",
+                "ttl": 30, "expires_at": time.time() + 30,
+                "body": "h1." + base64.b64encode(json.dumps(init).encode()).decode()}
+
+    async def main() -> Chat:
+        async with relay_subprocess() as (_, port, _):
+            state["read"] = asyncio.Event()
+            proxy = await Proxy(port, hook).start()
+            bob = await Chat.start(proxy.port, "bob", "alice")
+            await bob.wait_for("alice is online", stream="stderr")
+            await until(lambda: state["hs_sends"] >= 1, "bob's req (the only token)")
+            conn = state["bob"]
+            before = _cpu_seconds(bob.proc.pid)
+            writer = conn["to_client"]
+            # One init per wake-up of the client (the next once it acked the
+            # last): the old queue rescanned itself on each.
+            state["cpu"] = [before]
+            for i in range(flood):
+                state["read"].clear()
+                writer.write(encode_frame(init_frame(i)))
+                await asyncio.wait_for(state["read"].wait(), 30)
+                if (i + 1) % (flood // 4) == 0:
+                    state["cpu"].append(_cpu_seconds(bob.proc.pid))
+            assert len(state["acked"]) == flood
+            assert bob.proc.returncode is None
+            await bob.kill()
+            await proxy.close()
+            return bob
+
+    bob = run(main(), timeout=180)
+    cpu = state["cpu"]
+    quarters = [round(cpu[i + 1] - cpu[i], 2) for i in range(len(cpu) - 1)]
+    print(f"flood of {flood}: {cpu[-1] - cpu[0]:.2f} s CPU, by quarter {quarters}")
+    # Only what the advertised rate allows goes out: the req that spent the token.
+    assert state["hs_sends"] == 1, state["hs_sends"]
+    # Each init costs one CPace share (a scalar multiplication) and some JSON,
+    # well under a millisecond, whatever came before it: the last quarter of
+    # the flood costs about what the first did. The old queue's work grew
+    # with everything held (quadratic): it ran at 100 % for a minute.
+    assert cpu[-1] - cpu[0] < flood * 0.002, quarters
+    assert quarters[-1] < 1.4 * quarters[0] + 0.2, quarters
+    assert not [line for line in bob.stderr if "Traceback" in line]
