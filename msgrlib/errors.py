@@ -205,7 +205,9 @@ class Refused(RemoteError):
     client raises the same class when such a frame arrives. ``Refused(code,
     message)`` makes the subclass for ``code``, so ``except NameOwned`` works
     on both sides. ``fatal``: the relay closes the connection after it;
-    ``permanent``: reconnecting with the same name and key cannot help.
+    ``permanent``: reconnecting with the same name and key cannot help;
+    ``retry_after``: whole seconds until trying again can succeed, when the
+    relay knows (sent as the frame's ``retry_after``).
     """
 
     code: ErrorCode = ErrorCode.PROTOCOL
@@ -215,8 +217,9 @@ class Refused(RemoteError):
         return super().__new__(target, message)
 
     def __init__(self, code: ErrorCode | str, message: str, *, fatal: bool = False,
-                 permanent: bool | None = None) -> None:
+                 permanent: bool | None = None, retry_after: int | None = None) -> None:
         super().__init__(message)
+        self.retry_after = retry_after
         # A code this side does not know (a newer relay's) stays its text, on
         # the base class; the relay itself only ever raises known codes
         # (tests/test_errors.py reads every one it can raise).

@@ -598,7 +598,8 @@ class ChatCore:
             return
         if entry is not None and entry.out is not None and entry.out.n in self.outbox:
             self._fail(entry.out, f"the relay refused it: {message}")
-        elif entry is not None and self._mode.on_send_refused(entry, code, message):
+        elif entry is not None and self._mode.on_send_refused(
+                entry, code, message, number(frame.get("retry_after"))):
             pass
         else:
             self._notice(f"relay: {message}", code, "warn")

@@ -50,11 +50,17 @@ HANDSHAKE_TIMEOUT = 30.0
 #: How many times in a row a timed-out handshake is started again by itself.
 MAX_HANDSHAKE_TIMEOUTS = 3
 #: Seconds to wait before trying again after the relay refused a handshake
-#: message (its per-pair limit lets about one attempt a minute through:
-#: 4 frames, one every 15 s), plus up to HANDSHAKE_RETRY_JITTER of it, drawn
-#: at random, so two clients do not retry in lockstep.
+#: message, when the refusal names no ``retry_after`` (an engine relay, an
+#: older one; msgr's default per-pair limit lets about one attempt a minute
+#: through), plus up to HANDSHAKE_RETRY_JITTER of the wait, drawn at random,
+#: so two clients do not retry in lockstep.
 HANDSHAKE_RETRY = 60.0
 HANDSHAKE_RETRY_JITTER = 0.25
+#: The range a relay's ``retry_after`` is held to (it says when its per-pair
+#: limit allows a whole attempt again; a hostile relay can only refuse, as
+#: it always could, or have us try once a second).
+RELAY_RETRY_MIN = 1.0
+RELAY_RETRY_MAX = 600.0
 #: ``req`` nonces remembered, so a copy of one (a relay replaying it) does
 #: not start another handshake.
 REQ_MEMORY = 64
@@ -62,6 +68,15 @@ REQ_MEMORY = 64
 MAX_RECEIPT_NUMBERS = 1024
 #: Session ids of this run remembered after they were replaced.
 SID_MEMORY = 64
+
+
+def retry_delay(retry_after: float | None) -> float:
+    """Seconds to wait (before jitter) after the relay refused a handshake
+    message: what the refusal said, held to [RELAY_RETRY_MIN, RELAY_RETRY_MAX],
+    or HANDSHAKE_RETRY if it said nothing usable."""
+    if retry_after is None or retry_after != retry_after:  # None or NaN
+        return HANDSHAKE_RETRY
+    return min(max(retry_after, RELAY_RETRY_MIN), RELAY_RETRY_MAX)
 
 
 class Phase(enum.Enum):
@@ -301,8 +316,10 @@ class RatchetMode:
         # its deadline unless a receipt comes; this only words the reason.
         out.expired_at_relay = True
 
-    def on_send_refused(self, entry: Pending, code: str, message: str) -> bool:
-        """The relay refused one of our sends; True if handled here."""
+    def on_send_refused(self, entry: Pending, code: str, message: str,
+                        retry_after: float | None = None) -> bool:
+        """The relay refused one of our sends; True if handled here.
+        ``retry_after``: the refusal's own, if any (checked here)."""
         if entry.purpose != "hs":
             return False
         core = self.core
@@ -323,7 +340,7 @@ class RatchetMode:
         if self.phase is Phase.BACKOFF:
             self.refusals += 1
             jitter = int.from_bytes(core._rng(2), "big") / 65535 * HANDSHAKE_RETRY_JITTER
-            delay = HANDSHAKE_RETRY * (1 + jitter)
+            delay = retry_delay(retry_after) * (1 + jitter)
             self.retry_at = core._clock() + delay
             core._events.append(HandshakeRetry(self.retry_wall_time(), message))
             core._notice(f"the relay refused to start a secure session now ({message}); "

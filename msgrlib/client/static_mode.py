@@ -89,7 +89,8 @@ class StaticMode:
     def on_expired(self, out: Outgoing) -> None:
         self.core._fail(out, f"it expired at the relay before {self.core.peer_name} read it")
 
-    def on_send_refused(self, entry: Pending, code: str, message: str) -> bool:
+    def on_send_refused(self, entry: Pending, code: str, message: str,
+                        retry_after: float | None = None) -> bool:
         return False
 
     def deadlines(self) -> list[float]:

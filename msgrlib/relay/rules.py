@@ -37,6 +37,7 @@ import enum
 import heapq
 import ipaddress
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -61,6 +62,12 @@ log = logging.getLogger("msgr.relay")
 #: without a limit one client could burn every waiting invite in a second.
 JOIN_BURST = 10.0
 JOIN_RATE = 1 / 6
+
+#: Handshake messages one attempt may send (the responder's req, then init,
+#: resp, share, confirm): a ``handshake_limited`` refusal's ``retry_after`` is
+#: when the pair's bucket holds that many again (or its whole burst, if
+#: smaller), so the retry is not refused halfway.
+HS_ATTEMPT_FRAMES = 5
 
 #: Frames waiting behind an unanswered backend step (engine backend only)
 #: past which the connection is no longer read from until they are answered.
@@ -395,6 +402,9 @@ class Relay:
                                  "fatal": fatal}
         if type(ref) is int:
             frame["ref"] = ref
+        retry_after = getattr(err, "retry_after", None)
+        if retry_after is not None:
+            frame["retry_after"] = retry_after
         self.stats.errors[err.code] = self.stats.errors.get(err.code, 0) + 1
         self._event(logging.INFO if fatal else logging.DEBUG, "error", code=err.code,
                     fatal=fatal, addr=client.link.address)
@@ -616,7 +626,7 @@ class Relay:
             refusal = self._hs_refusal(user, to, now)
             if refusal is not None:
                 self.stats.refused += 1
-                raise Refused("handshake_limited", refusal)
+                raise refusal
         try:
             held = self.store.add(user, to, body, kind, ttl, now, self.wallclock(),
                                   client.origin)
@@ -653,18 +663,24 @@ class Relay:
                                  "expires_at": float(expires_at)})
         return expires_at
 
-    def _hs_refusal(self, a: str, b: str, now: float) -> str | None:
-        """Why a handshake message between ``a`` and ``b`` is refused now, or None."""
+    def _hs_refusal(self, a: str, b: str, now: float) -> Refused | None:
+        """Why a handshake message between ``a`` and ``b`` is refused now, or None.
+        The refusal's ``retry_after`` is when the pair's bucket holds a whole
+        attempt again (PROTOCOL.md 3.5)."""
         pair = (a, b) if a < b else (b, a)
         config = self.config
         bucket = self._bucket(self._hs_buckets, pair, "hs", config.max_hs_pairs,
                               config.hs_per_second, config.hs_burst, now)
         if bucket is None:
-            return ("the relay is limiting too many handshakes at once to start a new one; "
-                    "try again in a minute")
+            return Refused("handshake_limited", "the relay is limiting too many handshakes at "
+                           "once to start a new one; try again in a minute")
         if not bucket.take(1.0, now):
-            return (f"too many handshake attempts between {a} and {b}; wait a minute before "
-                    "trying again")
+            need = min(float(HS_ATTEMPT_FRAMES), bucket.burst)
+            wait = (need - bucket.level(now)) / bucket.rate if bucket.rate > 0 else None
+            retry = None if wait is None else max(1, math.ceil(wait))
+            after = "a minute" if retry is None else f"{retry} s"
+            return Refused("handshake_limited", f"too many handshake attempts between {a} and "
+                           f"{b}; wait {after} before trying again", retry_after=retry)
         return None
 
     def _too_many_names(self) -> Refused:

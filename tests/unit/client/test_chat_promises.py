@@ -17,7 +17,10 @@ from msgrlib.client.ratchet_mode import (
     HANDSHAKE_RETRY,
     HANDSHAKE_RETRY_JITTER,
     HANDSHAKE_TIMEOUT,
+    RELAY_RETRY_MAX,
+    RELAY_RETRY_MIN,
     Phase,
+    retry_delay,
 )
 from msgrlib.relay import rules as relay
 
@@ -278,6 +281,47 @@ def test_after_the_relays_handshake_limit_the_clients_retry_by_themselves():
     # The message outlived its 30 s TTL meanwhile: the reason is the real one.
     reasons = [u.reason for u in net.of("bob", chat.Undelivered) if u.n == n]
     assert reasons and "limits handshakes" in reasons[0], reasons
+
+
+def test_the_relay_says_when_its_handshake_limit_allows_an_attempt_and_clients_wait_that():
+    """A refusal's ``retry_after`` (PROTOCOL.md 3.5) is when the pair's bucket
+    holds a whole attempt (4 frames) again; the client waits that, plus its
+    jitter, instead of a fixed 60 s."""
+    net = Net(relay.RelayConfig(hs_burst=4, hs_per_second=0.5))
+    alice, bob = pair(net)  # spends the burst
+    start = net.clock.now
+    net.detach("bob")
+    bob = net.core("bob", "alice")
+    net.attach(bob)
+    refusals: list[dict[str, Any]] = []
+    for core in (alice, bob):
+        def handle(frame: dict[str, Any], real: Any = core.handle) -> None:
+            if frame.get("code") == "handshake_limited":
+                refusals.append(frame)
+            real(frame)
+        core.handle = handle  # type: ignore[method-assign]
+    net.pump()
+    retries = [r for r in net.of("bob", chat.HandshakeRetry) + net.of("alice", chat.HandshakeRetry)
+               if r.at is not None]
+    assert retries and refusals
+    assert all(type(f["retry_after"]) is int and 1 <= f["retry_after"] <= 8 for f in refusals)
+    wait = retries[0].at - (net.clock.now + 1.7e9)
+    assert 1 <= wait <= 8 * (1 + HANDSHAKE_RETRY_JITTER) + 1, wait  # 4 tokens at 0.5/s
+    for _ in range(60):
+        net.advance(1)
+        if bob.session is not None and alice.session is not None \
+                and bob.session.sid == alice.session.sid:
+            break
+    assert alice.safety_number == bob.safety_number is not None
+    assert net.clock.now - start < 40  # not 60 s plus jitter, nor a handshake timeout
+
+
+def test_a_relays_retry_after_is_held_to_a_sane_range():
+    assert retry_delay(None) == HANDSHAKE_RETRY
+    assert retry_delay(float("nan")) == HANDSHAKE_RETRY
+    assert retry_delay(7) == 7
+    assert retry_delay(0) == retry_delay(-5) == RELAY_RETRY_MIN
+    assert retry_delay(float("inf")) == retry_delay(1e12) == RELAY_RETRY_MAX
 
 
 def test_owed_receipts_and_acks_make_the_io_layer_send_now():
