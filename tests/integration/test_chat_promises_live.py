@@ -249,3 +249,73 @@ def test_a_flood_of_handshake_starts_under_tiny_rates_leaves_a_real_client_idle(
     assert cpu[-1] - cpu[0] < flood * 0.002, quarters
     assert quarters[-1] < 1.4 * quarters[0] + 0.2, quarters
     assert not [line for line in bob.stderr if "Traceback" in line]
+
+
+# -- issue 14 item 1: the relay's per-pair handshake limit -------------------------------
+
+def test_after_the_relays_handshake_limit_real_clients_retry_when_the_relay_says():
+    """Two connected clients stopped forming sessions for good once the
+    relay's per-pair handshake limit refused one, silently. Now the refusal
+    says when the limit allows a whole attempt again (``retry_after``); the
+    refused client says when it will try, tries then by itself, and a message
+    typed meanwhile gets through. The relay allows 6 handshake frames per
+    pair at once and one more every 2 s; when bob's restarted process signs
+    in, a proxy spends the pair's budget on alice's connection first, so the
+    new process's first handshake frame is refused."""
+    fake_ref = 1 << 50  # refs alice's client never uses
+    marker = "h1.c3BlbnQ="  # the spent frames' body: never handed to bob
+    state: dict[str, Any] = {"bob_runs": 0, "spent": 0}
+
+    def hook(direction: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[dict]:
+        _login(direction, frame, conn)
+        kind = frame.get("type")
+        if direction == "up" and kind == "hello" and frame["user"] == "alice":
+            state["alice"] = conn
+        if direction == "up" and kind == "hello" and frame["user"] == "bob":
+            state["bob_runs"] += 1
+            if state["bob_runs"] == 2:
+                spend = [{"type": "send", "ref": fake_ref + i, "to": "bob", "kind": "hs",
+                          "ttl": 5, "body": marker} for i in range(10)]
+                state["alice"]["to_relay"].write(b"".join(encode_frame(f) for f in spend))
+        if (direction == "down" and conn.get("user") == "alice" and kind in ("accepted", "error")
+                and type(frame.get("ref")) is int and frame["ref"] >= fake_ref):
+            state["spent"] += kind == "accepted"
+            return []
+        if direction == "down" and kind == "deliver" and frame.get("body") == marker:
+            conn["to_relay"].write(encode_frame({"type": "ack", "ids": [frame["id"]]}))
+            return []
+        return [frame]
+
+    async def main() -> tuple[Chat, Chat]:
+        async with relay_subprocess("--hs-burst", "6", "--hs-rate", "0.5") as (_, port, _):
+            proxy = await Proxy(port, hook).start()
+            alice = await Chat.start(proxy.port, "alice", "bob", "--ttl", "60")
+            await alice.wait_for("connected to", stream="stderr")
+            bob = await Chat.start(proxy.port, "bob", "alice", "--ttl", "60")
+            await bob.wait_for("secure session", stream="stderr")
+            await alice.wait_for("secure session", stream="stderr")
+            # A restart needs a new session, and the pair's budget is spent.
+            await bob.kill()
+            bob2 = await Chat.start(proxy.port, "bob", "alice", "--ttl", "60")
+            await bob2.say("waiting for a session")
+            await bob2.wait_for("trying again by itself in", stream="stderr")
+            await alice.wait_for("^bob: waiting for a session$", timeout=40)
+            await bob2.wait_for("secure session", stream="stderr")
+            await bob2.end_input()
+            assert await bob2.exit_code() == 0  # confirmed: nothing undelivered
+            await alice.end_input()
+            await alice.exit_code()
+            await proxy.close()
+            return alice, bob2
+
+    alice, bob2 = run(main(), timeout=90)
+    said = [line for line in alice.stderr + bob2.stderr if "trying again by itself in" in line]
+    waits = [int(line.rsplit("in ", 1)[1].split(" s")[0]) for line in said]
+    # The refused side waits what the relay said (5 frames at one per 2 s,
+    # plus up to 25 % jitter), not the 60 s it waits when the relay says
+    # nothing; then the two form a session by themselves, with no handshake
+    # left to time out.
+    assert said and all(1 <= w <= 13 for w in waits), said
+    assert state["spent"] >= 1
+    assert alice.stdout == ["bob: waiting for a session"], alice.stdout
+    assert not [line for line in alice.stderr if "timed out" in line], alice.stderr
