@@ -25,16 +25,26 @@ undelivered); the client reconnects and resends what was not ``accepted``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from msgrlib.relay import engine
 from msgrlib.relay.config import RelayConfig
-from msgrlib.relay.rules import Client, Refused, Relay, State, _utc_time
+from msgrlib.relay.rules import HS_ATTEMPT_FRAMES, Client, Refused, Relay, State, _utc_time
 from msgrlib.relay.store import StoreError
 
 log = logging.getLogger("msgr.relay")
+
+
+@dataclass(frozen=True)
+class _HsLimited:
+    """A handshake message the pair's shared bucket refused: ``wait`` is the
+    seconds until it holds a whole attempt (None: it never refills)."""
+
+    wait: float | None
 
 
 class EngineRelay(Relay):
@@ -166,8 +176,10 @@ class EngineRelay(Relay):
         backend = self.backend
 
         async def step() -> Any:
-            if kind == "hs" and not await backend.handshake_allowed(user, to):
-                return None
+            if kind == "hs":
+                taken = await backend.handshake_take(user, to, HS_ATTEMPT_FRAMES)
+                if taken is not True:
+                    return _HsLimited(taken)
             return await backend.send(user, to, body, kind, ttl, origin=client.origin)
 
         def then(held: Any, error: BaseException | None) -> None:
@@ -177,10 +189,13 @@ class EngineRelay(Relay):
                     raise Refused(error.code, str(error))
                 self._engine_failed(client, error)
                 return
-            if held is None:
+            if isinstance(held, _HsLimited):
                 self.stats.refused += 1
+                retry = None if held.wait is None else max(1, math.ceil(held.wait))
+                after = "a minute" if retry is None else f"{retry} s"
                 raise Refused("handshake_limited", f"too many handshake attempts between "
-                              f"{user} and {to}; wait a minute before trying again")
+                              f"{user} and {to}; wait {after} before trying again",
+                              retry_after=retry)
             if client.state is not State.CLOSED:
                 self._accepted(client, held, ref)
             # The recipient's node (maybe this one) delivers on the engine's Deliver.

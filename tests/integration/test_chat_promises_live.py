@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import STORE, Chat, Proxy, relay_subprocess, run
+from helpers import Chat, Proxy, relay_subprocess, run
 
 from framing import encode_frame
 
@@ -253,9 +253,6 @@ def test_a_flood_of_handshake_starts_under_tiny_rates_leaves_a_real_client_idle(
 
 # -- issue 14 item 1: the relay's per-pair handshake limit -------------------------------
 
-@pytest.mark.skipif(STORE["mode"] == "engine",
-                    reason="an engine relay's refusal names no retry_after (PROTOCOL.md 3.5): "
-                    "the clients wait 60 s")
 def test_after_the_relays_handshake_limit_real_clients_retry_when_the_relay_says():
     """Two connected clients stopped forming sessions for good once the
     relay's per-pair handshake limit refused one, silently. Now the refusal

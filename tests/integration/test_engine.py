@@ -262,6 +262,11 @@ def test_handshake_bucket_is_shared_by_every_node(engine):
             clock.advance(2)  # one token back
             assert await b.handshake_allowed("bob", "alice")
             assert not await a.handshake_allowed("alice", "bob")
+            # Refused, it says when the bucket holds an attempt (at most the burst).
+            assert await a.handshake_take("alice", "bob", 5) == 6.0  # 3 tokens at 0.5/s
+            assert await a.handshake_take("alice", "bob", 2) == 4.0
+            clock.advance(2)
+            assert await b.handshake_take("bob", "alice", 5) is True
     run(main())
 
 

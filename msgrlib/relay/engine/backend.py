@@ -40,7 +40,8 @@ kind, ttl, origin=)``       (``MailboxFull``, ``StoreFull``, :class:`ShareFull`)
                             seconds). The recipient's node gets
                             :class:`Deliver` if the recipient is connected.
                             ``ttl`` is already clamped by the core.
-``handshake_allowed(a, b)`` one token from the pair's shared bucket.
+``handshake_allowed(a, b)`` one token from the pair's shared bucket
+``handshake_take(a, b, n)`` the same; refused, the seconds until it holds n.
 ``ack(name, conn, ids)``    idempotent; returns how many were deleted, or
                             None if ``conn`` no longer holds the name.
 ``fetch(name, conn)``       what waits for the name, unexpired, oldest first
@@ -594,11 +595,20 @@ class RedisBackend:
         raise ShareFull(message, share=share, held=have, limit=limit)
 
     async def handshake_allowed(self, a: str, b: str) -> bool:
+        return await self.handshake_take(a, b) is True
+
+    async def handshake_take(self, a: str, b: str, attempt: int = 1) -> bool | float | None:
+        """One token from the pair's bucket: True if taken; if refused, the
+        seconds until it holds ``attempt`` tokens (at most its burst), or
+        None when it never refills."""
         low, high = (a, b) if a < b else (b, a)
         lim = self.limits
-        reply = await self._call(self.shard_of(low), "handshake", low, high,
-                                 repr(float(lim.hs_per_second)), repr(float(lim.hs_burst)))
-        return bool(reply)
+        reply = int(await self._call(self.shard_of(low), "handshake", low, high,
+                                     repr(float(lim.hs_per_second)), repr(float(lim.hs_burst)),
+                                     str(int(attempt))))
+        if reply == 1:
+            return True
+        return -reply / 1000 if reply < 0 else None
 
     async def ack(self, name: str, conn: str, ids: Iterable[int]) -> int | None:
         args = [str(int(i)) for i in ids]

@@ -425,7 +425,10 @@ return (conn and conn ~= '') and 1 or 0
 
 #: Take one token from the handshake bucket of a pair of names (a < b): the
 #: same token bucket as the relay's TokenBucket, kept in the engine so every
-#: node shares it. ARGV[4..]: a, b, rate per s, burst. Reply 1 or 0.
+#: node shares it. ARGV[4..]: a, b, rate per s, burst, and optionally the
+#: tokens a whole attempt needs. Reply 1 (taken), or when refused minus the
+#: milliseconds until the bucket holds that many (at most the burst), or 0
+#: if it never refills or no attempt size was given.
 HANDSHAKE = PRELUDE + r"""
 local key = K(ARGV[4], 'hs:' .. ARGV[5])
 local rate, burst = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -443,7 +446,11 @@ end
 redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'stamp', S(NOW))
 -- A full bucket is the same as no bucket: let the key go once it would be full.
 redis.call('PEXPIRE', key, S(math.ceil((burst - tokens) / rate * 1000) + 1000))
-return ok
+if ok == 1 then return 1 end
+local need = tonumber(ARGV[8])
+if not need or not (rate > 0) then return 0 end
+if need > burst then need = burst end
+return -math.max(1, math.ceil((need - tokens) / rate * 1000))
 """
 
 #: Renew this node's lease, then release the names of nodes whose lease lapsed.
