@@ -264,7 +264,7 @@ def test_after_the_relays_handshake_limit_real_clients_retry_when_the_relay_says
     new process's first handshake frame is refused."""
     fake_ref = 1 << 50  # refs alice's client never uses
     marker = "h1.c3BlbnQ="  # the spent frames' body: never handed to bob
-    state: dict[str, Any] = {"bob_runs": 0, "spent": 0}
+    state: dict[str, Any] = {"bob_runs": 0}
 
     def hook(direction: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[dict]:
         _login(direction, frame, conn)
@@ -279,8 +279,7 @@ def test_after_the_relays_handshake_limit_real_clients_retry_when_the_relay_says
                 state["alice"]["to_relay"].write(b"".join(encode_frame(f) for f in spend))
         if (direction == "down" and conn.get("user") == "alice" and kind in ("accepted", "error")
                 and type(frame.get("ref")) is int and frame["ref"] >= fake_ref):
-            state["spent"] += kind == "accepted"
-            return []
+            return []  # answers to the frames the proxy sent
         if direction == "down" and kind == "deliver" and frame.get("body") == marker:
             conn["to_relay"].write(encode_frame({"type": "ack", "ids": [frame["id"]]}))
             return []
@@ -316,6 +315,5 @@ def test_after_the_relays_handshake_limit_real_clients_retry_when_the_relay_says
     # nothing; then the two form a session by themselves, with no handshake
     # left to time out.
     assert said and all(1 <= w <= 13 for w in waits), said
-    assert state["spent"] >= 1
     assert alice.stdout == ["bob: waiting for a session"], alice.stdout
     assert not [line for line in alice.stderr if "timed out" in line], alice.stderr
