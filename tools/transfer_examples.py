@@ -18,6 +18,11 @@ from msgrlib.transfer.machine import Receiver, Sender, make_offer
 
 
 def _dump(msg: m.Message) -> str:
+    """A JSON plaintext as it is; a chunk's binary plaintext as hex, its fields apart."""
+    if isinstance(msg, m.Chunk):
+        wire = m.encode_chunk_plaintext(msg.to_obj())
+        return (f"[{wire[:2].hex(' ')} | {wire[2:18].hex()} | {wire[18:26].hex()} | "
+                f"{wire[26:].hex()}]")
     return json.dumps(msg.to_obj(), ensure_ascii=False, separators=(",", ":"))
 
 

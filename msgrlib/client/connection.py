@@ -79,6 +79,8 @@ def backoff_wait(delay: float, *, jitter: float = BACKOFF_JITTER,
 #: Largest frame read from a relay that announces a larger max_frame than
 #: ours (its own limit is what a peer can send us through it).
 MAX_READ_FRAME = 16 * 1024 * 1024
+#: Bytes asked of the socket per read once the relay has welcomed us.
+READ_SIZE = 256 * 1024
 #: Relay codes after which reconnecting cannot help (defined with the protocol).
 FATAL_CODES = protocol.PERMANENT_CODES
 
@@ -663,21 +665,30 @@ class ChatClient:
             self.core.tick()
 
     async def _read_loop(self, session: RelaySession, reader: asyncio.StreamReader) -> None:
+        """After welcome (which set the frame limit): whatever each read brings, all
+        its frames at once, so the sends they cause (acks, file chunks) go out together
+        when the pump next runs, rather than one write and one task per frame (a file
+        transfer is thousands of frames)."""
         silence = self.heartbeat * 3
+        decoder = framing.FrameDecoder(max_size=self._read_limit)
         while True:
             try:
-                frame = await asyncio.wait_for(
-                    framing.read_frame(reader, max_size=self._read_limit), silence)
+                data = await asyncio.wait_for(reader.read(READ_SIZE), silence)
             except asyncio.TimeoutError:
                 raise ConnectionResetError(
                     f"no answer from the relay for {silence:g} s") from None
-            if frame is None:
+            if not data:
+                decoder.feed_eof()  # TruncatedFrame if it ended inside a frame
                 raise ConnectionResetError("the relay closed the connection")
-            for event in session.receive(frame):
-                self._on_session_event(event)
+            for frame in decoder.feed(data):
+                for event in session.receive(frame):
+                    self._on_session_event(event)
 
     def _send_pending(self, writer: asyncio.StreamWriter) -> None:
-        self._write_frames(writer, self.core.take_frames())
+        frames = self.core.take_frames()
+        if frames:  # up to the frame size the relay declared (file chunks use it all)
+            limit = self._read_limit - 1024
+            writer.write(b"".join(framing.encode_frame(f, max_size=limit) for f in frames))
 
     @staticmethod
     def _write_frames(writer: asyncio.StreamWriter, frames: list[dict[str, Any]]) -> None:

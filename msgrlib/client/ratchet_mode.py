@@ -37,6 +37,8 @@ from msgrlib.client.outbox import Outgoing, OutState, Pending
 from msgrlib.client.window import Verdict
 from msgrlib.crypto import handshake, ratchet
 from msgrlib.errors import CryptoError
+from msgrlib.transfer.errors import TransferError
+from msgrlib.transfer.messages import decode_binary_plaintext, encode_chunk_plaintext
 
 if TYPE_CHECKING:
     from msgrlib.client.core import ChatCore
@@ -266,7 +268,10 @@ class RatchetMode:
         session = session or self.session
         if session is None:
             return
-        plaintext = json.dumps(inner, ensure_ascii=False, separators=(",", ":")).encode()
+        if inner["k"] == "xfer.chunk":  # binary: the data is base64-encoded once, below
+            plaintext = encode_chunk_plaintext(inner)
+        else:
+            plaintext = json.dumps(inner, ensure_ascii=False, separators=(",", ":")).encode()
         body = ("r1." + session.sid + "."
                 + base64.b64encode(session.ratchet.encrypt(plaintext)).decode())
         core = self.core
@@ -661,16 +666,22 @@ def parse_hs(body: str) -> dict[str, Any]:
 def parse_ratchet_body(body: str) -> tuple[str, bytes]:
     if body.startswith("s1."):
         raise BadBody("the peer is in --static mode; both sides must use the same mode")
-    parts = body.split(".")
-    if len(parts) != 3 or parts[0] != "r1" or len(parts[1]) != 32:
+    # "r1." + 32 characters + "." + base64 (which holds no "."): sliced, not split, as
+    # a file chunk's body is 64 KiB.
+    if body[:3] != "r1." or body[35:36] != "." or "." in body[3:35] or "." in body[36:100]:
         raise BadBody("a message has an unknown format")
     try:
-        return parts[1], base64.b64decode(parts[2], validate=True)
+        return body[3:35], base64.b64decode(body[36:], validate=True)
     except (binascii.Error, ValueError):
         raise BadBody("a message is not valid base64") from None
 
 
 def parse_inner(plaintext: bytes) -> dict[str, Any]:
+    if plaintext[:1] == b"\x00":  # a binary file chunk (docs/transfer.md section 2)
+        try:
+            return decode_binary_plaintext(plaintext)
+        except TransferError:
+            raise BadBody("a message decrypted but is not a valid file chunk") from None
     try:
         inner = framing.decode_body(plaintext)
     except framing.FramingError:

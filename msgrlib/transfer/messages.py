@@ -1,5 +1,10 @@
 """The transfer messages: JSON objects carried as the plaintext of ratchet messages.
 
+One exception: an ``xfer.chunk`` travels as a *binary* plaintext (:func:`encode_chunk_plaintext`:
+a 26-byte header, then the raw bytes), so its data is base64-encoded once (the ciphertext in the
+relay frame) rather than twice. In memory it is the same kind of object as the others, with
+``"data"`` holding ``bytes``.
+
 Each is a JSON object whose ``"k"`` is one of :data:`KINDS` (all start with ``"xfer."``, so the
 chat core can dispatch on the prefix beside its ``hi``/``msg``/``rcpt``), and whose ``"t"`` is
 the transfer id (32 lowercase hex characters, 16 random bytes chosen by the sender). The
@@ -24,9 +29,10 @@ from msgrlib.transfer.errors import TransferProtocolError
 
 # --- limits on what a message may declare (the receiver applies its own, smaller, limits) ---
 
-#: Largest chunk payload a message may carry. The default chunk (32 KiB) is what fits the
-#: relay's default 64 KiB frame after the two base64 layers (chunk_size_for() computes it).
-MAX_CHUNK_SIZE = 48 * 1024
+#: Largest chunk payload a message may carry (a parse bound: a receiver holds one chunk at a
+#: time). The sender picks the largest chunk the relay's ``max_frame`` allows
+#: (chunk_size_for(): 47 KiB for the default 64 KiB frame, the data base64-encoded once).
+MAX_CHUNK_SIZE = 1024 * 1024
 DEFAULT_CHUNK_SIZE = 32 * 1024
 #: Declared sizes stay exact in a JSON double (2**53) with room; 1 PiB is no real bound.
 MAX_DECLARED_SIZE = 2**50
@@ -201,16 +207,15 @@ class Chunk:
     K = "xfer.chunk"
 
     def to_obj(self) -> dict[str, Any]:
-        return {"k": self.K, "t": self.t, "i": self.i, "data": b64encode(self.data)}
+        """The in-memory object; :func:`encode_chunk_plaintext` makes its wire form."""
+        return {"k": self.K, "t": self.t, "i": self.i, "data": self.data}
 
     @classmethod
     def _parse(cls, obj: Mapping[str, Any]) -> Chunk:
         index = _int(obj, "i", 0, MAX_DECLARED_SIZE)
-        if not isinstance(obj["data"], str) or len(obj["data"]) > 4 * MAX_CHUNK_SIZE // 3 + 4:
-            raise _fail(f"'data' must be base64 of at most {MAX_CHUNK_SIZE} bytes")
-        data = b64decode_canonical(obj["data"], "data")
-        if not 1 <= len(data) <= MAX_CHUNK_SIZE:
-            raise _fail(f"'data' must hold 1..{MAX_CHUNK_SIZE} bytes")
+        data = obj["data"]
+        if type(data) is not bytes or not 1 <= len(data) <= MAX_CHUNK_SIZE:
+            raise _fail(f"'data' must be 1..{MAX_CHUNK_SIZE} bytes (a binary chunk plaintext)")
         return cls(t=_tid(obj), i=index, data=data)
 
 
@@ -307,6 +312,40 @@ def parse_message(obj: object) -> Message:
     return parse(obj)
 
 
+#: First byte of a binary plaintext. A JSON plaintext starts with ``{``, so the two can
+#: never be confused; the second byte names the binary kind (1: ``xfer.chunk``).
+BINARY_TAG = 0x00
+CHUNK_KIND = 0x01
+#: tag, kind, 16-byte transfer id, 8-byte big-endian index.
+CHUNK_HEADER = 26
+
+
+def encode_chunk_plaintext(obj: Mapping[str, Any]) -> bytes:
+    """The ratchet plaintext of an ``xfer.chunk`` object (from :meth:`Chunk.to_obj`):
+
+    ``00 01 | transfer id (16 bytes) | index (8 bytes, big-endian) | data``
+
+    The ratchet authenticates and encrypts it like any plaintext; only the ciphertext is
+    base64-encoded (into the relay frame), once."""
+    return (bytes((BINARY_TAG, CHUNK_KIND)) + bytes.fromhex(obj["t"])
+            + obj["i"].to_bytes(8, "big") + obj["data"])
+
+
+def decode_binary_plaintext(plaintext: bytes) -> dict[str, Any]:
+    """The object of a binary plaintext (first byte :data:`BINARY_TAG`), for
+    :func:`parse_message` to check. Raises :class:`TransferProtocolError` if it is not a
+    well-formed chunk (unknown kind, short header, no data, over :data:`MAX_CHUNK_SIZE`)."""
+    if len(plaintext) < 2 or plaintext[0] != BINARY_TAG or plaintext[1] != CHUNK_KIND:
+        raise _fail("unknown binary plaintext")
+    if not CHUNK_HEADER < len(plaintext) <= CHUNK_HEADER + MAX_CHUNK_SIZE:
+        raise _fail(f"a binary chunk must hold 1..{MAX_CHUNK_SIZE} bytes")
+    index = int.from_bytes(plaintext[18:26], "big")
+    if index > MAX_DECLARED_SIZE:
+        raise _fail("'i' out of range")
+    return {"k": Chunk.K, "t": plaintext[2:18].hex(), "i": index,
+            "data": plaintext[CHUNK_HEADER:]}
+
+
 def new_transfer_id(randbytes: Callable[[int], bytes]) -> str:
     """A transfer id from 16 bytes of ``randbytes`` (``os.urandom`` in real use)."""
     raw = randbytes(16)
@@ -322,12 +361,12 @@ _SEND_OVERHEAD = 100
 def chunk_frame_size(chunk: int, *, name_length: int = 32) -> int:
     """An upper bound on the relay ``send`` frame that carries a chunk of ``chunk`` bytes.
 
-    Sizes along the way: the chunk JSON is ``4*ceil(c/3)`` base64 characters plus at most 120
-    bytes of keys, id and index; the ratchet adds a 42-byte header and a 16-byte MAC; the
-    body is ``"r1." + 32 hex + "."`` plus base64 of that; the ``send`` frame adds at most
-    ``100 + name_length`` bytes of fields.
+    Sizes along the way: the binary chunk plaintext is the data plus a 26-byte header; the
+    ratchet adds a 42-byte header and a 16-byte MAC; the body is ``"r1." + 32 hex + "."``
+    plus base64 of that; the ``send`` frame adds at most ``100 + name_length`` bytes of
+    fields.
     """
-    inner = 4 * -(-chunk // 3) + 120
+    inner = chunk + CHUNK_HEADER
     ratchet = inner + 42 + 16
     body = 36 + 4 * -(-ratchet // 3)
     return body + _SEND_OVERHEAD + name_length
@@ -347,6 +386,17 @@ def chunk_size_for(max_frame: int, *, name_length: int = 32) -> int:
     return best
 
 
+def chunk_size_for_relay(limits: object, *, name_length: int = 32) -> int:
+    """:func:`chunk_size_for` the ``max_frame`` a relay declared in ``welcome`` (``limits``,
+    its JSON object), or for the default 64 KiB frame if it declared none usable. A relay
+    declaring more than it accepts only gets its own frames refused; the chunk stays at most
+    :data:`MAX_CHUNK_SIZE` whatever it says."""
+    frame = limits.get("max_frame") if isinstance(limits, dict) else None
+    if type(frame) is not int or frame < 4096:
+        frame = 64 * 1024
+    return chunk_size_for(min(frame, 2 * MAX_CHUNK_SIZE), name_length=name_length)
+
+
 def fit_window(chunk: int, *, mailbox_bytes: int, mailbox_messages: int,
                want: int = DEFAULT_WINDOW) -> int:
     """The window a receiver should offer so that the relay never refuses a chunk as
@@ -363,6 +413,7 @@ __all__ = [
     "KIND_FILE", "KIND_SECRET", "MAX_CHUNK_SIZE", "MAX_DECLARED_SIZE", "MAX_REASON_LENGTH",
     "MAX_WINDOW", "TRANSFER_KINDS", "Accept", "Ack", "Chunk", "Decline", "Done", "Fail",
     "Message", "Offer", "b64decode_canonical", "chunk_frame_size", "chunk_size_for",
-    "fit_window", "is_transfer_message",
+    "chunk_size_for_relay",
+    "decode_binary_plaintext", "encode_chunk_plaintext", "fit_window", "is_transfer_message",
     "new_transfer_id", "parse_message",
 ]

@@ -38,6 +38,8 @@ CONFIG_KEYS = ("server",)
 FLUSH_WAIT = 5.0
 #: Progress lines per second on a terminal.
 PROGRESS_RATE = 4.0
+#: ``--json`` progress events per second, at most (the first is printed at once).
+JSON_PROGRESS_RATE = 10.0
 #: Assumed per-recipient mailbox bytes at the relay (msgr's default; not in ``welcome``).
 MAILBOX_BYTES = 4 * 1024 * 1024
 #: What a secret read from stdin may hold (the receiver's default limit).
@@ -371,8 +373,11 @@ def run_send(args: argparse.Namespace) -> int:
 
 async def _send(args: argparse.Namespace, target: Any, prepared: Any,
                 pair: tuple[str, str, str] | None = None) -> int:
+    import dataclasses
+
     from msgrlib.client.events import SessionStarted, TransferEvent
     from msgrlib.transfer import Transfers
+    from msgrlib.transfer.messages import chunk_size_for_relay
 
     finished: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     offer = prepared.offer
@@ -386,7 +391,9 @@ async def _send(args: argparse.Namespace, target: Any, prepared: Any,
             _finish(finished, code)
         if isinstance(event, SessionStarted) and not started:
             started = True
-            client.core.send_transfer(offer, prepared.source)
+            # The largest chunk this relay's frames carry (its welcome said max_frame).
+            sent = dataclasses.replace(offer, chunk=chunk_size_for_relay(client.limits))
+            client.core.send_transfer(sent, prepared.source)
             client.poke()
             what = "a secret" if offer.kind == "secret" else escape(offer.name)
             _say(f"offering {what} ({_size(offer.size)}); waiting for the other side to "
@@ -592,6 +599,7 @@ class _Progress:
         self.json = as_json
         self.tty = sys.stderr.isatty()
         self.shown_at = 0.0
+        self.json_at: float | None = None
         self.started = time.monotonic()
 
     def event(self, news: Any) -> int | None:
@@ -603,7 +611,13 @@ class _Progress:
             self.started = now  # the rate counts from the answer, not the waiting
         if isinstance(event, Progress):
             self.meter.update(event.done_bytes, now)
-        if self.json and not hasattr(event, "receiver"):
+        # JSON progress: the first, then at most JSON_PROGRESS_RATE a second (one per
+        # chunk cost the receiver a tenth of its time); the last is "completed".
+        quiet = (isinstance(event, Progress) and self.json_at is not None
+                 and now - self.json_at < 1 / JSON_PROGRESS_RATE)
+        if self.json and not hasattr(event, "receiver") and not quiet:
+            if isinstance(event, Progress):
+                self.json_at = now
             # Seconds since the epoch, as chat's --json lines: a script cannot use
             # the monotonic clock the meter runs on.
             print(json.dumps(event_json(event, news.transfer_id, time.time(), self.meter)),

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from helpers import PYTHON, ROOT, Chat, relay_running, run, tls_contexts
 
+import framing
 from msgrlib.invite import parse_code
 from msgrlib.invite.code import words_for_position
 from msgrlib.relay.config import RelayConfig
-from msgrlib.transfer.messages import chunk_frame_size
+from msgrlib.transfer.messages import chunk_frame_size, chunk_size_for
 from msgrlib.ui import transfer_cli
 
 CODE_RE = r"your invite code is\s+(\S+)"
@@ -168,11 +169,39 @@ def test_a_file_over_tls_arrives_byte_identical_within_the_window(tmp_path: Any)
             assert '"event": "completed"' in receiver.stdout[-1]
             assert (out / "big.bin").read_bytes() == data
             assert sorted(p.name for p in out.iterdir()) == ["big.bin"]
-            bound = 2 * 16 * chunk_frame_size(35 * 1024) + 64 * 1024
+            chunk = chunk_size_for(framing.DEFAULT_MAX_FRAME)  # the relay's default frame
+            bound = 2 * 16 * chunk_frame_size(chunk) + 64 * 1024
             assert 0 < peak <= bound, (peak, bound)
     run(main(), timeout=90)
     assert hashlib.sha256((out / "big.bin").read_bytes()).digest() == \
         hashlib.sha256(data).digest()
+
+
+def test_a_relay_with_larger_frames_gets_larger_chunks(tmp_path: Any) -> None:
+    """The sender sizes its chunks from the max_frame the relay's welcome declares (here
+    256 KiB): fewer, larger chunk messages than a default relay's 47 KiB ones, which both
+    clients can send and read; the file arrives byte-identical."""
+    data = os.urandom(4 * 1024 * 1024 + 5)
+    (tmp_path / "big.bin").write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        async with relay_running(RelayConfig(max_frame=256 * 1024)) as srv:
+            port = srv.address[1]
+            sender = await start(["send", "big.bin"], str(tmp_path), port, name="sender")
+            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), port,
+                                   name="receiver")
+            await receiver.say(await code_of(sender))
+            await receiver.say("y")
+            assert await receiver.exit_code() == 0, receiver.stderr
+            assert await sender.exit_code() == 0, sender.stderr
+            default_chunks = len(data) // chunk_size_for(framing.DEFAULT_MAX_FRAME)
+            # Every message of the transfer (handshake, offer, chunks, acks) is fewer
+            # than the chunks alone would be at the default frame size.
+            assert srv.relay.stats.accepted < default_chunks, srv.relay.stats
+    run(main(), timeout=90)
+    assert (out / "big.bin").read_bytes() == data
 
 
 def test_a_receiver_that_declines_leaves_nothing_on_disk(tmp_path: Any) -> None:

@@ -19,6 +19,7 @@ import os
 from helpers import RawClient, relay_running, run, tls_contexts
 from nacl.public import PrivateKey
 
+from msgrlib.client.ratchet_mode import parse_inner
 from msgrlib.crypto.ratchet import Ratchet
 from msgrlib.transfer import messages as m
 from msgrlib.transfer.files import FileSink, prepare_file
@@ -71,7 +72,9 @@ class Side:
     async def flush(self) -> None:
         assert self.machine is not None
         for msg in self.machine.take_outgoing():
-            plaintext = json.dumps(msg.to_obj(), separators=(",", ":")).encode()
+            obj = msg.to_obj()
+            plaintext = (m.encode_chunk_plaintext(obj) if isinstance(msg, m.Chunk)
+                         else json.dumps(obj, separators=(",", ":")).encode())
             body = f"r1.{SID}.{base64.b64encode(self.ratchet.encrypt(plaintext)).decode()}"
             self.ref += 1
             if isinstance(msg, m.Ack) and msg.gap:
@@ -102,7 +105,7 @@ class Side:
                 await self.client.send({"type": "ack", "id": frame["id"]})
                 sid, data = frame["body"].split(".")[1:]
                 assert sid == SID
-                msg = m.parse_message(json.loads(self.ratchet.decrypt(base64.b64decode(data))))
+                msg = m.parse_message(parse_inner(self.ratchet.decrypt(base64.b64decode(data))))
                 if isinstance(msg, m.Chunk):
                     self.held.delivered.add(frame["id"])
                 on_message(msg, now)

@@ -19,16 +19,26 @@ def tid(n: int) -> str:
     return f"{n:032x}"
 
 
+def through_the_ratchet_plaintext(obj: dict) -> dict:
+    """What the peer's chat core hands on: a chunk as its binary plaintext, the rest JSON."""
+    from msgrlib.client.ratchet_mode import parse_inner
+    from msgrlib.transfer.messages import encode_chunk_plaintext
+
+    if obj["k"] == "xfer.chunk":
+        return parse_inner(encode_chunk_plaintext(obj))
+    return parse_inner(json.dumps(obj).encode())
+
+
 def exchange(a: Transfers, b: Transfers, now: float = 0.0,
              rounds: int = 1000) -> dict[str, MemorySink]:
-    """Deliver everything both ways (through JSON) until quiet; b accepts new offers into
-    memory sinks, returned by transfer id."""
+    """Deliver everything both ways (through the plaintext the ratchet seals) until quiet;
+    b accepts new offers into memory sinks, returned by transfer id."""
     sinks: dict[str, MemorySink] = {}
     for _ in range(rounds):
         moved = False
         for src, dst in ((a, b), (b, a)):
             for obj in src.take_outgoing():
-                dst.handle(json.loads(json.dumps(obj)), now)
+                dst.handle(through_the_ratchet_plaintext(obj), now)
                 moved = True
         for t, event in b.take_events():
             if isinstance(event, Offered) and event.receiver.problem is None:
