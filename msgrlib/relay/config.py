@@ -58,12 +58,18 @@ class RelayConfig:
     #: from starting a session. Handshakes are few and small (per-pair limits
     #: below); 5% is about 30,000 of them with the default budget.
     hs_reserve: float = 0.05
-    #: Per-connection token buckets. 200 messages/s with a burst of 400 is far
-    #: above any typist and far below what one client could use to drown others.
-    rate_messages: float = 200.0
-    burst_messages: float = 400.0
-    rate_bytes: float = 1024 * 1024.0
-    burst_bytes: float = 2 * 1024 * 1024.0
+    #: Per-connection token buckets: how much of the relay's CPU and bandwidth
+    #: one connection may take, not its memory (the mailbox and store shares
+    #: above bound what anyone can make it hold, at any rate). Set so that a
+    #: file transfer through a relay left at its defaults is not throttled
+    #: (about 110 MB/s of file is 3,000 frames and 150 MB a second; issue 16,
+    #: docs/transfer.md section 8), still a ceiling on one connection: a
+    #: connection faster than that waits for tokens. An operator sharing a
+    #: relay among many users lowers them (SECURITY.md "Limits").
+    rate_messages: float = 4000.0
+    burst_messages: float = 8000.0
+    rate_bytes: float = 256 * 1024 * 1024.0
+    burst_bytes: float = 512 * 1024 * 1024.0
     #: Handshake frames per pair of names: a burst of 40 frames (10 attempts of
     #: 4 frames), then one frame every 15 s (one attempt a minute). Each failed
     #: attempt is an online passcode guess, so they must stay rare.

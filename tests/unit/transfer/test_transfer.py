@@ -1114,3 +1114,21 @@ def test_the_chunk_follows_the_relays_declared_frame_within_bounds():
                  {"max_frame": -1}, [65536]):
         assert m.chunk_size_for_relay(junk) == default
 
+
+def test_a_relay_at_its_defaults_does_not_throttle_a_transfer_at_magic_wormholes_speed():
+    """issue 16: magic-wormhole's relayed transfer runs at about 110-130 MB/s locally. The
+    relay's default per-connection rates must carry that many default-size chunk frames
+    (the client paces at 90 % of them), and the default window must keep the relay's
+    stored bytes within half a default mailbox."""
+    from msgrlib.client.outbox import RATE_MARGIN
+    from msgrlib.relay.config import RelayConfig
+
+    config = RelayConfig()
+    chunk = m.chunk_size_for(config.max_frame)
+    frames_per_s = 130e6 / chunk
+    assert RATE_MARGIN * config.rate_messages >= 1.1 * frames_per_s  # room for the acks
+    assert RATE_MARGIN * config.rate_bytes >= frames_per_s * m.chunk_frame_size(chunk)
+    window = m.fit_window(chunk, mailbox_bytes=config.mailbox_bytes,
+                          mailbox_messages=config.mailbox_messages)
+    assert window == m.DEFAULT_WINDOW
+    assert 2 * window * m.chunk_frame_size(chunk) <= config.mailbox_bytes // 2
