@@ -335,14 +335,18 @@ def _finish(finished: asyncio.Future[int], code: int) -> None:
 # -- send ---------------------------------------------------------------------------------
 
 def run_send(args: argparse.Namespace) -> int:
+    import functools
+
     import framing
     from msgrlib.transfer import files
     from msgrlib.transfer.messages import chunk_size_for, new_transfer_id
+    from msgrlib.transfer.names import check_file_name
 
     target = relay_target(args)
     pair = read_pair(args)
     tid = new_transfer_id(os.urandom)
     chunk = chunk_size_for(framing.DEFAULT_MAX_FRAME, name_length=18)
+    prepared: Any  # files.Prepared, or a function that makes one
     if args.path == "-":
         data = sys.stdin.buffer.read(MAX_SECRET + 1)
         if len(data) > MAX_SECRET:
@@ -356,19 +360,21 @@ def run_send(args: argparse.Namespace) -> int:
             if os.path.isdir(args.path):
                 prepared = files.prepare_directory(args.path, tid, chunk=chunk)
             else:
-                prepared = files.prepare_file(args.path, tid, chunk=chunk)
+                # A plain file: its name and that it opens are checked now; hashing it
+                # (a second per 100 MiB here) overlaps connecting and the handshake
+                # rather than delaying the code, and the first byte, by that much.
+                check_file_name(os.path.basename(os.path.abspath(args.path)))
+                with open(args.path, "rb"):
+                    pass
+                prepared = functools.partial(files.prepare_file, args.path, tid, chunk=chunk)
         except OSError as err:
             raise MsgrError(f"cannot read {escape(args.path)}: {err.strerror or err}") from None
-        for skipped in prepared.skipped:
+        for skipped in getattr(prepared, "skipped", ()):
             _say(f"left out (not a plain file or directory): {escape(skipped)}")
     try:
         return asyncio.run(_send(args, target, prepared, pair))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    finally:
-        close = getattr(prepared.source, "close", None)  # a secret's has none
-        if close is not None:
-            close()
 
 
 async def _send(args: argparse.Namespace, target: Any, prepared: Any,
@@ -379,27 +385,46 @@ async def _send(args: argparse.Namespace, target: Any, prepared: Any,
     from msgrlib.transfer import Transfers
     from msgrlib.transfer.messages import chunk_size_for_relay
 
-    finished: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    offer = prepared.offer
-    show = _Progress(offer.size, args.json)
-    started = False
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[int] = loop.create_future()
+    # ``prepared`` is ready, or (a plain file) a function that hashes it: in a thread.
+    ready: asyncio.Future[Any]
+    if callable(prepared):
+        ready = loop.run_in_executor(None, prepared)
+    else:
+        ready = loop.create_future()
+        ready.set_result(prepared)
+    state: dict[str, Any] = {}
+
+    async def offer_when_ready() -> None:
+        try:
+            done = await ready
+        except OSError as err:
+            _say(f"cannot read {escape(args.path)}: {err.strerror or err}")
+            _finish(finished, EXIT_ERROR)
+            return
+        except MsgrError as err:
+            _say(str(err))
+            _finish(finished, EXIT_ERROR)
+            return
+        offer = done.offer
+        state["show"] = _Progress(offer.size, args.json)
+        # The largest chunk this relay's frames carry (its welcome said max_frame).
+        sent = dataclasses.replace(offer, chunk=chunk_size_for_relay(client.limits))
+        client.core.send_transfer(sent, done.source)
+        client.poke()
+        what = "a secret" if offer.kind == "secret" else escape(offer.name)
+        _say(f"offering {what} ({_size(offer.size)}); waiting for the other side to "
+             "accept")
 
     def on_event(event: Any) -> None:
-        nonlocal started
         code = _common_event(event, "send", args.json)
         if code is not None:
             _finish(finished, code)
-        if isinstance(event, SessionStarted) and not started:
-            started = True
-            # The largest chunk this relay's frames carry (its welcome said max_frame).
-            sent = dataclasses.replace(offer, chunk=chunk_size_for_relay(client.limits))
-            client.core.send_transfer(sent, prepared.source)
-            client.poke()
-            what = "a secret" if offer.kind == "secret" else escape(offer.name)
-            _say(f"offering {what} ({_size(offer.size)}); waiting for the other side to "
-                 "accept")
-        elif isinstance(event, TransferEvent):
-            code = show.event(event)
+        if isinstance(event, SessionStarted) and "offering" not in state:
+            state["offering"] = loop.create_task(offer_when_ready())
+        elif isinstance(event, TransferEvent) and "show" in state:
+            code = state["show"].event(event)
             if code is not None:
                 _finish(finished, code)
 
@@ -408,7 +433,16 @@ async def _send(args: argparse.Namespace, target: Any, prepared: Any,
     if pair is not None:
         del pair
         _say(f"waiting for {client.core.peer} (msgr receive --from {client.core.me})")
-    return await _drive(client, finished)
+    try:
+        return await _drive(client, finished)
+    finally:
+        offering = state.get("offering")
+        if offering is not None and not offering.done():
+            offering.cancel()
+        if ready.done() and not ready.cancelled() and ready.exception() is None:
+            close = getattr(ready.result().source, "close", None)  # a secret's has none
+            if close is not None:
+                close()
 
 
 # -- receive ------------------------------------------------------------------------------
