@@ -5,8 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
+WORMHOLE := .venv-wormhole
 
-.PHONY: install test test-fast lint serve demo bench bench-quick fuzz soak churn clean
+.PHONY: install test test-fast lint serve demo bench bench-quick bench-transfer fuzz soak churn clean
 
 # Two stamps: running a relay or the demo needs the runtime dependencies only
 # (PyNaCl, argon2-cffi); tests, lint and benchmarks add the development ones.
@@ -49,8 +50,18 @@ serve: $(RUNTIME)  ## run a relay with TLS on port 8765 (creates cert.pem/key.pe
 demo: $(RUNTIME)  ## a local TLS relay and two scripted clients exchanging messages
 	$(BIN)/python -m tools.demo
 
-bench: $(STAMP)  ## the benchmark table (several minutes)
+bench: $(STAMP) $(WORMHOLE)/.installed  ## the benchmark table, then file transfer beside magic-wormhole (several minutes)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.transfer --wormhole-venv $(WORMHOLE)
+
+bench-transfer: $(STAMP) $(WORMHOLE)/.installed  ## file transfer only: msgr beside magic-wormhole (100 MiB, 3 runs each)
+	$(BIN)/python -m bench.transfer --wormhole-venv $(WORMHOLE)
+
+# magic-wormhole and its servers, for bench/transfer.py only: their own virtualenv.
+$(WORMHOLE)/.installed: requirements-bench.txt
+	test -x $(WORMHOLE)/bin/python || $(PYTHON) -m venv $(WORMHOLE)
+	$(WORMHOLE)/bin/python -m pip install -q -r requirements-bench.txt
+	touch $@
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
@@ -68,4 +79,4 @@ churn: $(STAMP)  ## 10 minutes: two long chats through two relay restarts, a thi
 	$(BIN)/python -m tools.churn
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(WORMHOLE) .pytest_cache .hypothesis .ruff_cache build *.egg-info
