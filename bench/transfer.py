@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--wormhole-venv", default=os.environ.get("WORMHOLE_VENV", DEFAULT_VENV))
     args = parser.parse_args()
     size = int(args.mib * 1024 * 1024)
+    args.wormhole_venv = os.path.abspath(args.wormhole_venv)  # its processes run elsewhere
     have_wormhole = os.path.exists(os.path.join(args.wormhole_venv, "bin", "wormhole"))
     msgr: list[dict[str, Any]] = []
     wormhole: list[dict[str, float]] = []
