@@ -18,10 +18,30 @@ from __future__ import annotations
 import json
 import json.encoder
 from collections.abc import Callable
-from json.encoder import encode_basestring as _json_string
+from json.encoder import encode_basestring as _encode_basestring
 from typing import Any
 
-__all__ = ["accepted_json", "deliver_json", "fast_json_decoder", "fast_json_encoder"]
+__all__ = ["accepted_json", "deliver_json", "fast_json_decoder", "fast_json_encoder",
+           "json_string"]
+
+#: Strings at least this long try the bulk path of :func:`json_string` first.
+BULK_STRING = 2048
+#: What JSON must escape in an ASCII string (``encode_basestring`` escapes these, no more).
+_ESCAPED = bytes(range(0x20)) + b'"\\'
+
+
+def json_string(s: str) -> str:
+    """``json.encoder.encode_basestring(s)``, the same text, sooner for a long ASCII string
+    that needs no escape (a file chunk's base64 body, 64 KB a frame): two scans at memory
+    speed (``isascii`` is O(1), ``bytes.translate`` deletes what would need escaping) and a
+    copy, about three times faster here than the encoder's character loop. Anything else
+    goes to ``encode_basestring`` itself."""
+    if len(s) >= BULK_STRING and type(s) is str and s.isascii():
+        raw = s.encode("ascii")
+        if len(raw.translate(None, _ESCAPED)) == len(raw):
+            return '"' + s + '"'
+    return _encode_basestring(s)
+
 
 
 def fast_json_decoder(
@@ -71,7 +91,9 @@ def fast_json_encoder(full: Callable[[Any], str]) -> Callable[[Any], str]:
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # another interpreter: the stdlib path
         return full
-    c_encode = make(None, _not_serialisable, json.encoder.encode_basestring,
+    # json_string: the C encoder calls it for every string (a Python call, ~0.1 us, on
+    # short ones) and it answers a 64 KB base64 body three times sooner.
+    c_encode = make(None, _not_serialisable, json_string,
                     None, ":", ",", False, False, False)
 
     def encode(obj: Any) -> str:
@@ -98,9 +120,9 @@ def deliver_json(msg_id: int, sender: str, kind: str, ttl: int, expires_at: str,
     checks the two agree with hypothesis. 1.25 us per frame here, 3.5 us
     through ``encode_frame``.
     """
-    return (f'{{"type":"deliver","id":{msg_id},"from":{_json_string(sender)},'
-            f'"kind":{_json_string(kind)},"ttl":{ttl},"expires_at":{expires_at},'
-            f'"body":{_json_string(body)}}}')
+    return (f'{{"type":"deliver","id":{msg_id},"from":{_encode_basestring(sender)},'
+            f'"kind":{_encode_basestring(kind)},"ttl":{ttl},"expires_at":{expires_at},'
+            f'"body":{json_string(body)}}}')
 
 
 def accepted_json(ref: int, msg_id: int, ttl: int, expires_at: str) -> str:

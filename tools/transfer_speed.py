@@ -1,7 +1,8 @@
 """Measure one file transfer: ``msgr send`` / ``msgr receive`` through a local TLS relay.
 
     python -m tools.transfer_speed [--mib 100] [--rate-bytes N --burst-bytes N]
-                                   [--rate-messages N --burst-messages N] [--profile DIR]
+                                   [--rate-messages N --burst-messages N] [--max-frame N]
+                                   [--profile DIR]
 
 Starts a relay in this process (TLS, a fresh self-signed certificate, the limits given or
 msgr's defaults), writes a random file of ``--mib`` MiB, runs ``msgr.py send`` and
@@ -131,11 +132,14 @@ def main() -> None:
     parser.add_argument("--burst-bytes", type=float, default=None)
     parser.add_argument("--rate-messages", type=float, default=None)
     parser.add_argument("--burst-messages", type=float, default=None)
+    parser.add_argument("--max-frame", type=int, default=None,
+                        help="the relay's max_frame (the sender's chunks follow it)")
     parser.add_argument("--profile", metavar="DIR", default=None,
                         help="write cProfile stats of sender, receiver and relay into DIR")
     args = parser.parse_args()
     overrides = {k: getattr(args, k) for k in ("rate_bytes", "burst_bytes", "rate_messages",
-                                               "burst_messages") if getattr(args, k) is not None}
+                                               "burst_messages", "max_frame")
+                 if getattr(args, k) is not None}
     profiler = None
     if args.profile is not None:
         import cProfile

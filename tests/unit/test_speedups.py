@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import json.encoder
 import os
 
 from hypothesis import given, settings
@@ -57,3 +58,33 @@ def test_encoder_refuses_what_the_stdlib_refuses():
     cyclic["self"] = cyclic
     assert outcome(_fast_encode, cyclic)[:2] == outcome(_full_encode, cyclic)[:2]
 
+
+
+_long_ascii = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127),
+                      min_size=speedups.BULK_STRING, max_size=3 * speedups.BULK_STRING)
+
+
+@settings(max_examples=EXAMPLES)
+@given(st.one_of(st.text(), _long_ascii,
+                 st.text(min_size=speedups.BULK_STRING, max_size=3 * speedups.BULK_STRING),
+                 st.binary(min_size=1536, max_size=4096).map(
+                     lambda b: "r1." + "ab" * 16 + "." + __import__("base64").b64encode(b)
+                     .decode())))
+def test_json_string_is_encode_basestring(text):
+    """The bulk path (long ASCII needing no escape: a chunk's base64 body) and the rest
+    give exactly the stdlib's text, and so does the encoder that uses it."""
+    assert speedups.json_string(text) == json.encoder.encode_basestring(text)
+    assert _fast_encode({"body": text}) == _full_encode({"body": text})
+
+
+def test_json_string_escapes_what_the_stdlib_escapes_in_a_long_string():
+    base = "A" * speedups.BULK_STRING
+    for special in ['"', "\\", "\n", "\x00", "\x1f", "\x7f", "\u2028", "\u00e9"]:
+        for text in (special + base, base + special, base[:100] + special + base):
+            assert speedups.json_string(text) == json.encoder.encode_basestring(text)
+
+    class Sub(str):
+        def __add__(self, other):  # never used: a subclass goes to the stdlib
+            raise AssertionError
+
+    assert speedups.json_string(Sub(base)) == json.encoder.encode_basestring(base)
