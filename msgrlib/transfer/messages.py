@@ -38,7 +38,7 @@ DEFAULT_CHUNK_SIZE = 32 * 1024
 MAX_DECLARED_SIZE = 2**50
 #: Chunks a receiver may let be in flight (a parse bound). The relay may hold up to twice the
 #: window (see machine.py), so a receiver picks its window with fit_window() from the relay's
-#: mailbox limits; 16 full 32 KiB chunks (2 x 16 x ~58 KB) use a quarter of the default 4 MiB.
+#: mailbox limits; 16 full 47 KiB chunks (2 x 16 frames of ~64 KB) use half the default 4 MiB.
 MAX_WINDOW = 64
 DEFAULT_WINDOW = 16
 #: A reason is a short sentence shown (escaped) to the other person.
