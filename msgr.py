@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "this process's memory)")
     serve.add_argument("--store-password-file", default=None, metavar="FILE",
                        help="file whose first line is the engine's password")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="run N relay processes on one port (SO_REUSEPORT), sharing "
+                       "the engine, so every core is used; needs --store. A parent process "
+                       "starts them, restarts one that dies (with a backoff), stops them all "
+                       "on SIGTERM or Ctrl-C, and exits with status 1 if they keep dying. "
+                       "All workers share one TLS context, so a client resumes its TLS "
+                       "session with any of them (default: 1, no parent process)")
     from msgrlib.relay.config import RelayConfig  # light: no crypto imports
 
     defaults = RelayConfig()
@@ -304,15 +311,29 @@ def _serve(args: argparse.Namespace) -> int:
                                                         **_certificate_names(args.host))
         context = contexts.server_context(args.cert, args.key)
 
+    if args.workers < 1:
+        raise UsageError(f"bad --workers {args.workers}: expected 1 or more")
+    if args.workers > 1 and not args.store:
+        raise UsageError("--workers above 1 needs --store: relays that keep names and "
+                         "messages in their own memory cannot see each other's clients")
+
     backend = None
+    make_backend = None
     if args.store:
         from msgrlib.relay.cluster import store_settings
         from msgrlib.relay.engine import EngineLimits, RedisBackend
 
         urls, password = store_settings(args.store, password_file=args.store_password_file)
-        backend = RedisBackend(urls, limits=EngineLimits.from_config(config), password=password)
+
+        def make_backend() -> Any:
+            return RedisBackend(urls, limits=EngineLimits.from_config(config),
+                                password=password)
+        if args.workers == 1:
+            backend = make_backend()
     elif args.store_password_file:
         raise UsageError("--store-password-file needs --store")
+    if args.workers > 1:
+        return _serve_workers(args, config, context, fingerprint, created, make_backend)
 
     async def run() -> None:
         from msgrlib.relay import server
@@ -347,6 +368,76 @@ def _serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return EXIT_OK
+
+
+def _serve_workers(args: argparse.Namespace, config: Any, context: Any, fingerprint: Any,
+                   created: bool, make_backend: Any) -> int:
+    """``serve --workers N``: a parent supervising N relays (msgrlib.relay.workers)."""
+    import asyncio
+
+    from msgrlib.errors import MsgrError
+    from msgrlib.relay import server, workers
+    from msgrlib.util.netaddr import host_port
+
+    hosts = list(args.host or server.ALL_HOSTS)
+    held: list[Any] = []
+    port = args.port
+    for host in hosts:
+        try:
+            socks, port = workers.hold_port([host], port)
+        except OSError as err:
+            if args.host is None and err.errno in server._NO_FAMILY and host != hosts[0]:
+                continue
+            for sock in held:
+                sock.close()
+            if created:  # made for this run, which never served: leave nothing behind
+                for path in (args.cert, args.key):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+            where = host_port(host, port)
+            raise MsgrError(f"cannot listen on {where}: {err.strerror or err}") from None
+        held.extend(socks)
+    hosts = [sock.getsockname()[0] for sock in held]
+
+    def worker(index: int, report: Any) -> int:
+        async def run() -> int:
+            backend = make_backend()
+            try:
+                relay_server = await server.start_relay(
+                    config, host=hosts, port=port, ssl_context=context, backend=backend,
+                    reuse_port=True)
+            except OSError as err:
+                report(f"error cannot listen on port {port}: {err.strerror or err}")
+                return 1
+            except MsgrError as err:
+                report(f"error {err}")
+                return 1
+            report("ready")
+            await server.serve_forever(relay_server, ignore_repeats=True)
+            stopped = relay_server.stopped or {"connections": 0, "messages": 0}
+            report(f"stopped {stopped['connections']}")
+            return 0
+        return asyncio.run(run())
+
+    supervisor = workers.Supervisor(args.workers, worker,
+                                    keep_fds=[sock.fileno() for sock in held])
+    try:
+        supervisor.start()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if created:
+        print(f"msgr: created a self-signed certificate {args.cert} and key {args.key} "
+              "(owner-only)", file=sys.stderr)
+    shown = " and ".join(host_port(h, port) for h in hosts)
+    line = f"msgr relay listening on {shown}"
+    line += f" with TLS, certificate {fingerprint}" if context else " without TLS"
+    print(f"{line}, {args.workers} workers", flush=True)
+    status = supervisor.run()
+    print(f"msgr relay stopped: {args.workers} workers, messages stay in the engine",
+          flush=True)
+    for sock in held:
+        sock.close()
+    return status
 
 
 # -- chat -------------------------------------------------------------------------

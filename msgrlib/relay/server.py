@@ -433,7 +433,8 @@ ALL_HOSTS = ("0.0.0.0", "::")
 async def start_relay(config: RelayConfig | None = None, *,
                       host: str | Sequence[str] | None = "127.0.0.1",
                       port: int = 0, ssl_context: ssl.SSLContext | None = None,
-                      backlog: int = 1024, backend: Any = None) -> RelayServer:
+                      backlog: int = 1024, backend: Any = None,
+                      reuse_port: bool = False) -> RelayServer:
     """Start a relay in the running loop and return it once it listens.
 
     The library entry point: ``server = await start_relay(port=0)``, then
@@ -449,6 +450,9 @@ async def start_relay(config: RelayConfig | None = None, *,
     to share names and mailboxes with other relay processes; it is started
     here before listening (raising its EngineConfigError or
     EngineUnavailable) and closed by :meth:`RelayServer.close`.
+
+    ``reuse_port``: listen with ``SO_REUSEPORT``, beside other processes
+    doing the same on the same port (``serve --workers``, :mod:`workers`).
     """
     loop = asyncio.get_running_loop()
     config = config or RelayConfig()
@@ -478,7 +482,8 @@ async def start_relay(config: RelayConfig | None = None, *,
         for each in hosts:
             try:
                 srv = await loop.create_server(factory, host=each, port=port,
-                                               backlog=backlog, reuse_address=True)
+                                               backlog=backlog, reuse_address=True,
+                                               reuse_port=reuse_port or None)
             except OSError as err:
                 if host is None and err.errno in _NO_FAMILY and each != hosts[0]:
                     log.info("skipped", extra={"fields": {"addr": host_port(each, port),
@@ -497,8 +502,15 @@ async def start_relay(config: RelayConfig | None = None, *,
 
 
 async def serve_forever(relay_server: RelayServer, *,
-                        on_signal: Callable[[str], Any] | None = None) -> None:
-    """Run until SIGINT or SIGTERM, then shut down cleanly within a bound."""
+                        on_signal: Callable[[str], Any] | None = None,
+                        ignore_repeats: bool = False) -> None:
+    """Run until SIGINT or SIGTERM, then shut down cleanly within a bound.
+
+    A second signal during the shutdown interrupts it (KeyboardInterrupt, or
+    SIGTERM's default), unless ``ignore_repeats``: a worker of ``serve
+    --workers`` gets Ctrl-C from the terminal and SIGTERM from its parent at
+    once, and its parent enforces the bound.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed = []
@@ -515,10 +527,20 @@ async def serve_forever(relay_server: RelayServer, *,
         await stop.wait()
     finally:
         for signum in installed:
-            loop.remove_signal_handler(signum)
+            if ignore_repeats:
+                loop.add_signal_handler(signum, _ignore)  # replaced: never the default
+            else:
+                loop.remove_signal_handler(signum)
         if on_signal is not None:
             on_signal("stopping")
         await relay_server.close()
+        if ignore_repeats:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+
+def _ignore() -> None:
+    pass
 
 
 __all__ = ["Connection", "RelayServer", "start_relay", "serve_forever"]
