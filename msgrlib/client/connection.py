@@ -34,7 +34,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nacl.signing import SigningKey
 
@@ -54,6 +54,9 @@ from msgrlib.errors import ErrorCode, LocalError, MsgrError, Refused
 from msgrlib.limits import TTL_DEFAULT, TTL_MAX, TTL_MIN, ttl_in_range
 from msgrlib.util.netaddr import host_port
 from msgrlib.util.safetext import escape
+
+if TYPE_CHECKING:
+    from msgrlib.tls.contexts import ResumingContext
 
 #: Seconds to open the TCP connection and finish TLS.
 CONNECT_TIMEOUT = 10.0
@@ -239,7 +242,9 @@ class ChatClient:
         #: Seconds a connection must last for the reconnect backoff to restart.
         self.stable_after = BACKOFF_STABLE
         self._read_limit = max_frame + 1024
-        self._ssl_context: ssl.SSLContext | None = None
+        #: Created at the first TLS connection; keeps the relay's last session
+        #: ticket, in memory only, to resume with on reconnect.
+        self._ssl_context: ResumingContext | None = None
         self._session_io: RelaySession | None = None  # this connection's relay session
         self._waiting = False  # between connections (see reconnect_now)
 
@@ -448,8 +453,15 @@ class ChatClient:
                 await self._meet(self.rendezvous, session, reader, writer)
             self._ready.set()
             self._ready_at = asyncio.get_running_loop().time()
+            resumed = ""
+            if self._ssl_context is not None:
+                # Welcomed: the relay's session tickets came before the welcome.
+                ssl_object = writer.get_extra_info("ssl_object")
+                self._ssl_context.remember(ssl_object)
+                if ssl_object is not None and ssl_object.session_reused:
+                    resumed = ", TLS session resumed"
             self._status("connected", f"connected to {self.address}"
-                         + (" (TLS)" if self.tls else " (no TLS)"), self.fingerprint)
+                         + (" (TLS)" if self.tls else " (no TLS)") + resumed, self.fingerprint)
             self.core.set_limits(self.limits)
             self.core.connected_to_relay(self.relay_instance)
             await self._pump(session, reader, writer)

@@ -121,6 +121,11 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
     what is queued (as asyncio's ``ssl_shutdown_timeout``), then the socket
     is aborted: a peer that stops reading cannot hold a closed connection open.
 
+    In client mode, ``session`` (an ``ssl.SSLSession`` from an earlier
+    connection's ``get_extra_info("ssl_object").session``, made with the same
+    context) is offered for TLS 1.3 resumption; the server may refuse it and
+    run a full handshake.
+
     In client mode, :attr:`handshake` is a future that completes when the
     handshake does, or carries why it failed (the ``ssl.SSLError``, a
     ``TimeoutError``, or a ``ConnectionError`` if the socket closed first).
@@ -132,11 +137,13 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
                  buffer: ReadBuffer, handshake_timeout: float = 10.0,
                  handshakes: Handshakes | None = None, shutdown_timeout: float = 10.0,
                  server_side: bool = True, server_hostname: str | None = None,
+                 session: ssl.SSLSession | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         asyncio.Transport.__init__(self)
         self._context = context
         self._server_side = server_side
         self._server_hostname = server_hostname
+        self._session = session
         self._app = app
         self._view = buffer.view
         self._handshake_timeout = handshake_timeout
@@ -180,7 +187,8 @@ class TLSProtocol(asyncio.BufferedProtocol, asyncio.Transport):
                 return
         self._sslobj = self._context.wrap_bio(self._incoming, self._outgoing,
                                               server_side=self._server_side,
-                                              server_hostname=self._server_hostname)
+                                              server_hostname=self._server_hostname,
+                                              session=self._session)
         self._timer = loop.call_later(self._handshake_timeout, self._handshake_expired)
         self._handshake()
 

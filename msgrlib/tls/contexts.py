@@ -49,6 +49,7 @@ from msgrlib.tls.x509 import (
 )
 
 __all__ = [
+    "ResumingContext",
     "TLS12_CIPHERS",
     "client_context",
     "ensure_certificate",
@@ -166,7 +167,47 @@ def ensure_certificate(
     return True, fingerprint(cert_pem)
 
 
-def client_context(*, cafile: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+class ResumingContext(ssl.SSLContext):
+    """A client context that offers its last TLS session ticket on the next connection.
+
+    msgr keeps one per relay address (a :class:`~msgrlib.client.connection.ChatClient`
+    talks to one relay), so a ticket is only ever offered to the relay that
+    issued it. :meth:`remember` keeps the session of a connection once the
+    relay has sent its tickets (after ``welcome`` is enough: TLS 1.3 tickets
+    come right after the handshake); :meth:`wrap_bio`, which asyncio's TLS
+    layer calls for every connection, offers it. A relay that no longer knows
+    the ticket's key (restarted) just runs a full handshake.
+
+    The ticket lives in this object only: ``ssl.SSLSession`` cannot be
+    pickled, and nothing writes it anywhere (SECURITY.md, "TLS session
+    resumption"). OpenSSL's clients offer only ``psk_dhe_ke``: a resumed
+    handshake still runs an ephemeral key exchange, so forward secrecy holds.
+    The certificate checks (:func:`verify_peer`) still run on a resumed
+    connection, against the certificate of the handshake the ticket came from.
+    """
+
+    #: The ticket to offer next, or None.
+    session: ssl.SSLSession | None = None
+
+    def remember(self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> None:
+        """Keep the session of this connection to offer next time."""
+        session = None if ssl_object is None else ssl_object.session
+        if session is not None and session.has_ticket:
+            self.session = session
+
+    def forget(self) -> None:
+        self.session = None
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                 server_side: bool = False, server_hostname: str | bytes | None = None,
+                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        if session is None and not server_side:
+            session = self.session
+        return super().wrap_bio(incoming, outgoing, server_side=server_side,
+                                server_hostname=server_hostname, session=session)
+
+
+def client_context(*, cafile: str | os.PathLike[str] | None = None) -> ResumingContext:
     """A client ``SSLContext``, TLS 1.2 minimum, AEAD suites only (:data:`TLS12_CIPHERS`).
 
     With ``cafile``: the relay's chain and hostname are verified against the
@@ -179,9 +220,12 @@ def client_context(*, cafile: str | os.PathLike[str] | None = None) -> ssl.SSLCo
     check the certificate with :func:`verify_peer` after the handshake and
     before sending anything.
 
+    It is a :class:`ResumingContext`: it offers the last session a caller
+    kept with ``remember``, and none before.
+
     Raises :class:`CertificateFileError` if ``cafile`` cannot be loaded.
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
     _harden(context)
     if cafile is None:
         context.check_hostname = False

@@ -380,3 +380,34 @@ def test_a_pause_during_the_handshake_reaches_the_application(tls):
             assert app.calls == ["made", "pause", "resume"]
             proto.close()
     run(main())
+
+
+def test_client_mode_offers_a_kept_session_and_the_relay_resumes_it(tls):
+    """TLS 1.3 resumption through this layer on both ends: the ticket from one
+    connection, offered on the next, is accepted (no certificate exchange),
+    and the resumed connection still names the relay's certificate."""
+    server_ctx, client_ctx = tls
+
+    async def main():
+        async with relay_running(ssl_context=server_ctx) as srv:
+            app = Recorder()
+            first = await _client(srv.address[1], client_ctx, app)
+            await asyncio.wait_for(first.handshake, 5)
+            ssl_object = first.get_extra_info("ssl_object")
+            assert not ssl_object.session_reused
+            for _ in range(500):  # the tickets follow the handshake
+                if ssl_object.session is not None and ssl_object.session.has_ticket:
+                    break
+                await asyncio.sleep(0.01)
+            session = ssl_object.session
+            cert = ssl_object.getpeercert(binary_form=True)
+            assert session is not None and session.has_ticket
+            first.close()
+            again = Recorder()
+            second = await _client(srv.address[1], client_ctx, again, session=session)
+            await asyncio.wait_for(second.handshake, 5)
+            resumed = second.get_extra_info("ssl_object")
+            assert resumed.session_reused and resumed.version() == "TLSv1.3"
+            assert resumed.getpeercert(binary_form=True) == cert
+            second.close()
+    run(main())

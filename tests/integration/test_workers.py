@@ -247,3 +247,56 @@ def test_sigterm_stops_every_worker_and_their_clients_hear_shutdown():
             await relay._err
             assert "Traceback" not in "\n".join(relay.stderr)
     run(main(), timeout=90)
+
+
+def test_tls_sessions_resume_on_any_worker_even_one_restarted(tmp_path):
+    """Every worker is a fork of the parent that built the TLS context, so all
+    hold the same ticket keys: a chat client whose worker is killed resumes
+    its TLS session where it lands, and a raw client's ticket is accepted by
+    the restarted worker too."""
+    from msgrlib.tls import contexts
+
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    known = ("--tls", "--known-hosts", str(tmp_path / "known_hosts"))
+
+    async def main():
+        async with workers_running(2, "--tls", "--cert", cert, "--key", key) as (_e, relay):
+            alice = await Chat.start(relay.port, "alice", "bob", *known)
+            bob = await Chat.start(relay.port, "bob", "alice", *known)
+            try:
+                await alice.wait_for("secure session", stream="stderr")
+                await bob.wait_for("secure session", stream="stderr")
+                assert not any("resumed" in line for line in bob.stderr)
+                port = client_port_of(bob.proc.pid, relay.port)
+                index = worker_of(relay.port, port, relay.workers)
+                assert index is not None
+                old = relay.workers[index]
+                os.kill(old, signal.SIGKILL)
+                await bob.wait_for(r"connected to .*\(TLS\), TLS session resumed",
+                                   stream="stderr", timeout=30)
+                await alice.say("after the restart")
+                await bob.wait_for("after the restart", timeout=30)
+                await relay.started(index, other_than=old)
+                # A ticket from one connection, offered to the restarted worker.
+                context = contexts.client_context(cafile=cert)
+                first = await RawClient.login(relay.port, "carol", ssl=context)
+                context.remember(first.writer.get_extra_info("ssl_object"))
+                assert context.session is not None
+                for i in range(40):
+                    probe = await RawClient.login(relay.port, f"probe{i}", ssl=context)
+                    ssl_object = probe.writer.get_extra_info("ssl_object")
+                    where = worker_of(relay.port, probe.writer.get_extra_info("sockname")[1],
+                                      relay.workers)
+                    if where == index:
+                        assert ssl_object.session_reused
+                        break
+                    await probe.close()
+                else:
+                    raise AssertionError("no connection reached the restarted worker")
+                for chat in (alice, bob):
+                    await chat.end_input()
+                    assert await chat.exit_code() == 0, chat.stderr
+            finally:
+                await alice.kill()
+                await bob.kill()
+    run(main(), timeout=120)
