@@ -82,21 +82,29 @@ def hold_port(hosts: Sequence[str], port: int) -> tuple[list[socket.socket], int
     With ``port`` 0 the first host's free port is used for all. A bound socket
     that does not listen gets no connections; it only keeps the port for the
     workers' listening sockets (which must set ``SO_REUSEPORT`` too). Raises
-    ``OSError`` for an address that cannot be bound.
+    ``OSError`` for an address that cannot be bound, or that anything else
+    holds (another ``serve --workers`` included).
     """
     held: list[socket.socket] = []
     try:
         for host in hosts:
             family, kind, proto, _, addr = socket.getaddrinfo(
                 host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-            sock = socket.socket(family, kind, proto)
-            held.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(addr)
-            port = port or sock.getsockname()[1]
+            # First without SO_REUSEPORT: that bind fails if anything holds the
+            # port, even another `serve --workers` of this user, which the
+            # kernel would otherwise let us join silently.
+            for reuse_port in (False, True):
+                sock = socket.socket(family, kind, proto)
+                held.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((addr[0], port, *addr[2:]))
+                port = port or sock.getsockname()[1]
+                if not reuse_port:
+                    held.pop().close()
     except BaseException:
         for sock in held:
             sock.close()

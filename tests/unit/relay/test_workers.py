@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -98,3 +99,24 @@ def test_worker_log_lines_name_the_worker_first():
     record.fields = {"addr": "127.0.0.1:1"}
     assert WorkerFilter(2).filter(record)
     assert list(record.fields.items()) == [("worker", 2), ("addr", "127.0.0.1:1")]
+
+
+def test_the_port_is_held_for_the_workers_and_never_shared_with_another_relay():
+    from msgrlib.relay.workers import hold_port
+
+    held, port = hold_port(["127.0.0.1"], 0)
+    try:
+        assert port > 0
+        # A worker's listening socket joins the held port...
+        worker = socket.socket()
+        worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        worker.bind(("127.0.0.1", port))
+        worker.listen()
+        # ...but a second `serve --workers` on that port is refused, though
+        # the kernel would let its SO_REUSEPORT sockets join.
+        with pytest.raises(OSError):
+            hold_port(["127.0.0.1"], port)
+        worker.close()
+    finally:
+        for sock in held:
+            sock.close()
