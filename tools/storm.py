@@ -25,9 +25,11 @@ Clients reconnect as msgr's client does (connection.py: the first wait
 attempt) and offer their ticket unless ``--no-resume``. The result is the
 time from the kill until the last client that lost its connection has its
 ``welcome`` again, how many resumed, and the CPU the relay's processes spent
-(user+system from /proc) over the storm. One JSON line on stdout; progress on
-stderr. The machine's load average is reported with it: other work shares
-the cores.
+(user+system from /proc) over the storm, and how many connections the
+machine's kernel dropped for a full accept queue meanwhile (``ListenOverflows``
+in /proc/net/netstat: machine-wide, so other programs' count too). One JSON
+line on stdout; progress on stderr. The machine's load average is reported
+with it: other work shares the cores.
 """
 
 from __future__ import annotations
@@ -311,6 +313,20 @@ def _cpu(pid: int) -> float:
         return 0.0
 
 
+def _listen_overflows() -> int:
+    """The machine's count of connections dropped for a full accept queue."""
+    try:
+        with open("/proc/net/netstat") as netstat:
+            lines = netstat.read().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(table.get("ListenOverflows", 0))
+    return 0
+
+
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as kids:
@@ -433,6 +449,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             victims = relay.pids()
             cpu_before = {pid: _cpu(pid) for pid in victims}
             kept_cpu0 = 0.0
+            overflows0 = _listen_overflows()
             killed_at = time.monotonic()
             if args.kill == "one":
                 victims = victims[:1]
@@ -477,6 +494,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "relay_cpu_s": round(relay_cpu, 2),
                 "relay_cpu_ms_per_reconnect": round(relay_cpu / back * 1000, 3) if back else None,
                 "clients_cpu_s": round(sum(s["cpu_s"] for s in states) - gen_cpu0, 2),
+                "listen_overflows": _listen_overflows() - overflows0,
                 "loadavg_before": [round(x, 2) for x in load0],
                 "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             }

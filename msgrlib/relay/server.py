@@ -425,6 +425,15 @@ class RelayServer:
             await self.backend.close()
 
 
+#: Connections the kernel may hold for the relay before it accepts them
+#: (``listen()``'s backlog; Linux caps it at ``net.core.somaxconn``, 4096 by
+#: default). A relay restart is met by every client at once: with 1024, a
+#: storm of 10,000 reconnects overflowed the queue, and each dropped
+#: connection waited for TCP's own retry (1 s, then 3 s, 7 s...) however
+#: fast the relay was (BENCHMARKS.md, "Reconnect storms"). Queued
+#: connections cost the kernel only their socket until accepted.
+BACKLOG = 4096
+
 #: What ``host=None`` listens on: every address of both families, one
 #: socket each (asyncio makes the IPv6 one IPv6-only, so they never clash).
 ALL_HOSTS = ("0.0.0.0", "::")
@@ -433,7 +442,7 @@ ALL_HOSTS = ("0.0.0.0", "::")
 async def start_relay(config: RelayConfig | None = None, *,
                       host: str | Sequence[str] | None = "127.0.0.1",
                       port: int = 0, ssl_context: ssl.SSLContext | None = None,
-                      backlog: int = 1024, backend: Any = None,
+                      backlog: int = BACKLOG, backend: Any = None,
                       reuse_port: bool = False) -> RelayServer:
     """Start a relay in the running loop and return it once it listens.
 
@@ -543,4 +552,4 @@ def _ignore() -> None:
     pass
 
 
-__all__ = ["Connection", "RelayServer", "start_relay", "serve_forever"]
+__all__ = ["BACKLOG", "Connection", "RelayServer", "start_relay", "serve_forever"]

@@ -300,3 +300,17 @@ def test_tls_sessions_resume_on_any_worker_even_one_restarted(tmp_path):
                 await alice.kill()
                 await bob.kill()
     run(main(), timeout=120)
+
+
+def test_the_storm_tool_brings_every_client_back_resumed_after_all_workers_die():
+    """tools/storm.py at a small size (BENCHMARKS.md runs it at 10,000)."""
+    engine_binary()  # or skip
+    proc = subprocess.run([sys.executable, "-m", "tools.storm", "--clients", "60", "--workers",
+                           "2", "--kill", "all", "--settle", "0.2", "--timeout", "60"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["lost"] == result["back"] == 60
+    assert result["resumed"] == 60 and result["full"] == 0  # the restarted workers' keys
