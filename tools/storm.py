@@ -16,7 +16,7 @@ relay (``--kill``):
 * ``one``: SIGKILL one worker; its clients reconnect (to either worker) and
   the parent starts it again;
 * ``all``: SIGKILL every worker at once; the parent starts them again (after
-  its 0.5 s backoff), with the ticket keys it has held since it started;
+  its 0.1 s backoff), with the ticket keys it has held since it started;
 * ``relay``: SIGTERM the whole relay (clients are told ``shutdown``) and
   start a new one on the same port: new ticket keys, so no ticket resumes.
 

@@ -21,8 +21,9 @@ The parent then:
   be bound is one clear error before anything is forked;
 * starts the workers and waits until each says it listens (a line on a
   pipe), then prints the one "listening" line;
-* restarts a worker that dies, after a backoff (0.5 s doubling to 10 s; back
-  to 0.5 s once a worker has run for a minute);
+* restarts a worker that dies, after a backoff (0.1 s doubling to 10 s; back
+  to 0.1 s once a worker has run for a minute): a worker that crashed once is
+  back before its clients' first retry (msgr's client waits 0.35-0.5 s);
 * gives up, stopping the others and exiting with status 1 and one line, if
   workers die more than ``max_deaths`` times within ``death_window``
   seconds, or if a worker fails before it first listens (a wrong engine, say);
@@ -157,7 +158,7 @@ class Supervisor:
     """Starts, watches, restarts and stops ``count`` workers (see the module)."""
 
     def __init__(self, count: int, target: Target, *, max_deaths: int = 5,
-                 death_window: float = 60.0, backoff: float = 0.5, backoff_max: float = 10.0,
+                 death_window: float = 60.0, backoff: float = 0.1, backoff_max: float = 10.0,
                  healthy_after: float = 60.0, ready_timeout: float = 60.0,
                  stop_timeout: float = 15.0, keep_fds: Sequence[int] = ()) -> None:
         self.count = count
