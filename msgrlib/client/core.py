@@ -400,7 +400,10 @@ class ChatCore:
 
     def _verdict_time(self, out: Outgoing) -> float:
         if self.mode is Mode.STATIC:
-            return out.deadline + (STATIC_GRACE if out.state is OutState.ACCEPTED else 0.0)
+            if out.state is OutState.ACCEPTED:
+                return out.deadline + (window_mod.VERDICT_DELAY if out.expired_at_relay
+                                       else STATIC_GRACE)
+            return out.deadline
         # A copy handed to the relay may reach the peer until the deadline
         # (its clock): the verdict waits for the clocks' tolerance.
         return out.deadline + (window_mod.VERDICT_DELAY if out.ever_sent else 0.0)

@@ -59,7 +59,7 @@ class Outgoing:
     relay_id: int | None = None
     blind: bool = False             # static: disconnected since accepted (see tick)
     handed_live: bool = False       # accepted while the peer was online (handed over at once)
-    expired_at_relay: bool = False  # default mode: the relay said so (not final: see core)
+    expired_at_relay: bool = False  # the relay said so (final only after the deadline: see core)
     ever_sent: bool = False         # handed to the relay at least once (it may reach the peer)
 
 

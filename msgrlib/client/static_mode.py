@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from msgrlib.client.events import Received
 from msgrlib.client.outbox import Outgoing, OutState, Pending
-from msgrlib.client.window import Verdict
+from msgrlib.client.window import VERDICT_DELAY, Verdict
 from msgrlib.crypto import staticbox
 
 if TYPE_CHECKING:
@@ -52,7 +52,10 @@ class StaticMode:
         return True
 
     def seal(self, out: Outgoing) -> None:
-        out.body = self.box.seal(out.text, out.ttl)
+        # Dated when typed, as the sender's deadline is: a message sealed
+        # later (queued while the relay was away) must not live longer at
+        # the receiver than the sender waits before its verdict.
+        out.body = self.box.seal(out.text, out.ttl, ts=out.ts)
         self.core._submit(out)
 
     def unsettled(self, outbox: dict[int, Outgoing]) -> list[Outgoing]:
@@ -87,6 +90,15 @@ class StaticMode:
         pass
 
     def on_expired(self, out: Outgoing) -> None:
+        # Final only once the receiver would refuse the message too (its
+        # deadline plus the clocks' tolerance): a relay that reports an
+        # expiry early could still deliver it before the deadline, and it
+        # would be shown after its sender was told it was not delivered.
+        out.expired_at_relay = True
+        if self.core._clock() >= out.deadline + VERDICT_DELAY:
+            self._expired(out)
+
+    def _expired(self, out: Outgoing) -> None:
         self.core._fail(out, f"it expired at the relay before {self.core.peer_name} read it")
 
     def on_send_refused(self, entry: Pending, code: str, message: str,
@@ -105,7 +117,12 @@ class StaticMode:
     def settle_accepted(self, out: Outgoing, now: float) -> None:
         """``out`` was held by the relay and its TTL ended. The relay reports an
         unread expiry (as "expired") when the TTL ends; after a grace period
-        the fate is settled."""
+        the fate is settled. One the relay said expired is reported once the
+        receiver would refuse it (see :meth:`on_expired`)."""
+        if out.expired_at_relay:
+            if now >= out.deadline + VERDICT_DELAY:
+                self._expired(out)
+            return
         if now >= out.deadline + STATIC_GRACE:
             del self.core.outbox[out.n]
             if out.blind:

@@ -86,10 +86,12 @@ class StaticBox:
         # (epoch, n) -> ts of messages already opened, forgotten after FRESHNESS.
         self._seen: dict[tuple[str, int], float] = {}
 
-    def seal(self, text: str, ttl: int) -> str:
+    def seal(self, text: str, ttl: int, *, ts: float | None = None) -> str:
+        """Seal ``text``; ``ts`` (Unix time, default now) is when it was typed:
+        with ``ttl`` it is the deadline the receiver holds it to."""
         self._n += 1
         inner = {"from": self.me, "to": self.peer, "epoch": self.epoch, "n": self._n,
-                 "ts": round(self._now(), 3), "ttl": ttl, "text": text}
+                 "ts": round(self._now() if ts is None else ts, 3), "ttl": ttl, "text": text}
         plaintext = json.dumps(inner, ensure_ascii=False, separators=(",", ":")).encode()
         nonce = self._rng(24)
         sealed = nacl.bindings.crypto_secretbox(plaintext, nonce, self._send_key)

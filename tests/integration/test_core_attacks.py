@@ -118,3 +118,48 @@ def test_a_relay_holding_a_message_past_not_delivered_cannot_get_it_shown():
     alice, bob = run(main(), timeout=60)
     assert bob.stdout == ["alice: m2", "alice: m3"], bob.stdout
     assert any("after its deadline" in line for line in bob.stderr), bob.stderr
+
+
+def test_a_static_relay_reporting_an_early_expiry_cannot_get_a_message_shown_after():
+    """--static, real processes: the relay accepted alice's message, told her
+    at once that it expired unread, held it, and delivered it once she had
+    printed "not delivered": bob showed it. The report now counts only at the
+    deadline (plus the clocks' tolerance), when bob refuses the message too."""
+    state: dict = {"held": None, "bob_conn": None}
+
+    def hook(direction: str, frame: dict, conn: dict) -> list[dict]:
+        if direction == "up" and frame.get("type") == "hello":
+            conn["user"] = frame["user"]
+            if frame["user"] == "bob":
+                state["bob_conn"] = conn
+        if (direction == "down" and conn.get("user") == "alice"
+                and frame.get("type") == "accepted"):
+            return [frame, {"type": "expired", "id": frame["id"], "to": "bob"}]
+        if (direction == "down" and conn.get("user") == "bob" and frame.get("type") == "deliver"
+                and state["held"] is None):
+            state["held"] = frame
+            return []
+        return [frame]
+
+    async def main() -> tuple[Chat, Chat]:
+        async with relay_subprocess() as (_, port, _):
+            proxy = await Proxy(port, hook).start()
+            bob = await Chat.start(proxy.port, "bob", "alice", "--static")
+            await bob.wait_for("connected", stream="stderr")
+            alice = await Chat.start(proxy.port, "alice", "bob", "--static", "--ttl", "5")
+            await alice.wait_for("bob is online", stream="stderr")
+            await alice.say("m1")   # alice's input stays open: she waits for the verdict
+            await alice.wait_for("message #1 was not delivered", stream="stderr", timeout=20)
+            from framing import encode_frame
+            while state["held"] is None:
+                await asyncio.sleep(0.05)
+            state["bob_conn"]["to_client"].write(encode_frame(state["held"]))
+            await bob.wait_for("deadline", stream="stderr")
+            await alice.kill()
+            await bob.kill()
+            await proxy.close()
+            return alice, bob
+
+    alice, bob = run(main(), timeout=60)
+    assert bob.stdout == [], bob.stdout
+    assert any("after its deadline" in line for line in bob.stderr), bob.stderr

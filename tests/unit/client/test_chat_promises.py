@@ -9,6 +9,7 @@ import json
 import os
 from typing import Any
 
+import pytest
 from chatnet import OTHER_KEY, Net, _sends, attached, pair
 
 from msgrlib.client import core as chat
@@ -103,6 +104,51 @@ def test_a_message_held_past_not_delivered_is_refused_never_shown_after():
     net.events["bob"].extend(bob.take_events())
     assert net.received("bob") == ["m2", "m3"]
     assert [e.code for e in net.of("bob", chat.Notice)][-1] == "past_deadline"
+
+
+def test_static_an_early_expired_report_is_final_only_once_the_receiver_refuses_it():
+    """--static: the relay's ``expired`` report failed the message at once,
+    though the relay could still deliver it before its deadline: it was shown
+    after its sender was told it was not delivered. The report now counts at
+    the deadline plus the clocks' tolerance, when the receiver refuses it."""
+    net = Net()
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC, ttl=10)
+    bob = net.core("bob", "alice", mode=chat.Mode.STATIC)
+    net.attach(alice)
+    net.attach(bob)
+    net.pump()
+    held: list[dict[str, Any]] = []
+    alice.send("m1")
+    net.pump(drop=_hold_first(net, held))
+    out = alice.outbox[1]
+    alice.handle({"type": "expired", "id": out.relay_id, "to": "bob"})  # early: a lie
+    net.events["alice"].extend(alice.take_events())
+    assert not net.of("alice", chat.Undelivered)
+    net.advance(10 + window.VERDICT_DELAY)
+    assert [(u.n, u.reason) for u in net.of("alice", chat.Undelivered)] == [
+        (1, "it expired at the relay before bob read it")]
+    bob.handle({**held[0], "id": 99_999})
+    net.events["bob"].extend(bob.take_events())
+    assert net.received("bob") == []
+    assert [e.code for e in net.of("bob", chat.Notice)][-1] == "past_deadline"
+
+
+def test_static_a_message_sealed_after_it_was_typed_keeps_the_typed_deadline():
+    """--static sealed a message with the time it was sealed, not typed: one
+    typed while the relay was away lived longer at the receiver than its
+    sender waits before reporting it, so a relay could get it shown after
+    "not delivered"."""
+    net = Net()
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC, ttl=20)
+    bob = net.core("bob", "alice", mode=chat.Mode.STATIC)
+    net.attach(bob)
+    typed = alice._wall()
+    alice.send("typed while the relay was away")
+    net.advance(6)
+    net.attach(alice)
+    net.pump()
+    (got,) = net.of("bob", chat.Received)
+    assert got.sent_at == pytest.approx(typed, abs=0.01)  # not 6 s later
 
 
 def test_a_message_arriving_after_a_later_one_is_shown_marked_late():
