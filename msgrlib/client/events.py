@@ -20,7 +20,7 @@ class Received:
     sender: str
     text: str
     sent_at: float      # sender's Unix time
-    expires_at: float   # Unix time the relay forgets it; the UI hides it then
+    expires_at: float   # Unix time the UI hides it: the relay's, never past sent_at + ttl
     ttl: int
     late: bool = False
 

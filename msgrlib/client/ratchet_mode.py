@@ -605,8 +605,11 @@ class RatchetMode:
             if verdict in (Verdict.NEW, Verdict.LATE, Verdict.SEEN):
                 self._receipt(session, inner)
             if verdict in (Verdict.NEW, Verdict.LATE):
+                # Never past the sender's deadline (authenticated), whatever the
+                # relay's expires_at says: a 5 s message does not stay a minute.
                 core._events.append(Received(core.peer, inner["text"], inner["ts"],
-                                             expires_at, inner["ttl"],
+                                             min(expires_at, inner["ts"] + inner["ttl"]),
+                                             inner["ttl"],
                                              late=verdict is Verdict.LATE))
         elif kind == "rcpt":
             if inner["e"] == core.epoch:

@@ -139,5 +139,8 @@ class StaticMode:
         opened = self.box.open(body)
         verdict = core._admit(opened.epoch, opened.n, opened.ts, opened.ttl)
         if verdict in (Verdict.NEW, Verdict.LATE):
-            core._events.append(Received(core.peer, opened.text, opened.ts, expires_at,
+            # Never past the sender's deadline, whatever the relay says (as in
+            # the default mode).
+            core._events.append(Received(core.peer, opened.text, opened.ts,
+                                         min(expires_at, opened.ts + opened.ttl),
                                          opened.ttl, late=verdict is Verdict.LATE))

@@ -163,3 +163,36 @@ def test_a_static_relay_reporting_an_early_expiry_cannot_get_a_message_shown_aft
     alice, bob = run(main(), timeout=60)
     assert bob.stdout == [], bob.stdout
     assert any("after its deadline" in line for line in bob.stderr), bob.stderr
+
+
+@pytest.mark.parametrize("mode", ["session", "static"])
+def test_a_relay_cannot_keep_a_message_on_screen_past_its_senders_ttl(mode):
+    """The receiver took a message's expiry (the time its screen hides it, and
+    ``expires_at`` in --json) from the relay's ``deliver`` frame: a relay that
+    said an hour kept a 5 s message on the screen for a minute. It is now never
+    past the sender's deadline, sealed in the message."""
+    extra = ("--static",) if mode == "static" else ()
+
+    def hook(direction: str, frame: dict, conn: dict) -> list[dict]:
+        if direction == "down" and frame.get("type") == "deliver":
+            return [{**frame, "expires_at": frame.get("expires_at", 0) + 3600}]
+        return [frame]
+
+    async def main() -> Chat:
+        async with relay_subprocess() as (_, port, _):
+            proxy = await Proxy(port, hook).start()
+            bob = await Chat.start(proxy.port, "bob", "alice", "--json", *extra)
+            await bob.wait_for("connected", stream="stderr")
+            alice = await Chat.start(proxy.port, "alice", "bob", "--ttl", "5", *extra)
+            await alice.say("gone in 5 s")
+            await alice.end_input()
+            await bob.wait_for('"type": "message"', timeout=20)
+            await alice.exit_code()
+            await bob.kill()
+            await proxy.close()
+            return bob
+
+    bob = run(main(), timeout=60)
+    (shown,) = [json.loads(line) for line in bob.stdout if '"type": "message"' in line]
+    assert shown["text"] == "gone in 5 s" and shown["ttl"] == 5
+    assert shown["expires_at"] <= shown["sent_at"] + 5, shown
