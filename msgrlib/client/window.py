@@ -9,13 +9,13 @@ at or below the high-water mark that is not in a gap was shown already.
 
 What bounds it: a message carries its deadline (time typed plus TTL, inside
 the authenticated body) and is refused once the receiver's clock is past it
-(:data:`RECEIVE_MARGIN`). Every number below the high-water mark was typed
-no later than the message at the mark, so once that one's time plus the
-longest TTL (:data:`MAX_TTL`) has passed, nothing of the run can still be
-shown and the run is forgotten. The gaps are kept as ranges (a jump adds
-one range); at most :data:`MAX_GAPS` ranges per run are kept, and a number
-below what was dropped to stay under that is refused with a notice, since a
-repeat cannot be ruled out.
+(:data:`RECEIVE_MARGIN`). Once the latest date among the run's messages
+shown, plus the longest TTL (:data:`MAX_TTL`), has passed, no copy of them
+can still be shown, and the run is forgotten (the latest date, not the date
+of the message at the mark: a sender's clock can step back). The gaps are
+kept as ranges (a jump adds one range); at most :data:`MAX_GAPS` ranges per
+run are kept, and a number below what was dropped to stay under that is
+refused with a notice, since a repeat cannot be ruled out.
 
 Pure logic: times are passed in.
 """
@@ -66,7 +66,7 @@ class _Run:
     high: int = 0
     floor: int = 0        # numbers at or below it, not in gaps, are unknown
     gaps: list[list[int]] = field(default_factory=list)  # sorted [lo, hi] ranges
-    last_ts: float = 0.0  # sender's time of the newest message shown
+    last_ts: float = 0.0  # the latest sender's time among the messages shown
 
 
 class ReceiveWindow:
@@ -109,9 +109,12 @@ class ReceiveWindow:
             if n > state.high + 1:
                 state.gaps.append([state.high + 1, n - 1])
             state.high = n
-            state.last_ts = max(state.last_ts, ts)
         else:
             self._fill(state, n)
+        # Of every message shown, late ones too: a late one may be dated after
+        # the mark (the sender's clock stepped back), and the run must outlive
+        # its deadline, or a copy of it would be new again.
+        state.last_ts = max(state.last_ts, ts)
         while len(state.gaps) > self.max_gaps:
             state.floor = state.gaps.pop(0)[1]
 
@@ -132,7 +135,7 @@ class ReceiveWindow:
         gaps[i:i + 1] = pieces
 
     def _expire(self, now: float) -> None:
-        # Nothing of a run can be shown once its newest message's time plus
+        # Nothing of a run can be shown once its latest message's time plus
         # the longest TTL has passed (see the module docstring).
         if not self._runs:
             return

@@ -89,3 +89,15 @@ def test_any_order_and_any_copies_show_each_number_once(order):
         else:
             assert verdict in (Verdict.SEEN, Verdict.UNKNOWN)
             assert verdict is Verdict.UNKNOWN or n in shown
+
+
+def test_a_late_message_dated_after_the_mark_keeps_its_run_until_its_own_deadline():
+    """The run was forgotten MAX_TTL after the newest time among messages
+    that raised the mark; a late one dated after them (the sender's clock
+    stepped back between the two) could still be within its deadline then,
+    and its resend was shown a second time."""
+    w = ReceiveWindow()
+    assert show(w, "e", 2, ts=NOW - 50, ttl=60, now=NOW) is Verdict.NEW
+    assert show(w, "e", 1, ts=NOW, ttl=60, now=NOW) is Verdict.LATE  # dated later
+    later = NOW + 30  # past (NOW - 50) + MAX_TTL, before message 1's deadline
+    assert show(w, "e", 1, ts=NOW, ttl=60, now=later) is Verdict.SEEN
