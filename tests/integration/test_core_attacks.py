@@ -196,3 +196,49 @@ def test_a_relay_cannot_keep_a_message_on_screen_past_its_senders_ttl(mode):
     (shown,) = [json.loads(line) for line in bob.stdout if '"type": "message"' in line]
     assert shown["text"] == "gone in 5 s" and shown["ttl"] == 5
     assert shown["expires_at"] <= shown["sent_at"] + 5, shown
+
+
+def test_a_relay_reordering_two_messages_gets_the_first_shown_marked_late():
+    """Issue 13 item 3's other half, with real processes: a relay holds m1
+    back and delivers it after m2. bob shows m1 marked late (``"late": true``
+    in --json, and a notice on stderr), never silently out of order."""
+    state: dict = {"held": None, "bob_conn": None}
+
+    def hook(direction: str, frame: dict, conn: dict) -> list[dict]:
+        if direction == "up" and frame.get("type") == "hello":
+            conn["user"] = frame["user"]
+        if (direction == "down" and conn.get("user") == "bob" and frame.get("type") == "deliver"
+                and frame.get("kind") == "msg" and state.get("armed")):
+            if state["held"] is None:
+                state["held"] = frame
+                return []
+            if state["held"] is not False:
+                held, state["held"] = state["held"], False
+                return [frame, held]
+        return [frame]
+
+    async def main() -> Chat:
+        async with relay_subprocess() as (_, port, _):
+            proxy = await Proxy(port, hook).start()
+            alice = await Chat.start(proxy.port, "alice", "bob")
+            bob = await Chat.start(proxy.port, "bob", "alice", "--json")
+            await alice.wait_for("secure session", stream="stderr")
+            await bob.wait_for("secure session", stream="stderr")
+            await asyncio.sleep(0.5)  # the hi and its receipt settle
+            state["armed"] = True
+            await alice.say("m1")
+            while state["held"] is None:
+                await asyncio.sleep(0.05)
+            await alice.say("m2")
+            await alice.end_input()
+            assert await alice.exit_code() == 0  # both confirmed
+            await bob.end_input()
+            await bob.exit_code()
+            await proxy.close()
+            return bob
+
+    bob = run(main(), timeout=60)
+    shown = [json.loads(line) for line in bob.stdout]
+    shown = [(o["text"], o["late"]) for o in shown if o["type"] == "message"]
+    assert shown == [("m2", False), ("m1", True)], bob.stdout
+    assert any("arrived late" in line for line in bob.stderr), bob.stderr
