@@ -365,3 +365,23 @@ def test_quit_right_after_a_message_still_sends_its_receipt(tmp_path) -> None:
             assert peer.proc.wait(20) == 0, "\n".join(peer.errors)
         finally:
             session.close()
+
+
+@needs_tmux
+def test_at_40_columns_the_real_status_bar_keeps_verified(chat_term: Chat) -> None:
+    """Issue 14 item 7, in a real 40-column terminal: the status bar dropped
+    "verified" before the relay address; it is kept longest, as what matters
+    for safety."""
+    term = chat_term.term
+    term.tmux("resize-window", "-t", "t", "-x", "40", "-y", "20")
+    peer = chat_term.start_peer()
+    chat_term.start()
+    term.wait(r"not verified")
+    peer.say("hello")
+    term.wait(r"hello")
+    term.run("/verify ok")
+    bar = term.wait(r"(?m)^.*verified ✓").splitlines()
+    top = next(row for row in bar if "verified ✓" in row)
+    assert len(top.rstrip()) <= 40 and "not verified" not in top, bar
+    term.run("/quit")
+    chat_term.wait_exit(0)
