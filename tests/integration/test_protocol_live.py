@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 
 import pytest
-from helpers import RawClient, relay_running, run, tls_contexts
+from helpers import RawClient, chat_argv, relay_running, run, tls_contexts
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
@@ -109,3 +110,52 @@ def test_a_hostile_tls_relay_cannot_forward_another_relays_challenge(tmp_path):
     run(main())
 
 
+
+
+def test_a_hostile_tls_relay_cannot_forward_a_real_clients_challenge(tmp_path):
+    """Issue 13 item 11 with a real ``msgr chat`` process: the forwarding relay
+    gets the real relay's refusal, and the client exits with one line."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "evil").mkdir()
+    real_server, real_client = tls_contexts(tmp_path / "real")
+    evil_server, _ = tls_contexts(tmp_path / "evil")
+    answers: list[dict] = []
+
+    async def forward(reader, writer, port):
+        up_reader, up_writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=real_client, server_hostname="localhost")
+        try:
+            for _ in range(2):  # hello -> challenge, auth -> welcome or error
+                frame = await framing.read_frame(reader)
+                up_writer.write(framing.encode_frame(frame))
+                answer = await framing.read_frame(up_reader)
+                answers.append(answer)
+                writer.write(framing.encode_frame(answer))
+                await writer.drain()
+        finally:
+            up_writer.close()
+            writer.close()
+
+    async def main():
+        async with relay_running(ssl_context=real_server) as real:
+            evil = await asyncio.start_server(
+                lambda r, w: forward(r, w, real.address[1]), "127.0.0.1", 0, ssl=evil_server)
+            port = evil.sockets[0].getsockname()[1]
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *chat_argv(port, "alice", "bob", "--tls", "--cafile",
+                               str(tmp_path / "evil" / "cert.pem")),
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    env={**os.environ, "MSGR_PASSCODE": "correct horse battery staple"})
+                out, err = await asyncio.wait_for(proc.communicate(b"hello\n"), 30)
+                assert proc.returncode not in (0, None), (out, err)
+                assert [a["type"] for a in answers] == ["challenge", "error"], answers
+                assert answers[1]["code"] == "bad_signature", answers
+                assert "alice" not in real.relay.claims
+                lines = err.decode().strip().splitlines()
+                assert lines and "Traceback" not in err.decode(), err
+                assert b"hello" not in out
+            finally:
+                evil.close()
+    run(main(), timeout=60)
