@@ -258,7 +258,9 @@ def _client_for(target: tuple[str, int, Any], pair: tuple[str, str, str] | None,
 
 
 def _say(text: str) -> None:
-    print(f"msgr: {text}", file=sys.stderr, flush=True)
+    # Through the one sanitizer, whatever the caller escaped already (escape
+    # is idempotent): a reason or path a peer or relay chose never leaves raw.
+    write_line(sys.stderr, f"msgr: {text}")
 
 
 def _common_event(event: Any, command: str, as_json: bool = False) -> int | None:
@@ -580,7 +582,9 @@ def _received(state: dict[str, Any]) -> None:
                 shown = {"base64": base64.b64encode(data).decode()}
             print(json.dumps({"event": "secret", **shown}), flush=True)
         elif sys.stdout.isatty():
-            print(escape(data.decode("utf-8", "replace")), flush=True)
+            # Escaped line by line: a multi-line secret keeps its lines.
+            text = data.decode("utf-8", "replace")
+            print("\n".join(escape(line) for line in text.split("\n")), flush=True)
         else:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()

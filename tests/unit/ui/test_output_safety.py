@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import msgr
 from msgrlib.client import core as chat
 from msgrlib.client.events import Status
-from msgrlib.ui import linemode
+from msgrlib.ui import linemode, transfer_cli
 from msgrlib.ui.view import ChatView
 
 #: Strings from outside: anything, with the attacker's favourites made likely.
@@ -84,7 +84,8 @@ def test_commands_notices_and_cli_errors_never_print_unsafe_characters(text: str
     linemode.notice(text, err)
     with contextlib.redirect_stderr(err):
         msgr._say(f"msgr: {text}")
-    check_stream(err.getvalue(), 2)
+        transfer_cli._say(text)  # send/receive's notices (reasons, paths, codes)
+    check_stream(err.getvalue(), 3)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
