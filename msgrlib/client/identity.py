@@ -16,7 +16,8 @@ same key. ``--identity FILE`` chooses another file. A file holds one line:
 Errors::
 
     MsgrError
-    └── IdentityError   local: the file cannot be read, created, or is not an identity
+    └── IdentityError   local: the file cannot be read, created, is open to other
+                        users, or is not an identity
 """
 
 from __future__ import annotations
@@ -127,11 +128,17 @@ def _make_private_dirs(directory: str) -> None:
 def _read(path: str) -> SigningKey:
     try:
         with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
             text = f.read(4096).strip()
     except FileNotFoundError:
         raise
     except OSError as err:
         raise IdentityError(f"cannot read identity file {path}: {err.strerror or err}") from None
+    if os.name == "posix" and mode & 0o077:
+        # As ssh refuses a private key others can read: whoever reads it can
+        # take the name (and the messages waiting for it) at the relay.
+        raise IdentityError(f"identity file {path} is open to other users (mode "
+                            f"{mode & 0o777:04o}); make it owner-only: chmod 600 {path}")
     label, _, b64 = text.partition(b" ")
     try:
         if label != LABEL:

@@ -34,7 +34,20 @@ def test_runs_starting_together_get_the_same_key(tmp_path):
 def test_a_file_that_is_not_an_identity_is_named(tmp_path):
     bad = tmp_path / "id"
     bad.write_text("hello")
+    bad.chmod(0o600)
     with pytest.raises(identity.IdentityError, match="not a msgr identity"):
         identity.load_identity(bad)
     assert identity.load_identity(None) is None
 
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_key_file_other_users_can_read_or_write_is_refused_as_ssh_does(tmp_path, mode):
+    path = tmp_path / "alice.key"
+    key = identity.load_or_create(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.chmod(mode)
+    with pytest.raises(identity.IdentityError, match="chmod 600"):
+        identity.load_or_create(path)
+    path.chmod(0o600)
+    assert bytes(identity.load_or_create(path)) == bytes(key)
