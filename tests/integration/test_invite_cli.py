@@ -293,8 +293,12 @@ def test_a_receiver_stopped_mid_file_keeps_nothing_and_the_sender_is_told(
     out = tmp_path / "out"
     out.mkdir()
 
+    # A relay at 1 MiB/s per connection (the old default) keeps the 4 MiB
+    # in flight for seconds: at today's defaults it was done before the signal.
+    slow = RelayConfig(rate_bytes=1024 * 1024, burst_bytes=1024 * 1024)
+
     async def main() -> None:
-        async with relay_running() as srv:
+        async with relay_running(slow) as srv:
             port = srv.address[1]
             sender = await start(["send", "big.bin"], str(tmp_path), port, name="sender")
             code = await code_of(sender)
