@@ -277,8 +277,9 @@ class Arena:
     """
 
     def __init__(self, bench: Bench, tls: bool, pairs: int, *, latency: bool,
-                 kinds: list[str] | None = None) -> None:
+                 kinds: list[str] | None = None, stop_others: bool = True) -> None:
         self.bench = bench
+        self.stop_others = stop_others
         self.tls = tls
         self.pairs = pairs
         self.latency = latency
@@ -335,8 +336,10 @@ class Arena:
         A relay on an engine, and its engine, keep running (only its generators
         stop): stopped longer than its lease (10 s), a relay is taken for dead
         and its clients are closed. Idle, it costs a lease renewal every 2.5 s
-        and an expiry poll a second."""
+        and an expiry poll a second. Without ``stop_others`` nothing is stopped."""
         for other, setup in self.setups.items():
+            if not self.stop_others:
+                break
             sig = signal.SIGCONT if other == kind else signal.SIGSTOP
             procs = setup.gens if setup.engine is not None else [*setup.relays, *setup.gens]
             for proc in procs:
@@ -493,8 +496,8 @@ class Bench:
                   flush=True)
 
     def arena(self, tls: bool, pairs: int, *, latency: bool = False,
-              kinds: list[str] | None = None) -> Arena:
-        return Arena(self, tls, pairs, latency=latency, kinds=kinds)
+              kinds: list[str] | None = None, stop_others: bool = True) -> Arena:
+        return Arena(self, tls, pairs, latency=latency, kinds=kinds, stop_others=stop_others)
 
     # sections ------------------------------------------------------------------------------
 
@@ -691,7 +694,13 @@ class Bench:
         tput: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         lat: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         memory: dict[str, dict[str, float]] = {}
-        with self.arena(True, pairs, kinds=kinds) as arena:
+        # Nothing is stopped between turns here: a turn on the engine can
+        # take long enough (a slow window measured again, its drain) that a
+        # stopped generator's clients would miss the relay's 60 s heartbeat
+        # timeout. The idle setups cost a ping per connection every 15 s
+        # (133/s at 1,000 pairs) and, on the engine, a lease renewal every
+        # 2.5 s and an expiry poll a second.
+        with self.arena(True, pairs, kinds=kinds, stop_others=False) as arena:
             for rep in range(plan.runs):
                 for kind in _rotate(kinds, rep):
                     tput[kind].append(arena.phase(kind, plan.warmup, plan.window))
