@@ -664,14 +664,18 @@ class Bench:
             return p99 < limit
 
         lo, hi = plan.capacity_range
-        if not ok(lo):
-            while lo > 250 and not ok(lo // 2):
-                lo //= 2
-            return lo // 2 if lo > 250 else 0
-        if ok(hi):
+        if not ok(lo):  # below the range: halve until a rate passes
+            hi, lo = lo, lo // 2
+            while not ok(lo):
+                if lo < 250:
+                    return 0
+                hi, lo = lo, lo // 2
+        elif ok(hi):
             return hi  # at least: the range's top
-        while hi - lo > plan.capacity_step and self.left() > 20:
-            mid = (lo + hi) // 2 // 100 * 100
+        # Bisect until the bounds are capacity_step apart (a quarter of the
+        # lower bound when that is closer: a low capacity gets a finer step).
+        while hi - lo > min(plan.capacity_step, max(lo // 4, 50)) and self.left() > 20:
+            mid = (lo + hi) // 2 // 50 * 50
             if ok(mid):
                 lo = mid
             else:
@@ -1036,6 +1040,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="measurement windows per figure (default 3, latency 5)")
     parser.add_argument("--budget", type=float, help="seconds the whole run may take; "
                         "sections that would not fit are skipped (default 480, quick 80)")
+    parser.add_argument("--pairs", metavar="N,N",
+                        help="throughput pair counts (default 1,100,1000)")
+    parser.add_argument("--transport", choices=["plain", "tls", "both"],
+                        help="throughput over plain TCP, TLS or both (default both; quick: tls)")
     parser.add_argument("--json", metavar="FILE", help="also write every sample here "
                         "(default bench/results/last.json)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -1046,6 +1054,11 @@ def main(argv: list[str] | None = None) -> int:
         plan.runs = plan.latency_runs = args.runs
     if args.budget:
         plan.budget = args.budget
+    if args.pairs:
+        plan.pairs = tuple(int(n) for n in args.pairs.split(","))
+    if args.transport:
+        plan.tls_modes = {"plain": (False,), "tls": (True,), "both": (False, True)}[
+            args.transport]
     sections = args.only.split(",") if args.only else [
         s for s in SECTIONS if not (args.quick and s in QUICK_SKIPS)]
     if args.store and "engine" not in sections:
