@@ -28,6 +28,11 @@ Modes:
   clients. (Until issue 15, throughput phases acknowledged every 5 ms, which
   no client does; in a latency phase that ticker sent every receiver's ack
   in one burst, which the relay read while new sends waited.)
+  A go line with ``"hold": true`` makes receivers acknowledge nothing, so
+  every message of that phase stays held by the relay (the engine section
+  measures the engine's memory per waiting message with it). A job's
+  ``recv_port`` puts the receivers on another relay than the senders
+  (``port``): two relays on one engine.
   Every connection pings every 15 s (msgr's client pings every 20 s, the
   interval its relay advertises), spread evenly over the period, a slice of
   the connections every 0.1 s, as independent users' pings are.
