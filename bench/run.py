@@ -1031,6 +1031,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=["redis"],
                         help="also run the engine section: msgr on a redis-server this run "
                         "starts (1 and 2 relay processes) beside the in-memory relay")
+    parser.add_argument("--engine-rate", type=int, metavar="MSG/S",
+                        help="the engine section's offered rate for p50/p99 (default 5000)")
     parser.add_argument("--base", metavar="COMMIT",
                         help="also measure msgr's relay as of COMMIT (git archive into a "
                         "temporary directory), interleaved with today's: the 'base' column")
@@ -1054,6 +1056,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.runs = plan.latency_runs = args.runs
     if args.budget:
         plan.budget = args.budget
+    if args.engine_rate:
+        plan.engine_rate = args.engine_rate
     if args.pairs:
         plan.pairs = tuple(int(n) for n in args.pairs.split(","))
     if args.transport:
