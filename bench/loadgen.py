@@ -20,13 +20,19 @@ Modes:
     body starts with its send time and the receiver records delivery time
     minus send time.
 
-  Receivers count deliveries per window and acknowledge what they got: in a
-  latency phase at once, one ack per read, as msgr's client does; in a
-  throughput phase every 5 ms (at once past 256 ids), so that ack traffic
-  does not depend on how a relay batches its writes. (A 5 ms ticker in a
-  latency phase sent every receiver's ack in one burst, which the relay
-  then read in one burst while new sends waited: up to 2 ms of queueing
-  made by the generator, on every relay alike.)
+  Receivers count deliveries per window and acknowledge what they got as
+  msgr's client does, in every phase: one ack frame per read, naming every
+  id that read brought (msgr's client reads what its socket holds, then its
+  pump sends one ack frame for all of it: ``ChatCore.take_frames``). So ack
+  traffic follows how a relay batches its writes, as it does for real
+  clients. (Until issue 15, throughput phases acknowledged every 5 ms, which
+  no client does; in a latency phase that ticker sent every receiver's ack
+  in one burst, which the relay read while new sends waited.)
+  A go line with ``"hold": true`` makes receivers acknowledge nothing, so
+  every message of that phase stays held by the relay (the engine section
+  measures the engine's memory per waiting message with it). A job's
+  ``recv_port`` puts the receivers on another relay than the senders
+  (``port``): two relays on one engine.
   Every connection pings every 15 s (msgr's client pings every 20 s, the
   interval its relay advertises), spread evenly over the period, a slice of
   the connections every 0.1 s, as independent users' pings are.
@@ -68,10 +74,6 @@ SEND_FRAME_BYTES = 251
 REF_BASE = 100_000_000
 #: Ids per ack frame (msgr's relay accepts at most 1024).
 ACK_CHUNK = 1024
-#: How often receivers acknowledge what they got (seconds).
-ACK_INTERVAL = 0.005
-#: ...or at once when this many are waiting (msgr holds 1,000 per recipient).
-ACK_EAGER = 256
 #: Every connection pings this often (seconds; msgr's client: 20 s)...
 HEARTBEAT = 15.0
 #: ...a slice of the connections per tick, so that pings are spread evenly.
@@ -379,7 +381,7 @@ class Sender(Conn):
 
 
 class Receiver(Conn):
-    """Counts deliveries; its ids are acknowledged by the generator's ack ticker."""
+    """Counts deliveries and acknowledges them, one ack frame per read."""
 
     def __init__(self, gen: Generator, name: str) -> None:
         super().__init__(gen, name)
@@ -409,11 +411,10 @@ class Receiver(Conn):
         if idx >= 0:
             gen.counts[idx] += len(ids)
         gen.delivered += len(ids)
-        if not self.pending and not gen.latency:
-            gen.ack_due.append(self)
+        if gen.hold:  # a hold phase: what was delivered stays held by the relay
+            return
         self.pending += ids
-        if gen.latency or len(self.pending) >= ACK_EAGER:
-            self.flush_acks()  # the ticker skips an empty list
+        self.flush_acks()  # one ack frame per read, as msgr's client
 
     def flush_acks(self) -> None:
         ids, self.pending = self.pending, []
@@ -435,6 +436,7 @@ class Generator:
         self.codec = WsCodec if job.get("ws") else PrefixCodec
         self.window = int(job.get("window", 32))
         self.latency = False  # per phase: a go with a rate is a latency phase
+        self.hold = False  # per phase: receivers acknowledge nothing (engine memory)
         self.pumping = False
         self.stopping = False
         self.accepted = 0
@@ -446,16 +448,6 @@ class Generator:
         self.counts: list[int] = []
         self.samples: list[list[int]] = []
         self.context = client_context() if job.get("tls") else None
-        #: Receivers with ids to acknowledge; flushed every ACK_INTERVAL seconds,
-        #: so ack traffic does not depend on how a relay batches its writes.
-        self.ack_due: list[Receiver] = []
-
-    async def ack_ticker(self) -> None:
-        while True:
-            await asyncio.sleep(ACK_INTERVAL)
-            due, self.ack_due = self.ack_due, []
-            for receiver in due:
-                receiver.flush_acks()
 
     def window_index(self, now: float) -> int:
         idx = bisect.bisect_right(self.bounds, now) - 1
@@ -476,7 +468,10 @@ class Generator:
         factory: Any = (lambda: conn) if context is None else (
             lambda: tlsconn.TLSProtocol(context, conn, buffer=_TLS_BUFFER, server_side=False,
                                         server_hostname="localhost", handshake_timeout=30))
-        _, proto = await self.loop.create_connection(factory, "127.0.0.1", self.job["port"])
+        # Receivers may be on another relay (recv_port: several relays on one engine).
+        port = self.job.get("recv_port", self.job["port"]) if isinstance(conn, Receiver) \
+            else self.job["port"]
+        _, proto = await self.loop.create_connection(factory, "127.0.0.1", port)
         if context is not None:
             await proto.handshake  # raises why the handshake failed, if it did
         await conn.ready
@@ -529,14 +524,7 @@ class Generator:
             go = await self.wait_go()
             if go.get("close"):
                 break
-            # Latency phases acknowledge per read, with no ticker (see Receiver).
-            acker = None if go.get("rate") else asyncio.ensure_future(self.ack_ticker())
             result = await self.phase(senders, go)
-            if acker is not None:
-                acker.cancel()
-            for receiver in self.ack_due:
-                receiver.flush_acks()
-            self.ack_due = []
             report({"result": result})
         beat.cancel()
         self.stopping = True
@@ -550,6 +538,7 @@ class Generator:
         self.samples = [[] for _ in self.counts]
         self.errors, self.error_sample, self.delivered, self.accepted = 0, None, 0, 0
         self.latency = bool(go.get("rate"))
+        self.hold = bool(go.get("hold"))
         lost = self.lost
         # The generator's own pauses would count as relay latency: no garbage
         # collection during a phase (it runs between phases instead).

@@ -11,6 +11,8 @@ import os
 import re
 import resource
 import select
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +34,9 @@ MSGR_BENCH_LIMITS = ["--rate-messages", "1e9", "--burst-messages", "1e9",
                      "--max-per-address", "20000", "--store-share", "1",
                      "--claim-burst", "1e9"]
 
-RELAY_NAMES = {"msgr": "msgr", "ws": "websockets", "proto": "bare Protocol"}
+RELAY_NAMES = {"msgr": "msgr", "ws": "websockets", "proto": "bare Protocol",
+               "base": "msgr before the engine", "redis1": "msgr on Redis, 1 relay",
+               "redis2": "msgr on Redis, 2 relays"}
 
 
 def pin(pid: int, cpu: int | None) -> None:
@@ -137,21 +141,26 @@ class Relay(_Child):
     """A relay process on 127.0.0.1, port chosen by the kernel."""
 
     def __init__(self, kind: str, tls: tuple[str, str] | None, *, limits: bool = True,
-                 cpu: int | None = None) -> None:
+                 cpu: int | None = None, root: str = ROOT, extra: tuple[str, ...] = (),
+                 log: str | None = None) -> None:
+        """``kind`` msgr (or any msgr relay: ``root`` is the source tree whose
+        msgr.py runs, ``extra`` more ``serve`` options, e.g. ``--store URL``),
+        or a baseline of :mod:`bench.baselines`."""
         self.kind = kind
-        if kind == "msgr":
-            cmd = [PYTHON, os.path.join(ROOT, "msgr.py"), "serve", "--host", "127.0.0.1",
+        if kind == "msgr" or root != ROOT or extra:
+            cmd = [PYTHON, os.path.join(root, "msgr.py"), "serve", "--host", "127.0.0.1",
                    "--port", "0"]
             if tls:
                 cmd += ["--tls", "--cert", tls[0], "--key", tls[1]]
             if limits:
                 cmd += MSGR_BENCH_LIMITS
+            cmd += extra
         else:
             cmd = [PYTHON, "-m", "bench.baselines", kind]
             if tls:
                 cmd += ["--tls", *tls]
-        self.log = _log_file(f"relay-{kind}.log")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, cwd=ROOT,
+        self.log = _log_file(log or f"relay-{kind}.log")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, cwd=root,
                                      stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
         pin(self.pid, cpu)
@@ -225,3 +234,65 @@ class StallMeter:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+
+#: What msgr asks of its engine (README "Running several relays").
+ENGINE_SETTINGS = ("--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction")
+
+
+class Engine(_Child):
+    """A redis-server (or valkey-server) for ``serve --store``: on a unix socket
+    in ``directory`` (``--port 0``: no TCP listener), with msgr's settings,
+    stopped by its pid. ``url`` is what ``serve --store`` takes."""
+
+    def __init__(self, directory: str, *, cpu: int | None = None) -> None:
+        binary = shutil.which("redis-server") or shutil.which("valkey-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.socket = os.path.join(directory, f"engine-{time.monotonic_ns()}.sock")
+        self.url = f"unix://{self.socket}"
+        self.log = _log_file("engine.log")
+        self.proc = subprocess.Popen(
+            [binary, "--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700",
+             "--dir", directory, *ENGINE_SETTINGS, "--loglevel", "warning"],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        self.pid = self.proc.pid
+        pin(self.pid, cpu)
+        deadline = time.monotonic() + 10
+        while not self.command("PING").startswith(b"+PONG"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("redis-server did not start (bench/results/engine.log)")
+            time.sleep(0.02)
+
+    def command(self, *args: str) -> bytes:
+        """One command over the unix socket; the raw reply (b"" if it cannot connect)."""
+        parts = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            data = arg.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5)
+                sock.connect(self.socket)
+                sock.sendall(b"".join(parts))
+                reply = b""
+                while True:  # bulk replies ($len) may come in several reads
+                    chunk = sock.recv(1 << 16)
+                    reply += chunk
+                    if not chunk or not reply.startswith(b"$"):
+                        return reply
+                    head, _, rest = reply.partition(b"\r\n")
+                    if len(rest) >= int(head[1:]) + 2:
+                        return reply
+        except OSError:
+            return b""
+
+    def info(self, section: str) -> dict[str, str]:
+        """``INFO section`` as a dict of its fields."""
+        out = {}
+        for line in self.command("INFO", section).decode(errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                out[key.strip()] = value.strip()
+        return out

@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import inproc
-from bench.procs import RELAY_NAMES, RESULTS, ROOT, Gen, Relay, StallMeter, raise_nofile
+from bench.procs import RELAY_NAMES, RESULTS, ROOT, Engine, Gen, Relay, StallMeter, raise_nofile
 
-KIND_ORDER = ["msgr", "ws", "proto"]
+KIND_ORDER = ["msgr", "ws", "proto", "base", "redis1", "redis2"]
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 SECTIONS = ["throughput", "latency", "memory", "handshake", "store", "client", "cli"]
+#: Sections run only when named (--only, --store redis): each takes minutes,
+#: and the full run must stay within its budget.
+EXTRA_SECTIONS = ["capacity", "engine"]
 
 
 @dataclass
@@ -54,10 +57,20 @@ class Plan:
     handshake_window: float = 1.5
     store_sizes: tuple[int, ...] = (10**3, 10**4, 10**5, 10**6)
     budget: float = 480.0
+    #: capacity: the p99 a rate must keep (ms), the range searched (msg/s),
+    #: windows per rate tried, and when to stop (rates this close, msg/s).
+    capacity_p99_ms: float = 10.0
+    capacity_range: tuple[int, int] = (2000, 16000)
+    capacity_runs: int = 3
+    capacity_step: int = 500
+    #: engine: the offered rate of its latency figures (msg/s), pairs.
+    engine_rate: int = 5000
+    engine_pairs: int = 1000
 
 
 QUICK = dict(runs=3, latency_runs=3, warmup=0.3, window=0.5, latency_warmup=0.3, rates=(5000,),
-             tls_modes=(True,), store_sizes=(10**3, 10**6), budget=80.0)
+             tls_modes=(True,), store_sizes=(10**3, 10**6), budget=80.0, capacity_runs=1,
+             capacity_step=2000)
 #: What --quick leaves out (see --only to run them alone).
 QUICK_SKIPS = ("memory", "handshake")
 
@@ -129,7 +142,11 @@ def _cell(row: Row, kind: str) -> str:
 
 
 def render(results: Results, kinds: list[str]) -> str:
-    baselines = [k for k in ("ws", "proto") if k in kinds]
+    # A column per relay that any row has figures for (the engine section
+    # brings its own), msgr first, each with its ratio msgr / that relay.
+    shown = {k for row in results.rows if isinstance(row, Row) for k, v in row.values.items()
+             if v}
+    baselines = [k for k in KIND_ORDER if k != "msgr" and (k in kinds or k in shown)]
     head = ["figure", "msgr"]
     for k in baselines:
         head += [RELAY_NAMES[k], "ratio"]
@@ -224,6 +241,26 @@ def machine_busy() -> float:
     return (sum(fields[:8]) - idle) / _CLK_TCK
 
 
+#: msgr on a Redis engine (serve --store): kind -> relay processes.
+ENGINE_KINDS = {"redis1": 1, "redis2": 2}
+
+
+@dataclass
+class Setup:
+    """One measured relay of an arena: its processes and their generators."""
+
+    relays: list[Relay] = field(default_factory=list)
+    gens: list[Gen] = field(default_factory=list)
+    engine: Engine | None = None
+    #: The engine's used_memory before any client logged in, and its growth
+    #: per logged-in client after (name claim and connection entry).
+    engine_idle: int = 0
+    claim_bytes: float = 0.0
+
+    def procs(self) -> list[Any]:
+        return [*self.relays, *self.gens, *([self.engine] if self.engine else [])]
+
+
 class Arena:
     """Every relay of one configuration, started with its generators connected,
     then measured in turn (interleaved), so slow drifts in the machine's load
@@ -239,17 +276,20 @@ class Arena:
     (a few seconds) is far shorter than any timeout of theirs.
     """
 
-    def __init__(self, bench: Bench, tls: bool, pairs: int, *, latency: bool) -> None:
+    def __init__(self, bench: Bench, tls: bool, pairs: int, *, latency: bool,
+                 kinds: list[str] | None = None, stop_others: bool = True) -> None:
         self.bench = bench
+        self.stop_others = stop_others
         self.tls = tls
         self.pairs = pairs
         self.latency = latency
-        self.setups: dict[str, tuple[Relay, list[Gen]]] = {}
+        self.kinds = list(bench.kinds if kinds is None else kinds)
+        self.setups: dict[str, Setup] = {}
         self.setup_s: dict[str, float] = {}
 
     def __enter__(self) -> Arena:
         try:
-            for kind in self.bench.kinds:
+            for kind in self.kinds:
                 self._start(kind)
         except BaseException:
             self.__exit__(None, None, None)
@@ -259,35 +299,67 @@ class Arena:
     def _start(self, kind: str) -> None:
         bench, pairs = self.bench, self.pairs
         ngen = 2 if pairs >= 1000 else 1
-        relay = Relay(kind, bench.tls_files if self.tls else None, cpu=RELAY_CPU)
-        gens: list[Gen] = []
-        self.setups[kind] = (relay, gens)
+        setup = Setup()
+        self.setups[kind] = setup
+        tls_files = bench.tls_files if self.tls else None
+        nodes = ENGINE_KINDS.get(kind, 0)
+        if nodes:
+            # msgr on a Redis engine: the engine on the generators' core (the
+            # relays' core is the one measured), fresh for this arena so that
+            # no claim of an earlier arena's clients is left in it.
+            setup.engine = Engine(bench.tmp, cpu=GEN_CPU)
+            setup.relays = [Relay("msgr", tls_files, cpu=RELAY_CPU, extra=(
+                "--store", setup.engine.url), log=f"relay-{kind}-{n}.log")
+                for n in range(nodes)]
+            setup.engine_idle = int(setup.engine.info("memory").get("used_memory", 0))
+        elif kind == "base":
+            setup.relays = [Relay("msgr", tls_files, cpu=RELAY_CPU, root=bench.base_root,
+                                  log="relay-base.log")]
+        else:
+            setup.relays = [Relay(kind, tls_files, cpu=RELAY_CPU)]
+        ports = [r.port for r in setup.relays]
         for i in range(ngen):
-            gens.append(Gen({"mode": "latency" if self.latency else "throughput",
-                             "port": relay.port, "tls": self.tls, "ws": kind == "ws",
-                             "pairs": pairs // ngen, "window": bench.plan.inflight.get(pairs, 8),
-                             "tag": f"g{i}"}, cpu=GEN_CPU))
-        self.setup_s[kind] = max(g.expect("ready", 180)["setup_s"] for g in gens)
+            # With two relays, every sender is on the first and its receiver on
+            # the second: each message crosses the engine from node to node.
+            setup.gens.append(Gen({"mode": "latency" if self.latency else "throughput",
+                                   "port": ports[0], "recv_port": ports[-1], "tls": self.tls,
+                                   "ws": kind == "ws", "pairs": pairs // ngen,
+                                   "window": bench.plan.inflight.get(pairs, 8),
+                                   "tag": f"g{i}"}, cpu=GEN_CPU))
+        self.setup_s[kind] = max(g.expect("ready", 180)["setup_s"] for g in setup.gens)
+        if setup.engine is not None:
+            used = int(setup.engine.info("memory").get("used_memory", 0))
+            setup.claim_bytes = (used - setup.engine_idle) / (2 * (pairs // ngen) * ngen)
 
     def _only(self, kind: str) -> None:
-        """Let only ``kind``'s relay and generators run (see the class docstring)."""
-        for other, (relay, gens) in self.setups.items():
+        """Let only ``kind``'s relay and generators run (see the class docstring).
+        A relay on an engine, and its engine, keep running (only its generators
+        stop): stopped longer than its lease (10 s), a relay is taken for dead
+        and its clients are closed. Idle, it costs a lease renewal every 2.5 s
+        and an expiry poll a second. Without ``stop_others`` nothing is stopped."""
+        for other, setup in self.setups.items():
+            if not self.stop_others:
+                break
             sig = signal.SIGCONT if other == kind else signal.SIGSTOP
-            for proc in (relay, *gens):
+            procs = setup.gens if setup.engine is not None else [*setup.relays, *setup.gens]
+            for proc in procs:
                 proc.signal(sig)
 
     def __exit__(self, *exc: object) -> None:
-        for relay, gens in self.setups.values():
-            for proc in (relay, *gens):
+        for setup in self.setups.values():
+            for proc in setup.procs():
                 proc.signal(signal.SIGCONT)
-            for gen in gens:
+            for gen in setup.gens:
                 try:
                     gen.tell({"close": True})
                 except (OSError, ValueError):
                     pass
-            for gen in gens:
+            for gen in setup.gens:
                 gen.stop()
-            relay.stop()
+            for relay in setup.relays:
+                relay.stop()
+            if setup.engine is not None:
+                setup.engine.stop()
 
     def phase(self, kind: str, warmup: float, window: float, *,
               rate: float | None = None) -> dict[str, Any]:
@@ -317,33 +389,37 @@ class Arena:
     def _ours(self) -> float:
         """CPU seconds of every process of this benchmark (them and us)."""
         total = sum(os.times()[:2])  # this process
-        for relay, gens in self.setups.values():
-            total += relay.cpu() + sum(g.cpu() for g in gens)
+        for setup in self.setups.values():
+            total += sum(p.cpu() for p in setup.procs())
         return total
 
     def _phase(self, kind: str, warmup: float, window: float, *,
-               rate: float | None = None) -> dict[str, Any]:
-        relay, gens = self.setups[kind]
+               rate: float | None = None, hold: bool = False) -> dict[str, Any]:
+        setup = self.setups[kind]
+        relays, gens, engine = setup.relays, setup.gens, setup.engine
         self._only(kind)
         start = time.monotonic() + 0.05
         bounds = [start + warmup, start + warmup + window]
         for gen in gens:
-            gen.tell({"bounds": bounds, "rate": (rate or 0) / len(gens)})
-        cpu, gcpu, busy, ours, waited = [], [], [], [], []
+            gen.tell({"bounds": bounds, "rate": (rate or 0) / len(gens), "hold": hold})
+        cpu, gcpu, ecpu, busy, ours, waited = [], [], [], [], [], []
         for bound in bounds:
             delay = bound - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            waited.append((relay.waited(), sum(g.waited() for g in gens)))
-            cpu.append(relay.cpu())
+            waited.append((sum(r.waited() for r in relays), sum(g.waited() for g in gens)))
+            cpu.append(sum(r.cpu() for r in relays))
             gcpu.append(sum(g.cpu() for g in gens))
+            ecpu.append(engine.cpu() if engine is not None else 0.0)
             busy.append(machine_busy())
             ours.append(self._ours())
         outs = [g.expect("result", 60)["result"] for g in gens]
-        _quiet(relay)
+        for relay in relays:
+            _quiet(relay)
         span = bounds[1] - bounds[0]
         delivered = sum(o["counts"][0] for o in outs)
         used = cpu[1] - cpu[0]
+        relay = relays[0]
         run: dict[str, Any] = {
             "msgs": delivered / span, "us_per_msg": used / delivered * 1e6 if delivered else None,
             "relay_cpu": used / span, "gen_cpu": (gcpu[1] - gcpu[0]) / span,
@@ -351,6 +427,10 @@ class Arena:
             "window": bounds, "kind": kind, "rate": rate,
             "relay_waited_ms": (waited[1][0] - waited[0][0]) * 1000,
             "gen_waited_ms": (waited[1][1] - waited[0][1]) * 1000}
+        if engine is not None:
+            run["engine_cpu"] = (ecpu[1] - ecpu[0]) / span
+            run["engine_us_per_msg"] = ((ecpu[1] - ecpu[0]) / delivered * 1e6
+                                        if delivered else None)
         meters = self.bench.meters
         if rate and meters:
             run["stalls"] = {core: m.within(bounds[0], bounds[-1]) for core, m in meters.items()}
@@ -365,12 +445,14 @@ class Arena:
                 run["p99_ms"] = samples[min(len(samples) - 1, int(len(samples) * 0.99))] / 1e6
         errors = sum(o["errors"] for o in outs)
         lost = sum(o["lost"] for o in outs)
-        if errors or lost or not relay.alive():
+        if errors or lost or not all(r.alive() for r in relays):
             sample = next((o["error_sample"] for o in outs if o["error_sample"]), "")
             self.bench.results.problems.append(
                 f"{RELAY_NAMES[kind]} {'TLS' if self.tls else 'plain'} {self.pairs} pairs"
                 f"{f' @{rate:g}/s' if rate else ''}: {errors} error frames, {lost} "
                 f"connections lost, relay {'alive' if relay.alive() else 'DEAD'} {sample}")
+        if hold:
+            return run
         self.bench.log(f"{kind:5} {'tls' if self.tls else 'plain':5} {self.pairs:5} pairs"
                        f"{f' @{rate:g}/s' if rate else ''}: {_describe(run)}")
         return run
@@ -393,10 +475,13 @@ def _rotate(kinds: list[str], n: int) -> list[str]:
 
 class Bench:
     def __init__(self, plan: Plan, kinds: list[str], tls_files: tuple[str, str],
-                 verbose: bool) -> None:
+                 verbose: bool, *, tmp: str = "", base_root: str = "") -> None:
         self.plan = plan
         self.kinds = kinds
         self.tls_files = tls_files
+        #: A directory for engine sockets; the source tree of --base.
+        self.tmp = tmp
+        self.base_root = base_root
         self.verbose = verbose
         self.started = time.monotonic()
         self.results = Results()
@@ -410,8 +495,9 @@ class Bench:
             print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=sys.stderr,
                   flush=True)
 
-    def arena(self, tls: bool, pairs: int, *, latency: bool = False) -> Arena:
-        return Arena(self, tls, pairs, latency=latency)
+    def arena(self, tls: bool, pairs: int, *, latency: bool = False,
+              kinds: list[str] | None = None, stop_others: bool = True) -> Arena:
+        return Arena(self, tls, pairs, latency=latency, kinds=kinds, stop_others=stop_others)
 
     # sections ------------------------------------------------------------------------------
 
@@ -526,6 +612,171 @@ class Bench:
                     statistics.median(len(r["stalls"]["gen"]) for r in v))
                     for k, v in data.items()}
                 res.add(stalls)
+
+    def capacity(self) -> None:
+        """The highest offered rate at which p99 stays under capacity_p99_ms with
+        1,000 TLS pairs: a bisection over offered rates, each rate measured in
+        capacity_runs latency windows (median p99), msgr (and --base) only."""
+        plan, res = self.plan, self.results
+        kinds = [k for k in self.kinds if k in ("msgr", "base")]
+        limit = plan.capacity_p99_ms
+        res.section(f"capacity: highest offered rate with p99 < {limit:g} ms, "
+                    f"{plan.latency_pairs:,} TLS pairs (bisection)")
+        if self.left() < 60:
+            res.skipped.append("capacity")
+            return
+        tried: dict[str, dict[int, list[dict[str, Any]]]] = {k: {} for k in kinds}
+        best: dict[str, list[float]] = {}
+        with self.arena(True, plan.latency_pairs, kinds=kinds) as arena:
+            self.meters = {"relay": StallMeter(RELAY_CPU), "gen": StallMeter(GEN_CPU)}
+            try:
+                for kind in kinds:
+                    best[kind] = [self._bisect(arena, kind, tried[kind])]
+            finally:
+                for meter in self.meters.values():
+                    meter.stop()
+                self.meters = {}
+        res.raw["capacity"] = {k: {str(r): v for r, v in t.items()} for k, t in tried.items()}
+        row = res.add(Row(f"highest rate with p99 < {limit:g} ms", "msg/s", best))
+        row.details = {k: f"{len(t)} rates tried" for k, t in tried.items()}
+        for rate in sorted({r for t in tried.values() for r in t}):
+            got = {k: [w["p99_ms"] for w in t[rate] if "p99_ms" in w]
+                   for k, t in tried.items() if rate in t}
+            row = res.add(Row(f"  p99 at {rate:,} msg/s offered", "ms", got,
+                              higher_is_better=False))
+            row.details = {k: "relay {:.0f}% gen {:.0f}% CPU".format(
+                100 * statistics.median(w["relay_cpu"] for w in tried[k][rate]),
+                100 * statistics.median(w["gen_cpu"] for w in tried[k][rate]))
+                for k in got}
+
+    def _bisect(self, arena: Arena, kind: str,
+                tried: dict[int, list[dict[str, Any]]]) -> float:
+        plan = self.plan
+        limit = plan.capacity_p99_ms
+
+        def ok(rate: int) -> bool:
+            runs = [arena.phase(kind, plan.latency_warmup, plan.window, rate=rate)
+                    for _ in range(plan.capacity_runs)]
+            tried[rate] = runs
+            p99 = statistics.median(r.get("p99_ms", float("inf")) for r in runs)
+            self.log(f"{kind:5} capacity @{rate}/s: p99 {p99:.2f} ms "
+                     f"({'under' if p99 < limit else 'over'} {limit:g} ms)")
+            return p99 < limit
+
+        lo, hi = plan.capacity_range
+        if not ok(lo):  # below the range: halve until a rate passes
+            hi, lo = lo, lo // 2
+            while not ok(lo):
+                if lo < 250:
+                    return 0
+                hi, lo = lo, lo // 2
+        elif ok(hi):
+            return hi  # at least: the range's top
+        # Bisect until the bounds are capacity_step apart (a quarter of the
+        # lower bound when that is closer: a low capacity gets a finer step).
+        while hi - lo > min(plan.capacity_step, max(lo // 4, 50)) and self.left() > 20:
+            mid = (lo + hi) // 2 // 50 * 50
+            if ok(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def engine(self) -> None:
+        """msgr on a Redis engine (serve --store), 1 and 2 relay processes,
+        beside the in-memory relay in the same arena: throughput at saturation,
+        relay and engine CPU per message, latency at engine_rate msg/s; then
+        the engine's memory per logged-in client and per waiting message."""
+        plan, res = self.plan, self.results
+        pairs, rate = plan.engine_pairs, plan.engine_rate
+        kinds = ["msgr", "redis1", "redis2"]
+        res.section(f"msgr on a Redis engine (serve --store), {pairs:,} TLS pairs; "
+                    "engine on the generators' core")
+        if self.left() < 90:
+            res.skipped.append("engine")
+            return
+        tput: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+        lat: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+        memory: dict[str, dict[str, float]] = {}
+        # Nothing is stopped between turns here: a turn on the engine can
+        # take long enough (a slow window measured again, its drain) that a
+        # stopped generator's clients would miss the relay's 60 s heartbeat
+        # timeout. The idle setups cost a ping per connection every 15 s
+        # (133/s at 1,000 pairs) and, on the engine, a lease renewal every
+        # 2.5 s and an expiry poll a second.
+        with self.arena(True, pairs, kinds=kinds, stop_others=False) as arena:
+            for rep in range(plan.runs):
+                for kind in _rotate(kinds, rep):
+                    tput[kind].append(arena.phase(kind, plan.warmup, plan.window))
+            self.meters = {"relay": StallMeter(RELAY_CPU), "gen": StallMeter(GEN_CPU)}
+            try:
+                for rep in range(plan.runs):
+                    for kind in _rotate(kinds, rep):
+                        lat[kind].append(arena.phase(kind, plan.latency_warmup, plan.window,
+                                                     rate=rate))
+            finally:
+                for meter in self.meters.values():
+                    meter.stop()
+                self.meters = {}
+            for kind in kinds[1:]:
+                memory[kind] = self._engine_memory(arena, kind)
+        res.raw["engine"] = {"throughput": tput, "latency": lat, "memory": memory}
+        row = res.add(Row("throughput at saturation", "msg/s",
+                          {k: [r["msgs"] for r in v] for k, v in tput.items()}))
+        row.details = {k: "relay {:.0f}% gen {:.0f}%{} CPU".format(
+            100 * statistics.median(r["relay_cpu"] for r in v),
+            100 * statistics.median(r["gen_cpu"] for r in v),
+            "" if k == "msgr" else " engine {:.0f}%".format(
+                100 * statistics.median(r["engine_cpu"] for r in v)))
+            for k, v in tput.items()}
+        res.add(Row("  relay CPU per message (all relays)", "us",
+                    {k: [r["us_per_msg"] for r in v if r["us_per_msg"]] for k, v in tput.items()},
+                    higher_is_better=False))
+        res.add(Row("  engine CPU per message", "us",
+                    {k: [r["engine_us_per_msg"] for r in v if r.get("engine_us_per_msg")]
+                     for k, v in tput.items()}, higher_is_better=False))
+        for q in ("p50", "p99"):
+            row = res.add(Row(f"{q} at {rate:,} msg/s offered", "ms",
+                              {k: [r[f"{q}_ms"] for r in v if f"{q}_ms" in r]
+                               for k, v in lat.items()}, higher_is_better=False))
+            if q == "p99":
+                row.details = {k: "relay {:.0f}% gen {:.0f}%{} CPU".format(
+                    100 * statistics.median(r["relay_cpu"] for r in v),
+                    100 * statistics.median(r["gen_cpu"] for r in v),
+                    "" if k == "msgr" else " engine {:.0f}%".format(
+                        100 * statistics.median(r["engine_cpu"] for r in v)))
+                    for k, v in lat.items()}
+        res.add(Row(f"  relay CPU per message at {rate:,} msg/s (all relays)", "us",
+                    {k: [r["us_per_msg"] for r in v if r["us_per_msg"]] for k, v in lat.items()},
+                    higher_is_better=False))
+        res.add(Row(f"  engine CPU per message at {rate:,} msg/s", "us",
+                    {k: [r["engine_us_per_msg"] for r in v if r.get("engine_us_per_msg")]
+                     for k, v in lat.items()}, higher_is_better=False))
+        res.add(Row("engine memory per logged-in client", "bytes",
+                    {k: [m["claim_bytes"]] for k, m in memory.items()}, higher_is_better=False))
+        res.add(Row("engine memory per waiting message (251-byte send)", "bytes",
+                    {k: [m["held_bytes"]] for k, m in memory.items() if m.get("held_bytes")},
+                    higher_is_better=False))
+
+    def _engine_memory(self, arena: Arena, kind: str) -> dict[str, float]:
+        """The engine's used_memory per logged-in client (from the arena's
+        setup) and per waiting message: one window at engine_rate whose
+        receivers acknowledge nothing, so every message stays in the engine."""
+        setup = arena.setups[kind]
+        engine = setup.engine
+        assert engine is not None
+        before = int(engine.info("memory").get("used_memory", 0))
+        held0 = _int_reply(engine.command("ZCARD", "msgr:exp"))
+        run = arena._phase(kind, 0.0, 1.0, rate=self.plan.engine_rate, hold=True)
+        time.sleep(0.2)
+        after = int(engine.info("memory").get("used_memory", 0))
+        held = _int_reply(engine.command("ZCARD", "msgr:exp")) - held0
+        out = {"claim_bytes": setup.claim_bytes, "held": held,
+               "held_bytes": (after - before) / held if held else 0.0,
+               "hold_msgs": run["msgs"]}
+        self.log(f"{kind:5} engine memory: {setup.claim_bytes:.0f} B per client, "
+                 f"{out['held_bytes']:.0f} B per waiting message ({held} held)")
+        return out
 
     def idle_run(self, kind: str, tls: bool) -> dict[str, Any]:
         """RSS growth of the relay per idle, logged-in connection."""
@@ -716,12 +967,24 @@ class Bench:
                     check=_at_most("msgr", 150, strict=True)))
 
 
+def _int_reply(reply: bytes) -> int:
+    """A RESP integer reply (":123\r\n"), 0 for anything else."""
+    try:
+        return int(reply[1:].split(b"\r\n", 1)[0]) if reply.startswith(b":") else 0
+    except ValueError:
+        return 0
+
+
 def _describe(run: dict[str, Any]) -> str:
     text = f"{run['msgs']:.0f} msg/s"
     if run.get("us_per_msg"):
         text += f" {run['us_per_msg']:.1f}us"
     if "p99_ms" in run:
         text += f" p50 {run['p50_ms']:.2f} p99 {run['p99_ms']:.2f}ms"
+    if "engine_cpu" in run:
+        text += f" engine {run['engine_cpu'] * 100:.0f}%"
+        if run.get("engine_us_per_msg"):
+            text += f" {run['engine_us_per_msg']:.1f}us"
     return text + (f" (relay {run['relay_cpu'] * 100:.0f}% gen {run['gen_cpu'] * 100:.0f}%,"
                    f" waited: relay {run['relay_waited_ms']:.0f} ms,"
                    f" gen {run['gen_waited_ms']:.0f} ms)")
@@ -763,13 +1026,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="about a minute: TLS throughput, latency at 5,000 msg/s, short "
                         "windows, the store at 10^3 and 10^6; no memory or handshake sections")
     parser.add_argument("--only", metavar="SECTIONS",
-                        help=f"comma-separated subset of: {','.join(SECTIONS)}")
+                        help=f"comma-separated subset of: {','.join(SECTIONS + EXTRA_SECTIONS)} "
+                        "(capacity and engine run only when named)")
+    parser.add_argument("--store", choices=["redis"],
+                        help="also run the engine section: msgr on a redis-server this run "
+                        "starts (1 and 2 relay processes) beside the in-memory relay")
+    parser.add_argument("--engine-rate", type=int, metavar="MSG/S",
+                        help="the engine section's offered rate for p50/p99 (default 5000)")
+    parser.add_argument("--base", metavar="COMMIT",
+                        help="also measure msgr's relay as of COMMIT (git archive into a "
+                        "temporary directory), interleaved with today's: the 'base' column")
     parser.add_argument("--relays", default="msgr,ws,proto",
                         help="relays to measure (default: msgr,ws,proto)")
     parser.add_argument("--runs", type=int,
                         help="measurement windows per figure (default 3, latency 5)")
     parser.add_argument("--budget", type=float, help="seconds the whole run may take; "
                         "sections that would not fit are skipped (default 480, quick 80)")
+    parser.add_argument("--pairs", metavar="N,N",
+                        help="throughput pair counts (default 1,100,1000)")
+    parser.add_argument("--transport", choices=["plain", "tls", "both"],
+                        help="throughput over plain TCP, TLS or both (default both; quick: tls)")
     parser.add_argument("--json", metavar="FILE", help="also write every sample here "
                         "(default bench/results/last.json)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -780,14 +1056,27 @@ def main(argv: list[str] | None = None) -> int:
         plan.runs = plan.latency_runs = args.runs
     if args.budget:
         plan.budget = args.budget
+    if args.engine_rate:
+        plan.engine_rate = args.engine_rate
+    if args.pairs:
+        plan.pairs = tuple(int(n) for n in args.pairs.split(","))
+    if args.transport:
+        plan.tls_modes = {"plain": (False,), "tls": (True,), "both": (False, True)}[
+            args.transport]
     sections = args.only.split(",") if args.only else [
         s for s in SECTIONS if not (args.quick and s in QUICK_SKIPS)]
-    unknown = set(sections) - set(SECTIONS)
+    if args.store and "engine" not in sections:
+        sections.append("engine")
+    unknown = set(sections) - set(SECTIONS + EXTRA_SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     kinds = [k for k in KIND_ORDER if k in args.relays.split(",")]
     if "msgr" not in kinds:
         parser.error("--relays must include msgr")
+    if args.base and "base" not in kinds:
+        kinds.append("base")
+    elif "base" in kinds and not args.base:
+        parser.error("--relays base needs --base COMMIT")
     if "ws" in kinds and _ws_version() == "(not installed)":
         print("websockets is not installed (pip install -r requirements-dev.txt): "
               "no websockets baseline", file=sys.stderr)
@@ -805,10 +1094,15 @@ def main(argv: list[str] | None = None) -> int:
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         contexts.ensure_certificate(cert, key, hostnames=("localhost",),
                                  ip_addresses=("127.0.0.1",))
-        bench = Bench(plan, kinds, (cert, key), verbose=not args.quiet)
+        base_root = ""
+        if args.base:
+            base_root = _unpack_commit(args.base, os.path.join(tmp, "base"))
+            info["base"] = args.base
+        bench = Bench(plan, kinds, (cert, key), verbose=not args.quiet, tmp=tmp,
+                      base_root=base_root)
         if "throughput" in sections or "latency" in sections:
             bench.network("throughput" in sections, "latency" in sections)
-        for name in SECTIONS[2:]:
+        for name in SECTIONS[2:] + EXTRA_SECTIONS:
             if name in sections:
                 bench.log(f"section {name}")
                 getattr(bench, name)()
@@ -825,6 +1119,8 @@ def main(argv: list[str] | None = None) -> int:
           f"ws = websockets {_ws_version()}")
     print("msgr runs with its default limits except: " + " ".join(
         __import__("bench.procs", fromlist=["x"]).MSGR_BENCH_LIMITS))
+    if args.base:
+        print(f"base = msgr's relay at {info['base']} (same options), measured interleaved")
     print()
     print(render(res, kinds))
     if res.retried:
@@ -849,6 +1145,21 @@ def main(argv: list[str] | None = None) -> int:
                    "skipped": res.skipped},
                   f, indent=1, default=str)
     return 1 if res.problems else 0
+
+
+def _unpack_commit(commit: str, where: str) -> str:
+    """The source tree of ``commit`` in ``where`` (git archive: the repository
+    and its worktrees are left untouched); its full commit id in the log."""
+    import subprocess
+
+    full = subprocess.run(["git", "-C", ROOT, "rev-parse", "--verify", commit + "^{commit}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    os.makedirs(where)
+    archive = subprocess.Popen(["git", "-C", ROOT, "archive", full], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", where], stdin=archive.stdout, check=True)
+    archive.wait()
+    print(f"base: {full}", file=sys.stderr)
+    return where
 
 
 def _ws_version() -> str:

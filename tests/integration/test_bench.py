@@ -94,3 +94,52 @@ def test_a_small_run_of_every_relay_delivers_without_errors(tmp_path):
         assert 0 < window["p50_ms"] <= window["p99_ms"], kind
         assert window["n"] > 0.5 * 400 * plan.window, kind  # most sends arrived in the window
         assert window["relay_waited_ms"] >= 0 and window["gen_waited_ms"] >= 0
+
+
+def _small_bench(tmp_path, kinds, *, base_root="", **plan):
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    contexts.ensure_certificate(cert, key, hostnames=("localhost",), ip_addresses=("127.0.0.1",))
+    settings = dict(runs=1, latency_runs=1, warmup=0.1, window=0.4, latency_warmup=0.1,
+                    pairs=(4,), tls_modes=(True,), rates=(400,), latency_pairs=4, budget=100.0)
+    settings.update(plan)
+    return run.Bench(run.Plan(**settings), kinds, (cert, key), verbose=False,
+                     tmp=str(tmp_path), base_root=base_root)
+
+
+def test_the_engine_section_runs_msgr_on_redis_with_one_and_two_relays(tmp_path):
+    from tests.engine_helpers import engine_binary
+
+    engine_binary()  # skips, saying why, without redis-server or redis-py
+    bench = _small_bench(tmp_path, ["msgr"], engine_pairs=4, engine_rate=400)
+    bench.engine()
+
+    res = bench.results
+    assert not res.problems and not res.skipped
+    data = res.raw["engine"]
+    for kind in ("msgr", "redis1", "redis2"):
+        # With two relays every receiver is on the other relay: delivered
+        # means the message crossed the engine from node to node.
+        assert data["throughput"][kind][0]["msgs"] > 0, kind
+        assert data["latency"][kind][0]["n"] > 0, kind
+    for kind in ("redis1", "redis2"):
+        assert data["throughput"][kind][0]["engine_us_per_msg"] > 0, kind
+        memory = data["memory"][kind]
+        assert memory["claim_bytes"] > 0 and memory["held"] > 0 and memory["held_bytes"] > 0
+
+
+def test_capacity_bisects_over_offered_rates_and_base_runs_an_older_tree(tmp_path):
+    # The base tree here is this one, unpacked from HEAD by git archive.
+    root = run._unpack_commit("HEAD", str(tmp_path / "base"))
+    bench = _small_bench(tmp_path, ["msgr", "base"], base_root=root,
+                         capacity_range=(100, 400), capacity_runs=1, capacity_step=100,
+                         capacity_p99_ms=10_000.0)
+    bench.capacity()
+
+    res = bench.results
+    assert not res.problems and not res.skipped
+    for kind in ("msgr", "base"):
+        tried = res.raw["capacity"][kind]
+        assert set(tried) == {"100", "400"}  # both bounds pass: the top is the answer
+        assert all(w["n"] > 0 for runs in tried.values() for w in runs)
+    best = next(r for r in res.rows if isinstance(r, run.Row) and r.label.startswith("highest"))
+    assert best.values == {"msgr": [400], "base": [400]}
