@@ -1,0 +1,65 @@
+"""A message the receiver refuses past its deadline is reported to its sender
+(found by tools/soak_cluster.py: static-mode messages were lost silently when
+their recipient came back in the last second of their TTL)."""
+
+from __future__ import annotations
+
+from chatnet import Net
+
+from msgrlib.client import core as chat
+from msgrlib.client.static_mode import STATIC_GRACE
+
+
+def _late_delivery(mode: chat.Mode) -> Net:
+    """alice sends bob one message (TTL 10 s) while he is away; he comes back
+    0.5 s before its deadline, when his client refuses it."""
+    net = Net()
+    alice = net.core("alice", "bob", mode=mode, ttl=10)
+    bob = net.core("bob", "alice", mode=mode)
+    net.attach(alice)
+    net.attach(bob)
+    net.pump()
+    net.detach("bob")
+    alice.send("just too late")
+    net.pump()
+    assert net.of("alice", chat.Accepted)
+    net.advance(9.5)
+    net.attach(bob)
+    net.pump()
+    assert net.received("bob") == []
+    assert [n.code for n in net.of("bob", chat.Notice)][-1] == "past_deadline"
+    return net
+
+
+def test_a_static_message_refused_past_its_deadline_is_reported_not_delivered():
+    """The static sender's only report is the relay's ``expired``: the
+    receiver must leave the refused message unacknowledged so the relay
+    reports it when its TTL ends (the old client acknowledged it, the relay
+    deleted it as read, and the sender settled it as delivered)."""
+    net = _late_delivery(chat.Mode.STATIC)
+    net.advance(1)          # the relay's TTL ends: it reports the message unread
+    net.advance(STATIC_GRACE)
+    undelivered = net.of("alice", chat.Undelivered)
+    assert [u.n for u in undelivered] == [1], net.events["alice"]
+    assert "expired at the relay before bob read it" in undelivered[0].reason
+
+
+def test_a_refused_message_handed_out_again_is_still_not_acknowledged():
+    """After a reconnect the relay hands the refused message out again: bob's
+    client drops it as seen, and still does not acknowledge it."""
+    net = _late_delivery(chat.Mode.STATIC)
+    bob = net.peers["bob"][0]
+    net.detach("bob")
+    net.attach(bob)
+    net.pump()
+    assert net.received("bob") == []
+    net.advance(1)
+    net.advance(STATIC_GRACE)
+    assert [u.n for u in net.of("alice", chat.Undelivered)] == [1]
+
+
+def test_a_default_mode_message_refused_past_its_deadline_is_reported_once():
+    net = _late_delivery(chat.Mode.RATCHET)
+    net.advance(1)
+    net.advance(STATIC_GRACE)
+    assert [u.n for u in net.of("alice", chat.Undelivered)] == [1]
