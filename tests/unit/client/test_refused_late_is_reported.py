@@ -63,3 +63,40 @@ def test_a_default_mode_message_refused_past_its_deadline_is_reported_once():
     net.advance(1)
     net.advance(STATIC_GRACE)
     assert [u.n for u in net.of("alice", chat.Undelivered)] == [1]
+
+
+def test_a_static_message_typed_offline_carries_the_time_it_was_typed():
+    """The TTL runs from when a message was typed (PROTOCOL.md 6.5). The
+    static box was sealed with the time it was sealed: one typed while the
+    sender was offline and sent 5 s later got a deadline 5 s later at its
+    receiver than at its sender and its relay, so the receiver showed it
+    after its sender's deadline, and even as the relay reported it expired."""
+    net = Net()
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC, ttl=10)
+    bob = net.core("bob", "alice", mode=chat.Mode.STATIC)
+    net.attach(alice)
+    net.attach(bob)
+    net.pump()
+    net.detach("alice")
+    net.detach("bob")
+    typed = net.clock.now + 1.7e9
+    alice.send("typed offline")
+    net.advance(5)
+    net.attach(alice)               # sent now, with 5 s of its TTL left
+    net.pump()
+    net.advance(4.5)                # bob comes back 0.5 s before its deadline
+    net.attach(bob)
+    net.pump()
+    assert net.received("bob") == [], "shown in the last second of its TTL"
+    net.advance(1)
+    net.advance(STATIC_GRACE)
+    assert [u.n for u in net.of("alice", chat.Undelivered)] == [1]
+    # And one bob is there for shows the time it was typed.
+    net.detach("alice")
+    typed = net.clock.now + 1.7e9
+    alice.send("typed offline too")
+    net.advance(3)
+    net.attach(alice)
+    net.pump()
+    shown = [e for e in net.of("bob", chat.Received) if e.text == "typed offline too"]
+    assert [e.sent_at for e in shown] == [round(typed, 3)]
