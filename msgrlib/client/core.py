@@ -632,6 +632,8 @@ class ChatCore:
             if out.relay_id == relay_id:
                 self._mode.on_expired(out)
                 return
+        if type(relay_id) is int:
+            self._mode.on_late_expired(relay_id)
 
     def _on_presence(self, frame: dict[str, Any]) -> None:
         if frame.get("user") != self.peer:

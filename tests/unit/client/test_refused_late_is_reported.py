@@ -100,3 +100,53 @@ def test_a_static_message_typed_offline_carries_the_time_it_was_typed():
     net.pump()
     shown = [e for e in net.of("bob", chat.Received) if e.text == "typed offline too"]
     assert [e.sent_at for e in shown] == [round(typed, 3)]
+
+
+def test_an_expired_report_that_comes_after_the_grace_is_still_reported():
+    """Under load a relay's engine calls queue up, and its ``expired`` report
+    came 14 s after the TTL; the static sender had forgotten the message 5 s
+    after it, so it was lost without a report. Now it is reported, late."""
+    net = Net()
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC, ttl=10)
+    bob = net.core("bob", "alice", mode=chat.Mode.STATIC)
+    net.attach(alice)
+    net.attach(bob)
+    net.pump()
+    net.detach("bob")
+    alice.send("nobody reads this in time")
+    net.pump()
+    relay_id = alice.outbox[1].relay_id
+    # The relay's expirer is behind: only alice's clock moves on.
+    net.clock.now += 10 + STATIC_GRACE + 10
+    alice.tick()
+    net.events["alice"].extend(alice.take_events())
+    assert not alice.outbox and not net.of("alice", chat.Undelivered)
+    net.relay.tick()        # the report, 15 s late
+    net.pump()
+    net.relay.tick()
+    undelivered = net.of("alice", chat.Undelivered)
+    assert [(u.n, u.reason) for u in undelivered] == [
+        (1, "it expired at the relay before bob read it (reported late)")]
+    assert alice.failed() == [1]
+    # A second copy of the report (the engine keeps them for the next
+    # sign-in) changes nothing.
+    alice.handle({"type": "expired", "id": relay_id, "to": "bob"})
+    assert not alice.take_events()
+
+
+def test_the_late_report_window_is_bounded_in_time():
+    from msgrlib.client.static_mode import LATE_REPORT_WINDOW
+
+    net = Net()
+    alice = net.core("alice", "bob", mode=chat.Mode.STATIC, ttl=10)
+    net.attach(alice)
+    net.pump()
+    alice.send("to nobody")
+    net.pump()
+    relay_id = alice.outbox[1].relay_id
+    net.clock.now += 10 + STATIC_GRACE
+    alice.tick()
+    net.clock.now += LATE_REPORT_WINDOW + 1
+    alice.tick()
+    alice.handle({"type": "expired", "id": relay_id, "to": "bob"})
+    assert not [e for e in alice.take_events() if isinstance(e, chat.Undelivered)]
