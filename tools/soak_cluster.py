@@ -37,7 +37,7 @@ nothing shown after its sender was told it was not delivered, nothing shown
 late, no relay wrote a traceback, and nothing left in the engine.
 
 Usage: ``python -m tools.soak_cluster [--messages 100000] [--relays 3]
-[--pairs 30] [--rate 500] [--kills 1] [--ttl 30]`` (``make soak-cluster``).
+[--pairs 30] [--rate 400] [--kills 1] [--ttl 30]`` (``make soak-cluster``).
 Needs redis-server (or valkey-server) and redis-py (``pip install
 'msgr[redis]'``).
 """
@@ -657,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relays", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=30,
                         help="pairs of clients; even ones default mode, odd ones --static")
-    parser.add_argument("--rate", type=float, default=500, help="messages per second offered")
+    parser.add_argument("--rate", type=float, default=400, help="messages per second offered")
     parser.add_argument("--size", type=int, default=100, help="bytes of text per message")
     parser.add_argument("--ttl", type=int, default=30, help="every message's TTL, seconds")
     parser.add_argument("--drop-rate", type=float, default=0.05,
