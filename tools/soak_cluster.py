@@ -102,6 +102,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def die_with_parent() -> None:
+    """In a child, before exec: SIGTERM when the soak dies (Linux), so a soak
+    killed by a test's timeout leaves no relay or redis-server behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def engine_binary() -> str | None:
     return shutil.which("redis-server") or shutil.which("valkey-server")
 
@@ -126,7 +137,7 @@ class Engine:
         self.proc = subprocess.Popen(
             [self.binary, "--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700",
              "--dir", self.dir, *ENGINE_SETTINGS, "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         self.client = redis.Redis(unix_socket_path=self.socket, socket_timeout=10)
         deadline = time.monotonic() + 10
         while True:
@@ -187,7 +198,7 @@ class Relay:
         self.proc = subprocess.Popen(
             [sys.executable, MSGR, "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--store", self.url, "--log-level", "warning", *RELAY_LIMITS, *self.extra],
-            stdout=log, stderr=log, cwd=ROOT)
+            stdout=log, stderr=log, cwd=ROOT, preexec_fn=die_with_parent)
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
