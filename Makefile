@@ -7,7 +7,7 @@ RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
 WORMHOLE := .venv-wormhole
 
-.PHONY: install test test-fast lint serve demo bench bench-quick bench-transfer fuzz soak churn clean
+.PHONY: install test test-fast lint serve demo bench bench-quick bench-transfer fuzz soak soak-cluster churn clean
 
 # Two stamps: running a relay or the demo needs the runtime dependencies only
 # (PyNaCl, argon2-cffi); tests, lint and benchmarks add the development ones.
@@ -74,6 +74,9 @@ fuzz: $(STAMP)  ## the property and fuzz tests with 100x the examples CI uses
 
 soak: $(STAMP)  ## 100,000 messages through a relay with clients dropping at random
 	$(BIN)/python -m tools.soak
+
+soak-cluster: $(STAMP)  ## 100,000 messages across three relays on one redis-server, one relay killed
+	$(BIN)/python -m tools.soak_cluster
 
 churn: $(STAMP)  ## 10 minutes: two long chats through two relay restarts, a third client churning
 	$(BIN)/python -m tools.churn

@@ -129,7 +129,9 @@ class ChatCore:
         # text does not linger in memory for the rest of the session.
         self.outbox: dict[int, Outgoing] = {}
         self._failed: list[int] = []
-        self._seen_relay_ids: OrderedDict[int, None] = OrderedDict()
+        #: relay id -> whether it is acknowledged when handed out again.
+        self._seen_relay_ids: OrderedDict[int, bool] = OrderedDict()
+        self._refused_late = False  # the delivery being opened came past its deadline
         self._window = ReceiveWindow()
         self.epoch = base64.b64encode(rng(8)).decode()
         self.connected = False
@@ -500,6 +502,7 @@ class ChatCore:
                          "already (too many arrived out of order to tell)", "maybe_repeat",
                          "warn")
         elif verdict is Verdict.EXPIRED:
+            self._refused_late = True
             self._notice(f"refused a message from {self.peer_name} that arrived after its "
                          f"deadline ({max(0, round(now - deadline))} s ago): {self.peer_name} is "
                          "told it was not delivered (if this repeats, check both clocks)",
@@ -558,21 +561,35 @@ class ChatCore:
         body = frame.get("body")
         if type(relay_id) is not int or not isinstance(body, str):
             return
-        self._acks.append(relay_id)
-        if relay_id in self._seen_relay_ids:
-            return  # handed out again after a reconnect; already handled
-        self._seen_relay_ids[relay_id] = None
+        seen = self._seen_relay_ids.get(relay_id)
+        if seen is not None:
+            # Handed out again after a reconnect; already handled.
+            if seen:
+                self._acks.append(relay_id)
+            return
+        self._seen_relay_ids[relay_id] = True
         if len(self._seen_relay_ids) > DEDUP_MEMORY:
             self._seen_relay_ids.popitem(last=False)
         if frame.get("from") != self.peer:
+            self._acks.append(relay_id)
             self._notice(f"ignored a message from {str(frame.get('from'))[:32]!r}, who is "
                          "not the peer of this chat", "stranger", "warn")
             return
         expires_at = _unix_time(frame.get("expires_at"), self._wall() + self.ttl)
+        self._refused_late = False
         try:
             self._mode.open(frame, body, expires_at)
         except CryptoError as err:
             self._notice(_explain(err, self.peer_name), err.code, "warn")
+        if self._refused_late:
+            # Refused past its deadline: left unacknowledged, so the relay
+            # reports it to its sender as expired when its TTL ends (which is
+            # never before the deadline: a send carries what is left of it,
+            # rounded up). Static mode has no other report; acknowledged, it
+            # would count as read and be lost silently.
+            self._seen_relay_ids[relay_id] = False
+        else:
+            self._acks.append(relay_id)
 
     def _on_accepted(self, frame: dict[str, Any]) -> None:
         entry = self._sends.take_answered(frame.get("ref"))
@@ -615,6 +632,8 @@ class ChatCore:
             if out.relay_id == relay_id:
                 self._mode.on_expired(out)
                 return
+        if type(relay_id) is int:
+            self._mode.on_late_expired(relay_id)
 
     def _on_presence(self, frame: dict[str, Any]) -> None:
         if frame.get("user") != self.peer:

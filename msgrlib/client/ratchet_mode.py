@@ -315,6 +315,9 @@ class RatchetMode:
             self._say_hi()
         self.maybe_start()
 
+    def on_late_expired(self, relay_id: int) -> None:
+        pass  # the verdict was given at the deadline; receipts, not the relay, decide
+
     def on_expired(self, out: Outgoing) -> None:
         # Not final: the relay is not trusted with the verdict (a hostile one
         # could say so and deliver it later). The message is reported at
