@@ -36,7 +36,7 @@ MSGR_BENCH_LIMITS = ["--rate-messages", "1e9", "--burst-messages", "1e9",
 
 RELAY_NAMES = {"msgr": "msgr", "ws": "websockets", "proto": "bare Protocol",
                "base": "msgr before the engine", "redis1": "msgr on Redis, 1 relay",
-               "redis2": "msgr on Redis, 2 relays"}
+               "redis2": "msgr on Redis, 2 relays", "redisw2": "msgr on Redis, --workers 2"}
 
 
 def pin(pid: int, cpu: int | None) -> None:
@@ -73,6 +73,18 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (``serve --workers``' workers)."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return found
 
 
 def rss_bytes(pid: int) -> int:
@@ -173,6 +185,18 @@ class Relay(_Child):
         except BaseException:
             self.stop()
             raise
+
+    def cpu(self) -> float:
+        # With serve --workers the parent only supervises: its workers' CPU
+        # counts (a worker is never waited for while it runs, so it is not in
+        # the parent's figures).
+        total = cpu_seconds(self.pid)
+        for child in children(self.pid):
+            try:
+                total += cpu_seconds(child)
+            except OSError:
+                pass  # a worker just exited
+        return total
 
     def rss(self) -> int:
         return rss_bytes(self.pid)

@@ -30,7 +30,7 @@ from typing import Any
 from bench import inproc
 from bench.procs import RELAY_NAMES, RESULTS, ROOT, Engine, Gen, Relay, StallMeter, raise_nofile
 
-KIND_ORDER = ["msgr", "ws", "proto", "base", "redis1", "redis2"]
+KIND_ORDER = ["msgr", "ws", "proto", "base", "redis1", "redis2", "redisw2"]
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 SECTIONS = ["throughput", "latency", "memory", "handshake", "store", "client", "cli"]
 #: Sections run only when named (--only, --store redis): each takes minutes,
@@ -241,8 +241,10 @@ def machine_busy() -> float:
     return (sum(fields[:8]) - idle) / _CLK_TCK
 
 
-#: msgr on a Redis engine (serve --store): kind -> relay processes.
-ENGINE_KINDS = {"redis1": 1, "redis2": 2}
+#: msgr on a Redis engine (serve --store): kind -> (relay processes, workers
+#: each). redisw2 is one `serve --workers 2`: two workers on one port, the
+#: kernel spreading connections between them (both pinned to the relays' core).
+ENGINE_KINDS = {"redis1": (1, 1), "redis2": (2, 1), "redisw2": (1, 2)}
 
 
 @dataclass
@@ -302,14 +304,15 @@ class Arena:
         setup = Setup()
         self.setups[kind] = setup
         tls_files = bench.tls_files if self.tls else None
-        nodes = ENGINE_KINDS.get(kind, 0)
+        nodes, workers = ENGINE_KINDS.get(kind, (0, 1))
         if nodes:
             # msgr on a Redis engine: the engine on the generators' core (the
             # relays' core is the one measured), fresh for this arena so that
             # no claim of an earlier arena's clients is left in it.
             setup.engine = Engine(bench.tmp, cpu=GEN_CPU)
+            more = ("--workers", str(workers)) if workers > 1 else ()
             setup.relays = [Relay("msgr", tls_files, cpu=RELAY_CPU, extra=(
-                "--store", setup.engine.url), log=f"relay-{kind}-{n}.log")
+                "--store", setup.engine.url, *more), log=f"relay-{kind}-{n}.log")
                 for n in range(nodes)]
             setup.engine_idle = int(setup.engine.info("memory").get("used_memory", 0))
         elif kind == "base":
@@ -683,13 +686,14 @@ class Bench:
         return lo
 
     def engine(self) -> None:
-        """msgr on a Redis engine (serve --store), 1 and 2 relay processes,
+        """msgr on a Redis engine (serve --store), 1 and 2 relay processes and
+        one `serve --workers 2`,
         beside the in-memory relay in the same arena: throughput at saturation,
         relay and engine CPU per message, latency at engine_rate msg/s; then
         the engine's memory per logged-in client and per waiting message."""
         plan, res = self.plan, self.results
         pairs, rate = plan.engine_pairs, plan.engine_rate
-        kinds = ["msgr", "redis1", "redis2"]
+        kinds = ["msgr", "redis1", "redis2", "redisw2"]
         res.section(f"msgr on a Redis engine (serve --store), {pairs:,} TLS pairs; "
                     "engine on the generators' core")
         if self.left() < 90:
@@ -1030,7 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(capacity and engine run only when named)")
     parser.add_argument("--store", choices=["redis"],
                         help="also run the engine section: msgr on a redis-server this run "
-                        "starts (1 and 2 relay processes) beside the in-memory relay")
+                        "starts (1 and 2 relay processes, --workers 2) beside the in-memory relay")
     parser.add_argument("--engine-rate", type=int, metavar="MSG/S",
                         help="the engine section's offered rate for p50/p99 (default 5000)")
     parser.add_argument("--base", metavar="COMMIT",

@@ -116,13 +116,15 @@ def test_the_engine_section_runs_msgr_on_redis_with_one_and_two_relays(tmp_path)
     res = bench.results
     assert not res.problems and not res.skipped
     data = res.raw["engine"]
-    for kind in ("msgr", "redis1", "redis2"):
+    for kind in ("msgr", "redis1", "redis2", "redisw2"):
         # With two relays every receiver is on the other relay: delivered
         # means the message crossed the engine from node to node.
         assert data["throughput"][kind][0]["msgs"] > 0, kind
         assert data["latency"][kind][0]["n"] > 0, kind
-    for kind in ("redis1", "redis2"):
+    for kind in ("redis1", "redis2", "redisw2"):
         assert data["throughput"][kind][0]["engine_us_per_msg"] > 0, kind
+        # serve --workers 2: the workers' CPU counts, not the idle parent's.
+        assert data["throughput"][kind][0]["us_per_msg"] > 0, kind
         memory = data["memory"][kind]
         assert memory["claim_bytes"] > 0 and memory["held"] > 0 and memory["held_bytes"] > 0
 
