@@ -426,8 +426,8 @@ class App:
     def _on_esc(self) -> None:
         """Esc (nothing followed it): gives up an invite waiting for the other side."""
         self._esc_timer = None
-        if self.paste.lone_escape() and self.view.invite.state in (InviteState.ASKING,
-                                                                   InviteState.WAITING):
+        if self.paste.lone_escape() and self.view.invite.state in (
+                InviteState.ASKING, InviteState.WAITING, InviteState.CANCELLING):
             self._cancel(self.now())
             self.draw()
 
@@ -552,7 +552,13 @@ class App:
             view.info("invite cancelled: the connection was closed, which frees its number "
                       "at the relay", WARN, now=now)
         elif flow.state is InviteState.CANCELLING:
-            view.info("the invite is being cancelled already", now=now)
+            # Asked once and the relay has not answered (a hostile or stuck one would
+            # leave the screen waiting for good): hanging up frees the number too.
+            flow.go("cancelled", reason="the invite was cancelled")
+            self._retire()
+            view.connection, view.detail = "idle", ""
+            view.info("invite cancelled: the relay had not answered, so the connection was "
+                      "closed, which frees its number at the relay", WARN, now=now)
         else:
             view.info("nothing to cancel: /cancel gives up an invite still waiting for the "
                       "other side", WARN, now=now)
