@@ -640,7 +640,7 @@ class App:
     def _answer(self, yes: bool) -> None:
         from msgrlib.transfer import TransferError
         from msgrlib.transfer.files import DirectorySink, FileSink, MemorySink
-        from msgrlib.transfer.messages import fit_window
+        from msgrlib.transfer.messages import fit_window, mailbox_bytes_of
 
         view, now = self.view, self.now()
         if self._offered is None or self.client is None:
@@ -667,8 +667,10 @@ class App:
             receiver.decline("the receiver declined")
         else:
             self._transfers[tid] = _Shown(offer, now, None, sink)
-            window = fit_window(offer.chunk, mailbox_bytes=4 * 1024 * 1024,
-                                mailbox_messages=1000)
+            limits = self.client.limits
+            messages = limits.get("mailbox_messages") if isinstance(limits, dict) else None
+            window = fit_window(offer.chunk, mailbox_bytes=mailbox_bytes_of(limits),
+                                mailbox_messages=messages if type(messages) is int else 1000)
             receiver.accept(sink, time.monotonic(), window=window)
             view.info(f"accepted {offer.name or 'the secret'}", now=now)
         self._answered(tid)
