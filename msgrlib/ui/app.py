@@ -567,7 +567,7 @@ class App:
 
     async def _send_file(self, path: str) -> None:
         from msgrlib.transfer import TransferError, files
-        from msgrlib.transfer.messages import chunk_size_for, new_transfer_id
+        from msgrlib.transfer.messages import chunk_size_for_relay, new_transfer_id
 
         view, client = self.view, self.client
         if self.options.static or client is None or client.core.session is None:
@@ -576,9 +576,12 @@ class App:
             return
         path = os.path.expanduser(path)
         prepare = files.prepare_directory if os.path.isdir(path) else files.prepare_file
+        # As msgr send: the largest chunk this relay's frames (and mailbox) carry, from
+        # its welcome; a fixed 64 KiB-frame chunk was refused by a relay with smaller frames.
+        chunk = chunk_size_for_relay(client.limits)
         try:   # hashing a big file takes a while: not on the loop
             prepared = await asyncio.to_thread(prepare, path, new_transfer_id(os.urandom),
-                                               chunk=chunk_size_for(65536, name_length=32))
+                                               chunk=chunk)
             client.core.send_transfer(prepared.offer, prepared.source)
         except (OSError, TransferError) as err:
             view.info(f"cannot send {path}: {getattr(err, 'strerror', None) or err}", ERROR,
