@@ -357,8 +357,8 @@ class Limits:
     """The limits a relay advertises in ``welcome``, checked once.
 
     A field the relay left out, or sent with a wrong type or out of range, is
-    None: the client then keeps its own default. Bounds: ``max_frame`` and
-    ``mailbox_messages`` positive integers; the TTLs numbers in 0..3600 s;
+    None: the client then keeps its own default. Bounds: ``max_frame``,
+    ``mailbox_messages`` and ``mailbox_bytes`` positive integers; the TTLs numbers in 0..3600 s;
     ``heartbeat`` 1..600 s (a relay must not make us ping constantly, nor
     never); the four rates positive and finite.
     """
@@ -369,6 +369,7 @@ class Limits:
     ttl_default: float | None = None
     heartbeat: float | None = None
     mailbox_messages: int | None = None
+    mailbox_bytes: int | None = None
     rate_messages: float | None = None
     burst_messages: float | None = None
     rate_bytes: float | None = None
@@ -384,7 +385,7 @@ class Limits:
             value = obj.get(f.name)
             if not _is_number(value):
                 continue
-            if f.name in ("max_frame", "mailbox_messages"):
+            if f.name in ("max_frame", "mailbox_messages", "mailbox_bytes"):
                 ok = type(value) is int and value > 0
             elif f.name.startswith("ttl_"):
                 ok = 0 <= value <= 3600

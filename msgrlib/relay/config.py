@@ -143,6 +143,7 @@ class RelayConfig:
             "max_frame": self.max_frame,
             "ttl_min": self.ttl_min, "ttl_max": self.ttl_max, "ttl_default": self.ttl_default,
             "heartbeat": self.heartbeat, "mailbox_messages": self.mailbox_messages,
+            "mailbox_bytes": self.mailbox_bytes,
             "rate_messages": self.rate_messages, "burst_messages": self.burst_messages,
             "rate_bytes": self.rate_bytes, "burst_bytes": self.burst_bytes,
         }

@@ -390,11 +390,27 @@ def chunk_size_for_relay(limits: object, *, name_length: int = 32) -> int:
     """:func:`chunk_size_for` the ``max_frame`` a relay declared in ``welcome`` (``limits``,
     its JSON object), or for the default 64 KiB frame if it declared none usable. A relay
     declaring more than it accepts only gets its own frames refused; the chunk stays at most
-    :data:`MAX_CHUNK_SIZE` whatever it says."""
+    :data:`MAX_CHUNK_SIZE` whatever it says.
+
+    The frame is also held to a quarter of the ``mailbox_bytes`` it declared (the relay may
+    hold two windows of at least one chunk for the transfer, in half the mailbox, as
+    :func:`fit_window` plans): a relay whose frames are larger than its mailbox would
+    otherwise refuse every chunk as ``mailbox_full`` (found by the review: ``serve
+    --max-frame 4194304 --mailbox-bytes 1048576`` stalled every transfer)."""
     frame = limits.get("max_frame") if isinstance(limits, dict) else None
     if type(frame) is not int or frame < 4096:
         frame = 64 * 1024
+    mailbox = limits.get("mailbox_bytes") if isinstance(limits, dict) else None
+    if type(mailbox) is int and mailbox > 0:
+        frame = min(frame, max(4096, mailbox // 4))
     return chunk_size_for(min(frame, 2 * MAX_CHUNK_SIZE), name_length=name_length)
+
+
+def mailbox_bytes_of(limits: object, default: int = 4 * 1024 * 1024) -> int:
+    """The ``mailbox_bytes`` a relay declared in ``welcome`` (``limits``), for
+    :func:`fit_window`; ``default`` (msgr's relay's default) if it declared none usable."""
+    mailbox = limits.get("mailbox_bytes") if isinstance(limits, dict) else None
+    return mailbox if type(mailbox) is int and mailbox > 0 else default
 
 
 def fit_window(chunk: int, *, mailbox_bytes: int, mailbox_messages: int,
@@ -413,7 +429,7 @@ __all__ = [
     "KIND_FILE", "KIND_SECRET", "MAX_CHUNK_SIZE", "MAX_DECLARED_SIZE", "MAX_REASON_LENGTH",
     "MAX_WINDOW", "TRANSFER_KINDS", "Accept", "Ack", "Chunk", "Decline", "Done", "Fail",
     "Message", "Offer", "b64decode_canonical", "chunk_frame_size", "chunk_size_for",
-    "chunk_size_for_relay",
+    "chunk_size_for_relay", "mailbox_bytes_of",
     "decode_binary_plaintext", "encode_chunk_plaintext", "fit_window", "is_transfer_message",
     "new_transfer_id", "parse_message",
 ]

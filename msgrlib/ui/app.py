@@ -426,8 +426,8 @@ class App:
     def _on_esc(self) -> None:
         """Esc (nothing followed it): gives up an invite waiting for the other side."""
         self._esc_timer = None
-        if self.paste.lone_escape() and self.view.invite.state in (InviteState.ASKING,
-                                                                   InviteState.WAITING):
+        if self.paste.lone_escape() and self.view.invite.state in (
+                InviteState.ASKING, InviteState.WAITING, InviteState.CANCELLING):
             self._cancel(self.now())
             self.draw()
 
@@ -552,7 +552,13 @@ class App:
             view.info("invite cancelled: the connection was closed, which frees its number "
                       "at the relay", WARN, now=now)
         elif flow.state is InviteState.CANCELLING:
-            view.info("the invite is being cancelled already", now=now)
+            # Asked once and the relay has not answered (a hostile or stuck one would
+            # leave the screen waiting for good): hanging up frees the number too.
+            flow.go("cancelled", reason="the invite was cancelled")
+            self._retire()
+            view.connection, view.detail = "idle", ""
+            view.info("invite cancelled: the relay had not answered, so the connection was "
+                      "closed, which frees its number at the relay", WARN, now=now)
         else:
             view.info("nothing to cancel: /cancel gives up an invite still waiting for the "
                       "other side", WARN, now=now)
@@ -561,7 +567,7 @@ class App:
 
     async def _send_file(self, path: str) -> None:
         from msgrlib.transfer import TransferError, files
-        from msgrlib.transfer.messages import chunk_size_for, new_transfer_id
+        from msgrlib.transfer.messages import chunk_size_for_relay, new_transfer_id
 
         view, client = self.view, self.client
         if self.options.static or client is None or client.core.session is None:
@@ -570,9 +576,12 @@ class App:
             return
         path = os.path.expanduser(path)
         prepare = files.prepare_directory if os.path.isdir(path) else files.prepare_file
+        # As msgr send: the largest chunk this relay's frames (and mailbox) carry, from
+        # its welcome; a fixed 64 KiB-frame chunk was refused by a relay with smaller frames.
+        chunk = chunk_size_for_relay(client.limits)
         try:   # hashing a big file takes a while: not on the loop
             prepared = await asyncio.to_thread(prepare, path, new_transfer_id(os.urandom),
-                                               chunk=chunk_size_for(65536, name_length=32))
+                                               chunk=chunk)
             client.core.send_transfer(prepared.offer, prepared.source)
         except (OSError, TransferError) as err:
             view.info(f"cannot send {path}: {getattr(err, 'strerror', None) or err}", ERROR,
@@ -634,7 +643,7 @@ class App:
     def _answer(self, yes: bool) -> None:
         from msgrlib.transfer import TransferError
         from msgrlib.transfer.files import DirectorySink, FileSink, MemorySink
-        from msgrlib.transfer.messages import fit_window
+        from msgrlib.transfer.messages import fit_window, mailbox_bytes_of
 
         view, now = self.view, self.now()
         if self._offered is None or self.client is None:
@@ -661,8 +670,10 @@ class App:
             receiver.decline("the receiver declined")
         else:
             self._transfers[tid] = _Shown(offer, now, None, sink)
-            window = fit_window(offer.chunk, mailbox_bytes=4 * 1024 * 1024,
-                                mailbox_messages=1000)
+            limits = self.client.limits
+            messages = limits.get("mailbox_messages") if isinstance(limits, dict) else None
+            window = fit_window(offer.chunk, mailbox_bytes=mailbox_bytes_of(limits),
+                                mailbox_messages=messages if type(messages) is int else 1000)
             receiver.accept(sink, time.monotonic(), window=window)
             view.info(f"accepted {offer.name or 'the secret'}", now=now)
         self._answered(tid)

@@ -40,7 +40,8 @@ FLUSH_WAIT = 5.0
 PROGRESS_RATE = 4.0
 #: ``--json`` progress events per second, at most (the first is printed at once).
 JSON_PROGRESS_RATE = 10.0
-#: Assumed per-recipient mailbox bytes at the relay (msgr's default; not in ``welcome``).
+#: Per-recipient mailbox bytes assumed at a relay whose ``welcome`` does not declare them
+#: (msgr's default).
 MAILBOX_BYTES = 4 * 1024 * 1024
 #: What a secret read from stdin may hold (the receiver's default limit).
 MAX_SECRET = 64 * 1024
@@ -511,7 +512,7 @@ async def _answer(args: argparse.Namespace, client: Any, tid: str, receiver: Any
     """Show the offer; ask; accept into a sink, or decline."""
     from msgrlib.transfer import TargetExists
     from msgrlib.transfer.files import DirectorySink, FileSink, MemorySink
-    from msgrlib.transfer.messages import fit_window
+    from msgrlib.transfer.messages import fit_window, mailbox_bytes_of
 
     offer = receiver.offer
     core = client.core
@@ -564,7 +565,7 @@ async def _answer(args: argparse.Namespace, client: Any, tid: str, receiver: Any
     state["show"] = _Progress(offer.size, args.json)
     limits = client.limits
     messages = limits.get("mailbox_messages") if isinstance(limits, dict) else None
-    window = fit_window(offer.chunk, mailbox_bytes=MAILBOX_BYTES,
+    window = fit_window(offer.chunk, mailbox_bytes=mailbox_bytes_of(limits, MAILBOX_BYTES),
                         mailbox_messages=messages if isinstance(messages, int) else 1000)
     receiver.accept(sink, time.monotonic(), window=window)
     core.transfer_answered(tid)

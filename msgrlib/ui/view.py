@@ -657,7 +657,8 @@ class InviteFlow:
             return (f"waiting for the other side to type the code {self.code}{left} "
                     "(/cancel gives it up)")
         if state is InviteState.CANCELLING:
-            return "cancelling the invite: waiting for the relay to free its number"
+            return ("cancelling the invite: waiting for the relay to free its number "
+                    "(/cancel again hangs up)")
         if state is InviteState.JOINED:
             return "the other side is here; starting the secure session"
         what = {InviteState.CANCELLED: "invite cancelled",

@@ -215,6 +215,32 @@ def test_a_relay_with_larger_frames_gets_larger_chunks(tmp_path: Any) -> None:
     assert (out / "big.bin").read_bytes() == data
 
 
+def test_a_relay_whose_frames_outgrow_its_mailbox_still_carries_a_file(tmp_path: Any) -> None:
+    """``serve --max-frame 1048576 --mailbox-bytes 524288``: chunks sized from max_frame
+    alone were each larger than the mailbox, so the relay refused every one as
+    mailbox_full and the transfer never moved (found by the review). The welcome's
+    mailbox_bytes now bounds the chunk (and the receiver's window): the file arrives."""
+    data = os.urandom(2 * 1024 * 1024 + 7)
+    (tmp_path / "big.bin").write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        config = RelayConfig(max_frame=1024 * 1024, mailbox_bytes=512 * 1024)
+        async with relay_running(config) as srv:
+            port = srv.address[1]
+            sender = await start(["send", "big.bin"], str(tmp_path), port, name="sender")
+            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), port,
+                                   name="receiver")
+            await receiver.say(await code_of(sender))
+            await receiver.say("y")
+            assert await receiver.exit_code() == 0, receiver.stderr
+            assert await sender.exit_code() == 0, sender.stderr
+            assert not any("mailbox limit" in line for line in sender.stderr), sender.stderr
+    run(main(), timeout=90)
+    assert (out / "big.bin").read_bytes() == data
+
+
 def test_a_receiver_that_declines_leaves_nothing_on_disk(tmp_path: Any) -> None:
     (tmp_path / "f.txt").write_text("not wanted\n")
     out = tmp_path / "out"

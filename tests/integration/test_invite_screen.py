@@ -185,3 +185,49 @@ def test_an_invite_waiting_for_the_other_side_shows_the_relay_connected(
     assert server in bar and "connecting" not in bar, bar
     term.run("/quit")
     chat_term.wait_exit(0)
+
+
+@needs_tmux
+def test_send_in_the_screen_fits_a_relay_with_small_frames(tmp_path: Any) -> None:
+    """A relay with --max-frame 32768: the screen's /send sized its chunks for a 64 KiB frame
+    whatever the relay declared, so the relay refused every chunk (found by the review); it
+    now sizes them from the relay's welcome, as msgr send does, and the file arrives."""
+    import threading
+
+    from helpers import relay_process
+    from tmuxterm import Chat as TermChat
+
+    here = tmp_path / "alice"
+    here.mkdir()
+    out = tmp_path / "bob"
+    out.mkdir()
+    data = os.urandom(300 * 1024 + 3)
+    (tmp_path / "big.bin").write_bytes(data)
+    with relay_process("--max-frame", "32768") as (_, port):
+        chat = TermChat((port, "", str(tmp_path)), "smallframe")
+        try:
+            chat.term.run(f"cd {here} && {PYTHON} {os.path.join(ROOT, 'msgr.py')} chat "
+                          f"--server 127.0.0.1:{port} --user {chat.me} --peer {chat.peer}; "
+                          "echo rc=$?")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MSGR_")}
+            env.update(MSGR_PASSCODE=PASSCODE, HOME=str(tmp_path))
+            result: dict[str, Any] = {}
+
+            def receive() -> None:
+                result["r"] = subprocess.run(
+                    [PYTHON, os.path.join(ROOT, "msgr.py"), "receive", "--from", chat.me,
+                     "--user", chat.peer, "--dir", str(out), "--server", f"127.0.0.1:{port}"],
+                    input="y\n", capture_output=True, text=True, env=env, timeout=60)
+
+            receiving = threading.Thread(target=receive)
+            receiving.start()
+            chat.wait_session()
+            chat.term.run(f"/send {tmp_path / 'big.bin'}")
+            chat.term.wait(r"received big\.bin", 40)
+            receiving.join(60)
+            assert result["r"].returncode == 0, result["r"].stderr
+            assert (out / "big.bin").read_bytes() == data
+            chat.term.run("/quit")
+            chat.term.wait(r"(?m)^rc=0$", 10)
+        finally:
+            chat.close()

@@ -183,3 +183,57 @@ def test_the_screen_counts_the_code_down_says_when_it_expired_and_esc_cancels(
         chat.close()
         asyncio.run_coroutine_threadsafe(relay.__aexit__(None, None, None), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
+
+
+@needs_tmux
+def test_a_relay_that_never_answers_cancel_is_hung_up_on_by_a_second_cancel(
+        tmp_path: Any) -> None:
+    """A relay (here a proxy in front of a real one) that swallows ``cancel``: the screen
+    waited for its answer for good, and a second /cancel only said "being cancelled
+    already", so neither a new /invite nor anything but /quit could follow (found by the
+    review). Now a second /cancel closes the connection, which frees the number."""
+    import asyncio
+    import threading
+    import time
+
+    from helpers import Proxy, relay_running
+    from tmuxterm import Chat as TermChat
+
+    swallowed: list[dict[str, Any]] = []
+
+    def hook(way: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[Any]:
+        if way == "up" and frame.get("type") == "cancel":
+            swallowed.append(frame)
+            return []
+        return [frame]
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    relay = relay_running()
+    srv = asyncio.run_coroutine_threadsafe(relay.__aenter__(), loop).result(10)
+    proxy = asyncio.run_coroutine_threadsafe(Proxy(srv.address[1], hook).start(), loop).result(10)
+    chat = TermChat((proxy.port, "", str(tmp_path)), "nocancel")
+    try:
+        term = chat.term
+        term.run(f"{PYTHON} msgr.py chat --server 127.0.0.1:{proxy.port} --user {chat.me} "
+                 f"--peer {chat.peer}; echo rc=$?")
+        term.wait(r"connected to 127\.0\.0\.1", 30)
+        invite(chat)
+        term.run("/cancel")
+        term.wait(r"waiting for the relay to free its number \(/cancel again hangs up\)", 10)
+        assert swallowed and len(srv.relay.nameplates) == 1
+        term.run("/cancel")
+        term.wait(r"the relay had not answered, so the connection was closed", 10)
+        term.wait(r"invite cancelled; no conversation now: /invite starts a new one", 5)
+        deadline = time.monotonic() + 10
+        while srv.relay.nameplates and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(srv.relay.nameplates) == 0   # the hang-up freed it
+        invite(chat)                            # and a new invite can start
+        term.run("/quit")
+        term.wait(r"(?m)^rc=0$", 10)
+    finally:
+        chat.close()
+        asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(5)
+        asyncio.run_coroutine_threadsafe(relay.__aexit__(None, None, None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)

@@ -1115,6 +1115,26 @@ def test_the_chunk_follows_the_relays_declared_frame_within_bounds():
         assert m.chunk_size_for_relay(junk) == default
 
 
+def test_the_chunk_frame_stays_within_a_quarter_of_the_declared_mailbox():
+    """A relay whose frames are larger than its mailbox refused every chunk as mailbox_full
+    (found by the review); the frame is held to a quarter of the declared mailbox_bytes,
+    and the receiver's window then keeps two windows within half of it."""
+    mailbox = 1024 * 1024
+    chunk = m.chunk_size_for_relay({"max_frame": 4 * 1024 * 1024, "mailbox_bytes": mailbox})
+    assert m.chunk_frame_size(chunk) <= mailbox // 4
+    window = m.fit_window(chunk, mailbox_bytes=m.mailbox_bytes_of({"mailbox_bytes": mailbox}),
+                          mailbox_messages=1000)
+    assert window >= 1 and 2 * window * m.chunk_frame_size(chunk) <= mailbox // 2
+    # A large mailbox changes nothing; a tiny one still leaves a usable chunk.
+    assert m.chunk_size_for_relay({"max_frame": 65536, "mailbox_bytes": 2**40}) == 47 * 1024
+    assert m.chunk_size_for_relay({"max_frame": 65536, "mailbox_bytes": 1}) > 0
+    for junk in (None, {}, {"mailbox_bytes": "1"}, {"mailbox_bytes": True},
+                 {"mailbox_bytes": 0}, {"mailbox_bytes": -5}, [1]):
+        assert m.mailbox_bytes_of(junk) == 4 * 1024 * 1024
+        assert m.chunk_size_for_relay({"max_frame": 65536, **(junk if isinstance(junk, dict)
+                                                             else {})}) == 47 * 1024
+
+
 def test_a_relay_at_its_defaults_does_not_throttle_a_transfer_at_magic_wormholes_speed():
     """issue 16: magic-wormhole's relayed transfer runs at about 110-130 MB/s locally. The
     relay's default per-connection rates must carry that many default-size chunk frames
