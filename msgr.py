@@ -60,7 +60,7 @@ def __getattr__(name: str) -> Any:
 
 _LIMIT_OPTIONS = [
     # (option, RelayConfig field, type, help)
-    ("--max-frame", "max_frame", int, "largest frame in bytes"),
+    ("--max-frame", "max_frame", int, "largest frame in bytes (at least 4096)"),
     ("--ttl-max", "ttl_max", int, f"longest message TTL in seconds (at most {TTL_MAX})"),
     ("--ttl-min", "ttl_min", int, f"shortest message TTL in seconds (at least {TTL_MIN})"),
     ("--mailbox-messages", "mailbox_messages", int, "messages waiting per recipient"),

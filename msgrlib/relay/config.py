@@ -17,6 +17,11 @@ from msgrlib.limits import TTL_DEFAULT, TTL_MAX, TTL_MIN
 __all__ = ["RelayConfig"]
 
 
+#: The smallest ``max_frame`` a relay may run with: below it handshake
+#: messages and file chunks (PROTOCOL.md 3.4) would be refused.
+MIN_MAX_FRAME = 4096
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     """Every limit of the relay, with its default and the reason for it.
@@ -116,6 +121,9 @@ class RelayConfig:
     max_per_address: int = 64
 
     def __post_init__(self) -> None:
+        if self.max_frame < MIN_MAX_FRAME:
+            raise UsageError(f"--max-frame must be at least {MIN_MAX_FRAME} bytes (a handshake "
+                             f"message and a file chunk must fit), not {self.max_frame}")
         if not 0 < self.store_share <= 1:
             raise UsageError(f"--store-share must be a fraction in (0, 1], not {self.store_share}")
         if not 0 <= self.hs_reserve < 1:

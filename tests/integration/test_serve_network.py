@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, RawClient, listening_port, run, send_frame
+from helpers import ROOT, RawClient, listening_port, run, send_frame, serve_argv
 
 from msgrlib.relay import server
 from msgrlib.util.netaddr import host_port
@@ -131,3 +131,13 @@ def test_serve_tls_on_a_busy_port_leaves_no_certificate_behind(tmp_path):
     assert "cannot listen on 127.0.0.1:" in done.stderr, done.stderr
     assert "created" not in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
+
+
+def test_a_frame_limit_too_small_for_the_protocol_is_refused_in_one_line():
+    """`serve --max-frame 1000` used to start a relay that refused every file
+    chunk and some handshakes; it is now a usage error (exit 2), one line."""
+    proc = subprocess.run(serve_argv("--max-frame", "1000"), capture_output=True, text=True,
+                          cwd=ROOT, timeout=30)
+    assert proc.returncode == 2, proc
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "--max-frame must be at least 4096 bytes" in proc.stderr
