@@ -590,7 +590,8 @@ class ChatClient:
             raise WrongTransport(f"TLS failed with {self.address}: is the relay running "
                                  "without --tls? Then drop --tls") from None
         if frame is None:
-            hint = ("" if self.tls else ": if the relay runs with --tls, add --tls")
+            hint = ("" if self.tls else ": if the relay runs with --tls, add --tls "
+                    "(with a URL: msgrs:// or wss://)")
             raise WrongTransport(f"the relay at {self.address} closed the connection during "
                                  f"hello{hint}")
         return frame

@@ -158,7 +158,7 @@ def test_transport_mismatch_gives_clear_errors(tmp_path):
                 relay_subprocess() as (_, plain_port, _):
             plain_on_tls = await Chat.start(tls_port, "alice", "bob")
             assert await plain_on_tls.exit_code() == 1
-            assert "add --tls" in plain_on_tls.stderr[-1]
+            assert "add --tls (with a URL: msgrs:// or wss://)" in plain_on_tls.stderr[-1]
             tls_on_plain = await Chat.start(plain_port, "alice", "bob", "--tls")
             assert await tls_on_plain.exit_code() == 1
             assert "drop --tls" in tls_on_plain.stderr[-1]
