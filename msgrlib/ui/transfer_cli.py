@@ -668,8 +668,12 @@ class _Progress:
             spent = max(now - self.started, 1e-6)
             if self.tty:
                 print("\r\x1b[K", end="", file=sys.stderr)
-            _say(f"done: {format_bytes(self.meter.total)} in {spent:.1f} s "
-                 f"({self.meter.total / spent / 1e6:.2f} MB/s)")
+            took = f"{spent:.2f} s" if spent < 10 else f"{spent:.1f} s"
+            # A rate over a few milliseconds says nothing (a tiny file showed
+            # "0.00 MB/s"): shown only for transfers that took a while.
+            rate = (f" ({self.meter.total / spent / 1e6:.1f} MB/s)"
+                    if spent >= 0.2 and self.meter.total >= 1e6 else "")
+            _say(f"done: {format_bytes(self.meter.total)} in {took}{rate}")
             return EXIT_OK
         if isinstance(event, Declined):
             _say(f"the other side declined: {escape(event.reason)}")
