@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from msgrlib import protocol
+from msgrlib.invite.nameplates import NameplateError
 from msgrlib.relay import engine
 from msgrlib.relay.config import RelayConfig
 from msgrlib.relay.rules import HS_ATTEMPT_FRAMES, Client, Refused, Relay, State, _utc_time
@@ -71,6 +73,9 @@ class EngineRelay(Relay):
         #: Connections signing in (claimed, fetching what waits): the engine
         #: events for them, replayed after ``welcome``.
         self._early: dict[str, list[engine.Event]] = {}
+        #: This node's connections that allocated a nameplate (their end
+        #: cancels what they hold in the engine).
+        self._inviters: set[str] = set()
         #: Called after each engine event (the I/O layer flushes writes).
         self._after_event = after_event
         backend.on_event = self.on_event
@@ -246,9 +251,63 @@ class EngineRelay(Relay):
             if type(ids) is list and len(ids) <= 1024 and all(type(i) is int for i in ids):
                 self._spawn_quiet(self.backend.ack(user, conn, ids))
 
+    # Invites (nameplates) live in the engine (shard 0), so an inviter and the
+    # invited may be on different nodes; the inviter's node hears InviteJoined.
+
+    def _on_allocate(self, client: Client, msg: dict[str, Any]) -> None:
+        user: str = client.user  # type: ignore[assignment]
+        conn = client.conn
+        assert conn is not None
+        ttl = self.config.nameplate_ttl
+
+        def then(got: Any, error: BaseException | None) -> None:
+            if isinstance(error, NameplateError):
+                raise Refused(error.code, str(error))
+            if error is not None:
+                self._engine_failed(client, error)
+                return
+            if client.state is State.CLOSED:  # gone meanwhile: its release ran already
+                self._spawn_quiet(self.backend.cancel_nameplates(user, conn))
+                return
+            self._inviters.add(conn)
+            self._event(logging.DEBUG, "allocate", user=user, nameplate=got[0])
+            self._write(client, protocol.Allocated(got[0], ttl).to_json())
+
+        self._later(client, self.backend.allocate_nameplate(user, conn, ttl), then)
+
+    def _on_join(self, client: Client, msg: dict[str, Any]) -> None:
+        frame: protocol.Join = self._nameplate_frame(msg)
+        user: str = client.user  # type: ignore[assignment]
+        self._check_join_rate(client)
+
+        def then(owner: Any, error: BaseException | None) -> None:
+            if isinstance(error, NameplateError):
+                raise Refused(error.code, str(error))
+            if error is not None:
+                self._engine_failed(client, error)
+                return
+            if client.state is not State.CLOSED:
+                self._write(client, protocol.Joined(frame.nameplate, owner).to_json())
+
+        self._later(client, self.backend.join_nameplate(frame.nameplate, user), then)
+
+    def _on_cancel(self, client: Client, msg: dict[str, Any]) -> None:
+        frame: protocol.Cancel = self._nameplate_frame(msg)
+        user: str = client.user  # type: ignore[assignment]
+
+        def then(cancelled: Any, error: BaseException | None) -> None:
+            if error is not None:
+                self._engine_failed(client, error)
+                return
+            if not cancelled:
+                raise Refused("no_nameplate", "you have no invite with that number waiting")
+            if client.state is not State.CLOSED:
+                self._write(client,
+                            protocol.NameplateGone(frame.nameplate, "cancelled").to_json())
+
+        self._later(client, self.backend.cancel_nameplate(frame.nameplate, user), then)
+
     def _connected(self, name: str) -> Client | None:
-        # Invites (nameplates) stay in each node's memory: an inviter and the
-        # invited must be on the same relay node (README).
         for client in self.conns.values():
             if client.user == name and client.state is State.READY:
                 return client
@@ -261,8 +320,9 @@ class EngineRelay(Relay):
         client.conn = None
         if self.conns.get(conn) is client:
             del self.conns[conn]
-        if self.nameplates.count_for(user):  # O(n): only for an inviter
-            self.nameplates.cancel_all(user, self.clock())
+        if conn in self._inviters:  # (as in memory: its invites end with it)
+            self._inviters.discard(conn)
+            self._spawn_quiet(self.backend.cancel_nameplates(user, conn))
         self._spawn_quiet(self.backend.release(user, conn, bye=said_bye))
 
     def resume(self, client: Client) -> None:
@@ -349,6 +409,15 @@ class EngineRelay(Relay):
             if client is not None:
                 self.fail(client, Refused("replaced", "this name signed in from another "
                                           "connection", fatal=True))
+        elif isinstance(event, engine.InviteJoined):
+            client = self.conns.get(event.conn)
+            if client is not None and client.state is State.READY:
+                self._write(client, protocol.Joined(event.nameplate, event.joiner).to_json())
+        elif isinstance(event, engine.InviteLapsed):
+            client = self.conns.get(event.conn)
+            if client is not None and client.state is State.READY:
+                self._write(client,
+                            protocol.NameplateGone(event.nameplate, "expired").to_json())
         elif isinstance(event, engine.Presence):
             self._presence(event.name, event.online)
         elif isinstance(event, engine.Resync):

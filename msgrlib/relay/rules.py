@@ -824,14 +824,7 @@ class Relay:
     def _on_join(self, client: Client, msg: dict[str, Any]) -> None:
         frame: protocol.Join = self._nameplate_frame(msg)
         user: str = client.user  # type: ignore[assignment]
-        now = self.clock()
-        bucket = self._bucket(self._join_buckets, client.origin, "join",
-                              self.config.max_connections, JOIN_RATE, JOIN_BURST, now)
-        if bucket is None or not bucket.take(1.0, now):
-            # Each join uses up an invite, right code or not: whoever tries numbers
-            # in a row would burn everyone's invites.
-            raise Refused("rate_limited", "too many invite codes tried from your address; "
-                          "wait a minute")
+        self._check_join_rate(client)
         try:
             owner = self.nameplates.join(frame.nameplate, user, self.clock())
         except NameplateError as err:
@@ -841,6 +834,17 @@ class Relay:
         if owner_client is not None:
             self._write(owner_client, protocol.Joined(frame.nameplate, user).to_json())
         self._write(client, protocol.Joined(frame.nameplate, owner).to_json())
+
+    def _check_join_rate(self, client: Client) -> None:
+        """Refuse a join past the per-address rate (kept by each relay node)."""
+        now = self.clock()
+        bucket = self._bucket(self._join_buckets, client.origin, "join",
+                              self.config.max_connections, JOIN_RATE, JOIN_BURST, now)
+        if bucket is None or not bucket.take(1.0, now):
+            # Each join uses up an invite, right code or not: whoever tries numbers
+            # in a row would burn everyone's invites.
+            raise Refused("rate_limited", "too many invite codes tried from your address; "
+                          "wait a minute")
 
     def _on_cancel(self, client: Client, msg: dict[str, Any]) -> None:
         frame: protocol.Cancel = self._nameplate_frame(msg)

@@ -10,7 +10,7 @@ from helpers import RawClient, relay_running, run
 from msgrlib import protocol
 from msgrlib.relay.config import RelayConfig
 
-# Invites stay in each relay's memory; they work the same on an engine relay.
+# In memory, or in the engine on an engine relay (shard 0): the same behaviour.
 pytestmark = pytest.mark.usefixtures("store")
 
 

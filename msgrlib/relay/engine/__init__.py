@@ -15,6 +15,8 @@ from msgrlib.relay.engine.backend import (
     EngineUnavailable,
     Event,
     Expired,
+    InviteJoined,
+    InviteLapsed,
     NameOwned,
     Presence,
     Reaped,
@@ -30,6 +32,7 @@ from msgrlib.relay.engine.backend import (
 
 __all__ = [
     "Claimed", "Deliver", "EngineConfigError", "EngineError", "EngineLimits", "EngineReset",
-    "EngineUnavailable", "Event", "Expired", "NameOwned", "Presence", "Reaped", "RedisBackend",
-    "Replaced", "Reset", "Resync", "ShareFull", "TooManyNames", "check_url", "shard_of",
+    "EngineUnavailable", "Event", "Expired", "InviteJoined", "InviteLapsed", "NameOwned",
+    "Presence", "Reaped", "RedisBackend", "Replaced", "Reset", "Resync", "ShareFull",
+    "TooManyNames", "check_url", "shard_of",
 ]

@@ -58,6 +58,12 @@ kind, ttl, origin=)``       (``MailboxFull``, ``StoreFull``, :class:`ShareFull`)
                             unwatch); ``watch`` returns whether it is online.
 ``online(name)``            whether it is online (to refresh watchers after
                             :class:`Resync`).
+``allocate_nameplate(owner, an invite nameplate (PROTOCOL.md 3.6) on shard 0,
+conn, ttl)`` /              the smallest free number as in memory; raises
+``join_nameplate(n, who)``  NameplateError. A join frees it and the owner's
+``cancel_nameplate(n, o)``  node gets :class:`InviteJoined`; one that lapses
+``cancel_nameplates(o, c)`` gets :class:`InviteLapsed` (popped by the expirer);
+                            a connection's end or a reaped node frees its own.
 ``epoch``                   what ``welcome.relay`` says: changes only when the
                             engine was wiped (:class:`Reset`).
 =========================  ===================================================
@@ -70,7 +76,7 @@ Names passed in are valid names (``is_valid_name``): the core checks them.
 
 Events reach the core through ``on_event(event)``, called in the event loop:
 :class:`Deliver`, :class:`Expired` (to the sender's connection),
-:class:`Replaced`, :class:`Presence`, :class:`Resync`, :class:`Reset` (the
+:class:`InviteJoined`, :class:`InviteLapsed` (to the inviter's connection), :class:`Replaced`, :class:`Presence`, :class:`Resync`, :class:`Reset` (the
 engine restarted empty: tell every connection ``shutdown``) and
 :class:`Reaped` (this node's lease lapsed, so its names were released: close
 every connection; they reconnect).
@@ -118,6 +124,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from msgrlib.errors import LocalError
+from msgrlib.invite import nameplates
 from msgrlib.relay import store
 from msgrlib.relay.engine.scripts import SCRIPTS
 from msgrlib.relay.store import (
@@ -263,7 +270,25 @@ class Reaped:
     shard: int
 
 
-Event = Deliver | Expired | Replaced | Presence | Resync | Reset | Reaped
+@dataclass(frozen=True, slots=True)
+class InviteJoined:
+    """Invite ``nameplate`` of ``conn`` (a connection of this node) was joined by ``joiner``."""
+
+    conn: str
+    nameplate: int
+    joiner: str
+
+
+@dataclass(frozen=True, slots=True)
+class InviteLapsed:
+    """Invite ``nameplate`` of ``conn`` (a connection of this node) lapsed unused."""
+
+    conn: str
+    nameplate: int
+
+
+Event = (Deliver | Expired | Replaced | Presence | Resync | Reset | Reaped | InviteJoined
+         | InviteLapsed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,6 +673,45 @@ class RedisBackend:
         self._watching.pop(name, None)
         await self._call(self.shard_of(name), "watch", name, self.node, "0")
 
+    # -- invites (nameplates, PROTOCOL.md 3.6): all on shard 0 -------------------
+
+    async def allocate_nameplate(self, owner: str, conn: str, ttl: float, *,
+                                 max_per_owner: int = nameplates.DEFAULT_MAX_PER_OWNER,
+                                 max_nameplates: int = nameplates.DEFAULT_MAX_NAMEPLATES,
+                                 ) -> tuple[int, float]:
+        """A nameplate for ``owner``'s connection ``conn``: ``(number, expires
+        engine Unix s)``, the smallest free number; raises NameplateError as
+        the in-memory table does."""
+        reply = await self._call(0, "np_allocate", owner, self.node, conn, _ms(ttl),
+                                 str(max_per_owner), str(max_nameplates))
+        if reply[0] == "too_many":
+            raise nameplates.NameplateError(
+                "too_many_nameplates", f"at most {max_per_owner} invites may wait at once")
+        if reply[0] == "full":
+            raise nameplates.NameplateError(
+                "nameplates_full", "the relay has too many open invites; try again later")
+        return int(reply[0]), int(reply[1]) / 1000
+
+    async def join_nameplate(self, number: int, joiner: str) -> str:
+        """The second side joins: the nameplate is freed, its owner's node gets
+        :class:`InviteJoined`, and the owner's name is returned."""
+        reply = await self._call(0, "np_join", str(int(number)), joiner)
+        if reply[0] == "ok":
+            return str(reply[1])
+        if reply[0] == "own":
+            raise nameplates.NameplateError("own_nameplate", "that is your own invite")
+        raise nameplates.NameplateError(
+            "no_nameplate", "no invite with that number is waiting; it was used, cancelled "
+            "or has expired")
+
+    async def cancel_nameplate(self, number: int, owner: str) -> bool:
+        """The inviter gives up: False if ``owner`` holds no such number."""
+        return bool(await self._call(0, "np_cancel", str(int(number)), owner))
+
+    async def cancel_nameplates(self, owner: str, conn: str) -> int:
+        """Connection ``conn`` of ``owner`` ended: free its nameplates."""
+        return int(await self._call(0, "np_cancel", "*", owner, self.node, conn))
+
     # -- expiry and leases (run by the background tasks; public for tests) ------
 
     async def expire_once(self, shard: int) -> tuple[int, int | None, list[tuple[int, str, str]]]:
@@ -742,6 +806,12 @@ class RedisBackend:
         elif kind == "p":
             name, online = rest.split("\n", 1)
             self._emit(Presence(name, online == "1"))
+        elif kind == "j":
+            conn, number, joiner = rest.split("\n", 2)
+            self._emit(InviteJoined(conn, int(number), joiner))
+        elif kind == "g":
+            conn, number = rest.split("\n", 1)
+            self._emit(InviteLapsed(conn, int(number)))
 
     async def _expirer(self, shard: _Shard) -> None:
         lim = self.limits

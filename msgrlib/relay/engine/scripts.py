@@ -50,6 +50,13 @@ Keys (``P`` is the prefix; names are ``[a-z0-9._-]``, so never contain braces)::
     P:node:<id>:names   SET   names claimed through that node's connections
     P:node:<id>:watch   SET   names that node watches
     P:share:<share>     STR   bytes held under one store share (sender address, name...)
+    on shard 0 only: invite nameplates (PROTOCOL.md 3.6), as the in-memory table
+    P:np:<number>       HASH  a waiting invite: owner (name), node, conn, exp (ms)
+    P:npexp             ZSET  nameplate expiry: score = exp ms, member = number
+    P:npfree            ZSET  numbers freed below P:npnext (smallest taken first)
+    P:npnext            STR   the next never-used number (gone: start from 1)
+    P:npo:<owner>       SET   the numbers one name holds (max_per_owner)
+    P:node:<id>:np      SET   the numbers held by that node's connections
     channels
     P:n:<node id>       one per relay node on every shard; payloads below
 
@@ -65,6 +72,8 @@ Published payloads (newline-separated; the node routes them to its connections):
     x <conn> <id> <recipient>   message id to recipient expired unread (to its sender)
     r <conn>                    conn was replaced by a newer connection with the same key
     p <name> <0|1>              presence of name changed (to every watching node)
+    j <conn> <number> <joiner>  conn's invite number was joined by joiner
+    g <conn> <number>           conn's invite number lapsed unused
 
 Pub/sub only wakes a node; the keys hold the truth. A node re-reads the
 mailboxes of its connected names after every (re)subscribe.
@@ -160,8 +169,37 @@ local function release(name, bye, claim_ttl)
   redis.call('ZADD', P .. ':lapse', S(NOW + claim_ttl), name)
   presence(name, '0')
 end
+-- Forget invite nameplate n (a string); its number becomes free. Returns its hash
+-- fields {owner, node, conn, exp}, or nil if there is none.
+local function forget_plate(n)
+  local key = P .. ':np:' .. n
+  local h = redis.call('HMGET', key, 'owner', 'node', 'conn', 'exp')
+  if not h[1] then return nil end
+  redis.call('DEL', key)
+  redis.call('ZREM', P .. ':npexp', n)
+  redis.call('SREM', P .. ':npo:' .. h[1], n)
+  redis.call('SREM', P .. ':node:' .. h[2] .. ':np', n)
+  if redis.call('ZCARD', P .. ':npexp') == 0 then
+    redis.call('DEL', P .. ':npfree', P .. ':npnext')  -- nothing open: start again from 1
+  else
+    redis.call('ZADD', P .. ':npfree', n, n)
+  end
+  return h
+end
+-- Forget the nameplates due by NOW (at most limit); tell each owner's node "g".
+local function expire_plates(limit)
+  local due = redis.call('ZRANGEBYSCORE', P .. ':npexp', '-inf', S(NOW), 'LIMIT', 0, limit)
+  for _, n in ipairs(due) do
+    local h = forget_plate(n)
+    if h then publish(h[2], 'g\n' .. h[3] .. '\n' .. n) end
+  end
+  return #due
+end
 -- Release every name a node holds and forget what it watches (lease lapsed or node left).
 local function drop_node(node, claim_ttl)
+  for _, n in ipairs(redis.call('SMEMBERS', P .. ':node:' .. node .. ':np')) do
+    forget_plate(n)
+  end
   local names_key = P .. ':node:' .. node .. ':names'
   local released = {}
   for _, name in ipairs(redis.call('SMEMBERS', names_key)) do
@@ -338,7 +376,8 @@ COUNT = PRELUDE + r"""
 return live_count(ARGV[4])
 """
 
-#: Pop what is due, at most ``limit`` messages and ``limit`` claims per call.
+#: Pop what is due, at most ``limit`` messages, ``limit`` claims and ``limit``
+#: nameplates per call (a lapsed nameplate's owner node gets "g conn number").
 #: Expired messages are deleted; when the sender's claim lives on this shard,
 #: a report is kept for it (see ``report``) and its node is told "x conn id
 #: recipient" if it is connected.
@@ -385,9 +424,12 @@ for _, name in ipairs(lapsed) do
     redis.call('ZREM', P .. ':lapse', name)
   end
 end
+expire_plates(limit)
 local nxt = -1
 local e = redis.call('ZRANGE', P .. ':exp', 0, 0, 'WITHSCORES')
 if e[2] then nxt = tonumber(e[2]) end
+local np = redis.call('ZRANGE', P .. ':npexp', 0, 0, 'WITHSCORES')
+if np[2] and (nxt < 0 or tonumber(np[2]) < nxt) then nxt = tonumber(np[2]) end
 local l = redis.call('ZRANGE', P .. ':lapse', 0, 0, 'WITHSCORES')
 if l[2] and (nxt < 0 or tonumber(l[2]) < nxt) then nxt = tonumber(l[2]) end
 local reply = {NOW, nxt, #out / 4}
@@ -482,9 +524,64 @@ end
 return reply
 """
 
+#: A new invite nameplate for a connection (on shard 0), the smallest free
+#: number as the in-memory table gives. ARGV[4..]: owner, node, conn, ttl ms,
+#: max_per_owner, max_nameplates. Reply {number, exp ms}, {'too_many'} or {'full'}.
+NP_ALLOCATE = PRELUDE + r"""
+local owner, node, conn = ARGV[4], ARGV[5], ARGV[6]
+expire_plates(1000)
+if redis.call('SCARD', P .. ':npo:' .. owner) >= tonumber(ARGV[8]) then return {'too_many'} end
+if redis.call('ZCARD', P .. ':npexp') >= tonumber(ARGV[9]) then return {'full'} end
+local n
+local free = redis.call('ZPOPMIN', P .. ':npfree')
+if free[1] then n = free[1] else n = S(redis.call('INCR', P .. ':npnext')) end
+local exp = NOW + tonumber(ARGV[7])
+redis.call('HSET', P .. ':np:' .. n, 'owner', owner, 'node', node, 'conn', conn, 'exp', S(exp))
+redis.call('ZADD', P .. ':npexp', S(exp), n)
+redis.call('SADD', P .. ':npo:' .. owner, n)
+redis.call('SADD', P .. ':node:' .. node .. ':np', n)
+return {tonumber(n), exp}
+"""
+
+#: The second side joins nameplate number: it is freed, and its owner's node
+#: gets "j conn number joiner". ARGV[4..]: number, joiner.
+#: Reply {'ok', owner}, {'none'} (unknown, used or lapsed) or {'own'}.
+NP_JOIN = PRELUDE + r"""
+local n, joiner = ARGV[4], ARGV[5]
+expire_plates(1000)
+local owner = redis.call('HGET', P .. ':np:' .. n, 'owner')
+if not owner then return {'none'} end
+if owner == joiner then return {'own'} end
+local h = forget_plate(n)
+publish(h[2], 'j\n' .. h[3] .. '\n' .. n .. '\n' .. joiner)
+return {'ok', owner}
+"""
+
+#: The inviter cancels: ARGV[4..]: number, owner. Reply 1, or 0 if owner holds
+#: no such number. With number '*' and ARGV[6..] node, conn: every nameplate
+#: that connection holds (it ended); reply how many.
+NP_CANCEL = PRELUDE + r"""
+local n, owner = ARGV[4], ARGV[5]
+if n ~= '*' then
+  if redis.call('HGET', P .. ':np:' .. n, 'owner') ~= owner then return 0 end
+  forget_plate(n)
+  return 1
+end
+local count = 0
+for _, m in ipairs(redis.call('SMEMBERS', P .. ':npo:' .. owner)) do
+  local h = redis.call('HMGET', P .. ':np:' .. m, 'node', 'conn')
+  if h[1] == ARGV[6] and h[2] == ARGV[7] then
+    forget_plate(m)
+    count = count + 1
+  end
+end
+return count
+"""
+
 #: Every script by name, as the backend loads them.
 SCRIPTS: dict[str, str] = {
     "init": INIT, "claim": CLAIM, "release": RELEASE, "send": SEND, "ack": ACK,
     "fetch": FETCH, "count": COUNT, "expire": EXPIRE, "notify": NOTIFY, "watch": WATCH,
-    "handshake": HANDSHAKE, "lease": LEASE,
+    "handshake": HANDSHAKE, "lease": LEASE, "np_allocate": NP_ALLOCATE, "np_join": NP_JOIN,
+    "np_cancel": NP_CANCEL,
 }
