@@ -76,7 +76,8 @@ Names passed in are valid names (``is_valid_name``): the core checks them.
 
 Events reach the core through ``on_event(event)``, called in the event loop:
 :class:`Deliver`, :class:`Expired` (to the sender's connection),
-:class:`InviteJoined`, :class:`InviteLapsed` (to the inviter's connection), :class:`Replaced`, :class:`Presence`, :class:`Resync`, :class:`Reset` (the
+:class:`InviteJoined`, :class:`InviteLapsed` (to the inviter's connection),
+:class:`Replaced`, :class:`Presence`, :class:`Resync`, :class:`Reset` (the
 engine restarted empty: tell every connection ``shutdown``) and
 :class:`Reaped` (this node's lease lapsed, so its names were released: close
 every connection; they reconnect).
