@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from helpers import Chat, RawClient, relay_subprocess, run, serve_argv
+from helpers import PYTHON, ROOT, Chat, RawClient, relay_subprocess, run, serve_argv
 from nacl.signing import SigningKey
 
 from tests.engine_helpers import EngineProcess, engine_binary
@@ -329,3 +331,52 @@ def test_messages_bob_had_not_acked_when_his_relay_died_come_again_once_elsewher
             await bob3.send({"type": "ping"})
             assert (await bob3.recv())["type"] == "pong"  # nothing else, nothing twice
     run(main(), timeout=60)
+
+
+async def _msgr(args: list[str], home: str, port: int, name: str) -> Chat:
+    """A real ``msgr.py`` client process whose relay is ``port`` (MSGR_SERVER)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MSGR_")}
+    environ.update(HOME=home, XDG_CONFIG_HOME=os.path.join(home, ".config"),
+                   MSGR_SERVER=f"127.0.0.1:{port}")
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, os.path.join(ROOT, "msgr.py"), *args, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=home, env=environ)
+    return Chat(proc, name)
+
+
+def test_an_invite_made_on_one_relay_is_joined_from_another(tmp_path):
+    """Nameplates live in the engine: ``chat --invite`` on relay 1, ``chat
+    --join`` on relay 2, real client processes; then a file with ``send`` on
+    relay 2 and ``receive`` on relay 1."""
+    async def main():
+        async with cluster(2) as (_engine, relays):
+            (_p1, port1), (_p2, port2) = relays
+            home = str(tmp_path)
+            inviter = await _msgr(["chat", "--invite"], home, port1, "inviter")
+            line = await inviter.wait_for(r"your invite code is\s+\S+", stream="stderr")
+            code = re.search(r"your invite code is\s+(\S+)", line).group(1)
+            joiner = await _msgr(["chat", "--join"], home, port2, "joiner")
+            await joiner.say(code)
+            for side in (inviter, joiner):
+                await side.wait_for(r"secure session up; safety number", stream="stderr")
+            await joiner.say("hello across relays")
+            await inviter.wait_for(r"^peer: hello across relays$")
+            await inviter.end_input()
+            await joiner.end_input()
+            assert await inviter.exit_code() == 0, inviter.stderr
+            assert await joiner.exit_code() == 0, joiner.stderr
+            # send / receive: the sender's invite on relay 2, received on relay 1.
+            src = tmp_path / "note.txt"
+            src.write_bytes(b"across relays\n" * 100)
+            out = tmp_path / "out"
+            out.mkdir()
+            sender = await _msgr(["send", str(src)], home, port2, "sender")
+            line = await sender.wait_for(r"your invite code is\s+\S+", stream="stderr")
+            code = re.search(r"your invite code is\s+(\S+)", line).group(1)
+            receiver = await _msgr(["receive", "--dir", str(out)], home, port1, "receiver")
+            await receiver.say(code)  # not in argv
+            await receiver.say("y")
+            assert await receiver.exit_code() == 0, receiver.stderr
+            assert await sender.exit_code() == 0, sender.stderr
+            assert (out / "note.txt").read_bytes() == src.read_bytes()
+    run(main(), timeout=120)

@@ -314,3 +314,32 @@ def test_the_storm_tool_brings_every_client_back_resumed_after_all_workers_die()
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["lost"] == result["back"] == 60
     assert result["resumed"] == 60 and result["full"] == 0  # the restarted workers' keys
+
+
+def test_invites_join_across_workers_every_time():
+    """Nameplates live in the engine: an invite made on one worker is joined
+    from the other, four times in a row, each way, and a lapsed one is told
+    to its inviter on its own worker."""
+    async def main():
+        async with workers_running(2) as (_engine, relay):
+            by_worker = await on_both(relay)
+            (one_name, one), (two_name, two) = by_worker[1][0], by_worker[2][0]
+            for attempt in range(4):
+                (inviter, inviter_name), (joiner, joiner_name) = (
+                    ((one, one_name), (two, two_name)) if attempt % 2 == 0
+                    else ((two, two_name), (one, one_name)))
+                await inviter.send({"type": "allocate"})
+                number = (await inviter.recv_type("allocated"))["nameplate"]
+                await joiner.send({"type": "join", "nameplate": number})
+                assert await joiner.recv_type("joined") == {
+                    "type": "joined", "nameplate": number, "peer": inviter_name}
+                assert await inviter.recv_type("joined") == {
+                    "type": "joined", "nameplate": number, "peer": joiner_name}
+            # The inviter leaves: its invite is gone for the other worker's joiner.
+            await one.send({"type": "allocate"})
+            number = (await one.recv_type("allocated"))["nameplate"]
+            await one.close()
+            await asyncio.sleep(0.3)
+            await two.send({"type": "join", "nameplate": number})
+            assert (await two.recv_type("error"))["code"] == "no_nameplate"
+    run(main(), timeout=90)
