@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from msgrlib.invite.nameplates import NameplateError
 from msgrlib.relay import store as memstore
 from msgrlib.relay.engine import (
     Deliver,
@@ -27,6 +28,8 @@ from msgrlib.relay.engine import (
     EngineReset,
     EngineUnavailable,
     Expired,
+    InviteJoined,
+    InviteLapsed,
     NameOwned,
     Presence,
     Reaped,
@@ -1008,4 +1011,50 @@ def test_claims_follow_the_relays_rules(shared_engine, ops):
                             model["lapse_at"] = now + 20_000
                         else:
                             del claims[name]
+    run(main())
+
+
+# -- invites (nameplates) ------------------------------------------------------------
+
+
+def test_nameplates_are_shared_by_every_node(engine):
+    """An invite made through node a is joined through node b; a hears it.
+    Smallest free numbers, own number, cancel, lapse, a connection's end and
+    a reaped node, as the in-memory table (tests/unit/invite)."""
+    async def main():
+        clock = Clock()
+        async with node(engine.url, clock=clock, run_tasks=True, lease=10) as (a, a_events), \
+                node(engine.url, clock=clock, run_tasks=True, lease=10) as (b, _):
+            assert await a.allocate_nameplate("alice", "7", 5) == (1, T0 / 1000 + 5)
+            assert (await a.allocate_nameplate("alice", "7", 5))[0] == 2
+            with pytest.raises(NameplateError) as err:
+                await b.join_nameplate(1, "alice")
+            assert err.value.code == "own_nameplate"
+            assert await b.join_nameplate(1, "bob") == "alice"
+            assert await a_events.wait_for(lambda e: isinstance(e, InviteJoined)) == \
+                InviteJoined("7", 1, "bob")
+            with pytest.raises(NameplateError) as err:
+                await b.join_nameplate(1, "carol")  # used: a second join learns nothing
+            assert err.value.code == "no_nameplate"
+            assert (await a.allocate_nameplate("dave", "8", 5))[0] == 1  # freed: reused
+            assert not await a.cancel_nameplate(1, "alice")  # not hers
+            assert await a.cancel_nameplate(1, "dave")
+            for _ in range(2):
+                await a.allocate_nameplate("alice", "7", 5)
+            with pytest.raises(NameplateError) as err:
+                await a.allocate_nameplate("alice", "9", 5, max_per_owner=3)
+            assert err.value.code == "too_many_nameplates"
+            assert await a.cancel_nameplates("alice", "7") == 3  # connection 7 ended
+            # Lapse: the owner's node is told.
+            await a.allocate_nameplate("erin", "10", 5)
+            clock.advance(5)
+            assert await a_events.wait_for(lambda e: isinstance(e, InviteLapsed)) == \
+                InviteLapsed("10", 1)
+            # A reaped node's invites go with its names.
+            number, _ = await a.allocate_nameplate("frank", "11", 600)
+            clock.advance(11)
+            await b.renew_once(0)  # a's lease lapsed: its names and invites go
+            with pytest.raises(NameplateError) as err:
+                await b.join_nameplate(number, "bob")
+            assert err.value.code == "no_nameplate"
     run(main())
