@@ -1058,3 +1058,20 @@ def test_nameplates_are_shared_by_every_node(engine):
                 await b.join_nameplate(number, "bob")
             assert err.value.code == "no_nameplate"
     run(main())
+
+
+def test_a_lapsed_nameplate_cannot_be_cancelled_and_its_owner_hears_it_lapsed(engine):
+    """As the in-memory table: cancel first forgets what lapsed, so a number
+    due but not yet popped by an expirer answers "not yours" (the client is
+    told no_nameplate) and its owner's node hears it lapsed, not cancelled."""
+    async def main():
+        clock = Clock()
+        # expire_poll 60: the expirer, idle at the start, sleeps through this test.
+        async with node(engine.url, clock=clock, run_tasks=True, lease=10,
+                        expire_poll=60) as (a, a_events):
+            number, _ = await a.allocate_nameplate("alice", "7", 5)
+            clock.advance(5)
+            assert not await a.cancel_nameplate(number, "alice")
+            assert await a_events.wait_for(lambda e: isinstance(e, InviteLapsed)) == \
+                InviteLapsed("7", number)
+    run(main())

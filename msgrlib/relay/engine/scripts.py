@@ -563,6 +563,7 @@ return {'ok', owner}
 NP_CANCEL = PRELUDE + r"""
 local n, owner = ARGV[4], ARGV[5]
 if n ~= '*' then
+  expire_plates(1000)  -- a lapsed one is not cancelled: its owner hears "g" (as in memory)
   if redis.call('HGET', P .. ':np:' .. n, 'owner') ~= owner then return 0 end
   forget_plate(n)
   return 1
