@@ -260,16 +260,19 @@ class EngineRelay(Relay):
         assert conn is not None
         ttl = self.config.nameplate_ttl
 
+        # An inviter from the moment it asks: its end then cancels what it holds,
+        # queued on shard 0 behind this allocate, even if it closes before the
+        # answer or the answer is lost (the engine failed after allocating).
+        self._inviters.add(conn)
+
         def then(got: Any, error: BaseException | None) -> None:
             if isinstance(error, NameplateError):
                 raise Refused(error.code, str(error))
             if error is not None:
                 self._engine_failed(client, error)
                 return
-            if client.state is State.CLOSED:  # gone meanwhile: its release ran already
-                self._spawn_quiet(self.backend.cancel_nameplates(user, conn))
+            if client.state is State.CLOSED:  # gone meanwhile: its end cancelled it
                 return
-            self._inviters.add(conn)
             self._event(logging.DEBUG, "allocate", user=user, nameplate=got[0])
             self._write(client, protocol.Allocated(got[0], ttl).to_json())
 

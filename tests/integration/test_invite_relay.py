@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from helpers import RawClient, relay_running, run
@@ -124,4 +125,35 @@ def test_joins_from_one_address_are_limited() -> None:
                 codes.append((await c.recv_type("error"))["code"])
             assert codes == ["no_nameplate"] * 10 + ["rate_limited"]
             await c.close()
+    run(main())
+
+
+def test_an_invite_whose_answer_the_engine_lost_is_freed_with_its_connection(store) -> None:
+    """Engine relay: the engine allocated but its answer was lost (the relay closes
+    the connection, "lost its engine"). The nameplate must go with the connection,
+    not stay joinable for its whole TTL, routing a joiner to nobody."""
+    if store != "engine":
+        pytest.skip("an engine relay's backend step")
+    from msgrlib.relay import engine
+
+    async def main() -> None:
+        async with relay_running() as srv:
+            port = srv.address[1]
+            backend: Any = srv.backend
+            real = backend.allocate_nameplate
+
+            async def answer_lost(*args: Any, **kwargs: Any) -> Any:
+                await real(*args, **kwargs)
+                raise engine.EngineUnavailable("the answer was lost")
+
+            backend.allocate_nameplate = answer_lost
+            inviter = await RawClient.login(port, "i-alice")
+            await inviter.send({"type": "allocate"})
+            assert (await inviter.recv_type("shutdown"))["type"] == "shutdown"
+            backend.allocate_nameplate = real
+            await asyncio.sleep(0.2)
+            joiner = await RawClient.login(port, "i-bob")
+            await joiner.send({"type": "join", "nameplate": 1})
+            assert (await joiner.recv_type("error"))["code"] == "no_nameplate"
+            await joiner.close()
     run(main())
