@@ -66,6 +66,24 @@ def test_a_signature_for_one_relays_id_does_not_sign_in_at_another():
     run(main())
 
 
+async def _forward(reader, writer, port: int, client_ctx, answers: list[dict]) -> None:
+    """A hostile TLS relay: pass hello and auth on to the relay at ``port``
+    (trusted with ``client_ctx``) and its answers back, noting them."""
+    up_reader, up_writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost")
+    try:
+        for _ in range(2):  # hello -> challenge, auth -> welcome or error
+            frame = await framing.read_frame(reader)
+            up_writer.write(framing.encode_frame(frame))
+            answer = await framing.read_frame(up_reader)
+            answers.append(answer)
+            writer.write(framing.encode_frame(answer))
+            await writer.drain()
+    finally:
+        up_writer.close()
+        writer.close()
+
+
 def test_a_hostile_tls_relay_cannot_forward_another_relays_challenge(tmp_path):
     """Issue 13 item 11: a relay the client trusts (its own certificate) passes
     hello, challenge and auth on to another relay to sign in there as the
@@ -76,25 +94,11 @@ def test_a_hostile_tls_relay_cannot_forward_another_relays_challenge(tmp_path):
     evil_server, _ = tls_contexts(tmp_path / "evil")
     answers: list[dict] = []
 
-    async def forward(reader, writer, port):
-        up_reader, up_writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=real_client, server_hostname="localhost")
-        try:
-            for _ in range(2):  # hello -> challenge, auth -> welcome or error
-                frame = await framing.read_frame(reader)
-                up_writer.write(framing.encode_frame(frame))
-                answer = await framing.read_frame(up_reader)
-                answers.append(answer)
-                writer.write(framing.encode_frame(answer))
-                await writer.drain()
-        finally:
-            up_writer.close()
-            writer.close()
-
     async def main():
         async with relay_running(ssl_context=real_server) as real:
             evil = await asyncio.start_server(
-                lambda r, w: forward(r, w, real.address[1]), "127.0.0.1", 0, ssl=evil_server)
+                lambda r, w: _forward(r, w, real.address[1], real_client, answers),
+                "127.0.0.1", 0, ssl=evil_server)
             port = evil.sockets[0].getsockname()[1]
             try:
                 with pytest.raises(Refused) as err:
@@ -121,25 +125,11 @@ def test_a_hostile_tls_relay_cannot_forward_a_real_clients_challenge(tmp_path):
     evil_server, _ = tls_contexts(tmp_path / "evil")
     answers: list[dict] = []
 
-    async def forward(reader, writer, port):
-        up_reader, up_writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=real_client, server_hostname="localhost")
-        try:
-            for _ in range(2):  # hello -> challenge, auth -> welcome or error
-                frame = await framing.read_frame(reader)
-                up_writer.write(framing.encode_frame(frame))
-                answer = await framing.read_frame(up_reader)
-                answers.append(answer)
-                writer.write(framing.encode_frame(answer))
-                await writer.drain()
-        finally:
-            up_writer.close()
-            writer.close()
-
     async def main():
         async with relay_running(ssl_context=real_server) as real:
             evil = await asyncio.start_server(
-                lambda r, w: forward(r, w, real.address[1]), "127.0.0.1", 0, ssl=evil_server)
+                lambda r, w: _forward(r, w, real.address[1], real_client, answers),
+                "127.0.0.1", 0, ssl=evil_server)
             port = evil.sockets[0].getsockname()[1]
             try:
                 proc = await asyncio.create_subprocess_exec(
