@@ -35,7 +35,16 @@ from msgrlib import protocol
 from msgrlib.invite.nameplates import NameplateError
 from msgrlib.relay import engine
 from msgrlib.relay.config import RelayConfig
-from msgrlib.relay.rules import HS_ATTEMPT_FRAMES, Client, Refused, Relay, State, _utc_time
+from msgrlib.relay.rules import (
+    HS_ATTEMPT_FRAMES,
+    JOIN_BURST,
+    JOIN_RATE,
+    Client,
+    Refused,
+    Relay,
+    State,
+    _utc_time,
+)
 from msgrlib.relay.store import StoreError
 
 log = logging.getLogger("msgr.relay")
@@ -292,7 +301,10 @@ class EngineRelay(Relay):
             if client.state is not State.CLOSED:
                 self._write(client, protocol.Joined(frame.nameplate, owner).to_json())
 
-        self._later(client, self.backend.join_nameplate(frame.nameplate, user), then)
+        # The address's join budget is kept in the engine too, shared by every
+        # node: with N relays (or workers) it would otherwise be N times larger.
+        self._later(client, self.backend.join_nameplate(
+            frame.nameplate, user, origin=client.origin, rate=JOIN_RATE, burst=JOIN_BURST), then)
 
     def _on_cancel(self, client: Client, msg: dict[str, Any]) -> None:
         frame: protocol.Cancel = self._nameplate_frame(msg)

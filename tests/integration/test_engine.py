@@ -1017,6 +1017,35 @@ def test_claims_follow_the_relays_rules(shared_engine, ops):
 # -- invites (nameplates) ------------------------------------------------------------
 
 
+def test_the_join_budget_of_an_address_is_shared_by_every_node(engine):
+    """Each join uses an invite up, right code or not: an address's join budget
+    is kept in the engine, so N relays (or workers) do not give it N budgets."""
+    async def main():
+        clock = Clock()
+        async with node(engine.url, clock=clock, run_tasks=True, lease=10) as (a, _), \
+                node(engine.url, clock=clock, run_tasks=True, lease=10) as (b, _):
+            number, _ = await a.allocate_nameplate("alice", "7", 600)
+            for n, backend in enumerate((a, b, a)):  # the burst, over both nodes
+                with pytest.raises(NameplateError) as err:
+                    await backend.join_nameplate(900 + n, "mallory", origin="198.51.100.7",
+                                                 rate=1 / 6, burst=3)
+                assert err.value.code == "no_nameplate"
+            with pytest.raises(NameplateError) as err:
+                await b.join_nameplate(number, "mallory", origin="198.51.100.7",
+                                       rate=1 / 6, burst=3)
+            assert err.value.code == "rate_limited"
+            # Refused before it looked: alice's invite is still there for bob,
+            # whose address has its own budget.
+            assert await b.join_nameplate(number, "bob", origin="203.0.113.9",
+                                          rate=1 / 6, burst=3) == "alice"
+            clock.advance(6)  # one token back for the first address
+            with pytest.raises(NameplateError) as err:
+                await a.join_nameplate(901, "mallory", origin="198.51.100.7",
+                                       rate=1 / 6, burst=3)
+            assert err.value.code == "no_nameplate"
+    run(main())
+
+
 def test_nameplates_are_shared_by_every_node(engine):
     """An invite made through node a is joined through node b; a hears it.
     Smallest free numbers, own number, cancel, lapse, a connection's end and

@@ -693,12 +693,19 @@ class RedisBackend:
                 "nameplates_full", "the relay has too many open invites; try again later")
         return int(reply[0]), int(reply[1]) / 1000
 
-    async def join_nameplate(self, number: int, joiner: str) -> str:
+    async def join_nameplate(self, number: int, joiner: str, *, origin: str | None = None,
+                             rate: float = 1 / 6, burst: float = 10.0) -> str:
         """The second side joins: the nameplate is freed, its owner's node gets
-        :class:`InviteJoined`, and the owner's name is returned."""
-        reply = await self._call(0, "np_join", str(int(number)), joiner)
+        :class:`InviteJoined`, and the owner's name is returned. With ``origin``
+        (the joiner's address), the join first takes a token from that
+        address's budget (``rate`` per second, ``burst``), shared by every node."""
+        more = () if origin is None else (origin, repr(float(rate)), repr(float(burst)))
+        reply = await self._call(0, "np_join", str(int(number)), joiner, *more)
         if reply[0] == "ok":
             return str(reply[1])
+        if reply[0] == "rate":
+            raise nameplates.NameplateError(
+                "rate_limited", "too many invite codes tried from your address; wait a minute")
         if reply[0] == "own":
             raise nameplates.NameplateError("own_nameplate", "that is your own invite")
         raise nameplates.NameplateError(

@@ -56,6 +56,7 @@ Keys (``P`` is the prefix; names are ``[a-z0-9._-]``, so never contain braces)::
     P:npfree            ZSET  numbers freed below P:npnext (smallest taken first)
     P:npnext            STR   the next never-used number (gone: start from 1)
     P:npo:<owner>       SET   the numbers one name holds (max_per_owner)
+    P:npjr:<address>    HASH  an address's join budget: tokens, stamp (ms)
     P:node:<id>:np      SET   the numbers held by that node's connections
     channels
     P:n:<node id>       one per relay node on every shard; payloads below
@@ -544,10 +545,28 @@ return {tonumber(n), exp}
 """
 
 #: The second side joins nameplate number: it is freed, and its owner's node
-#: gets "j conn number joiner". ARGV[4..]: number, joiner.
-#: Reply {'ok', owner}, {'none'} (unknown, used or lapsed) or {'own'}.
+#: gets "j conn number joiner". ARGV[4..]: number, joiner, then (optional)
+#: origin, rate /s, burst: the joiner's address's join budget, shared by every
+#: node (each join uses an invite up, right code or not).
+#: Reply {'ok', owner}, {'none'} (unknown, used or lapsed), {'own'} or
+#: {'rate'} (the address's budget is spent; nothing else changed).
 NP_JOIN = PRELUDE + r"""
 local n, joiner = ARGV[4], ARGV[5]
+if ARGV[6] then
+  local key = P .. ':npjr:' .. ARGV[6]
+  local rate, burst = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local h = redis.call('HMGET', key, 'tokens', 'stamp')
+  local tokens = burst
+  if h[1] then
+    tokens = tonumber(h[1]) + (NOW - tonumber(h[2])) / 1000 * rate
+    if tokens > burst then tokens = burst end
+  end
+  if tokens < 1 then return {'rate'} end
+  tokens = tokens - 1
+  redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'stamp', S(NOW))
+  -- A full bucket is the same as no bucket: let the key go once it would be full.
+  redis.call('PEXPIRE', key, S(math.ceil((burst - tokens) / rate * 1000) + 1000))
+end
 expire_plates(1000)
 local owner = redis.call('HGET', P .. ':np:' .. n, 'owner')
 if not owner then return {'none'} end
