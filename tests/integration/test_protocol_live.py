@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 
 import pytest
@@ -84,68 +85,61 @@ async def _forward(reader, writer, port: int, client_ctx, answers: list[dict]) -
         writer.close()
 
 
-def test_a_hostile_tls_relay_cannot_forward_another_relays_challenge(tmp_path):
-    """Issue 13 item 11: a relay the client trusts (its own certificate) passes
-    hello, challenge and auth on to another relay to sign in there as the
-    client. The signature names the certificate the client saw: refused."""
+@contextlib.asynccontextmanager
+async def _forwarding_relay(tmp_path):
+    """A real TLS relay, and a hostile one in front of it with a certificate
+    of its own that forwards hello and auth (:func:`_forward`). Yields the
+    real relay, the hostile one's port, its certificate file and the answers
+    it forwarded."""
     (tmp_path / "real").mkdir()
     (tmp_path / "evil").mkdir()
     real_server, real_client = tls_contexts(tmp_path / "real")
     evil_server, _ = tls_contexts(tmp_path / "evil")
     answers: list[dict] = []
+    async with relay_running(ssl_context=real_server) as real:
+        evil = await asyncio.start_server(
+            lambda r, w: _forward(r, w, real.address[1], real_client, answers),
+            "127.0.0.1", 0, ssl=evil_server)
+        try:
+            yield real, evil.sockets[0].getsockname()[1], str(tmp_path / "evil" / "cert.pem"), \
+                answers
+        finally:
+            evil.close()
 
+
+def test_a_hostile_tls_relay_cannot_forward_another_relays_challenge(tmp_path):
+    """Issue 13 item 11: a relay the client trusts (its own certificate) passes
+    hello, challenge and auth on to another relay to sign in there as the
+    client. The signature names the certificate the client saw: refused."""
     async def main():
-        async with relay_running(ssl_context=real_server) as real:
-            evil = await asyncio.start_server(
-                lambda r, w: _forward(r, w, real.address[1], real_client, answers),
-                "127.0.0.1", 0, ssl=evil_server)
-            port = evil.sockets[0].getsockname()[1]
-            try:
-                with pytest.raises(Refused) as err:
-                    await client.open_chat(
-                        server=f"127.0.0.1:{port}", user="alice", peer="bob", passcode="pw",
-                        tls=client.TlsOptions(cafile=str(tmp_path / "evil" / "cert.pem")),
-                        kdf_params=kdf.KdfParams(time_cost=1, memory_kib=8, parallelism=1))
-                assert err.value.code == "bad_signature"
-                assert [a["type"] for a in answers] == ["challenge", "error"], answers
-                assert "alice" not in real.relay.claims
-            finally:
-                evil.close()
+        async with _forwarding_relay(tmp_path) as (real, port, cafile, answers):
+            with pytest.raises(Refused) as err:
+                await client.open_chat(
+                    server=f"127.0.0.1:{port}", user="alice", peer="bob", passcode="pw",
+                    tls=client.TlsOptions(cafile=cafile),
+                    kdf_params=kdf.KdfParams(time_cost=1, memory_kib=8, parallelism=1))
+            assert err.value.code == "bad_signature"
+            assert [a["type"] for a in answers] == ["challenge", "error"], answers
+            assert "alice" not in real.relay.claims
     run(main())
-
-
 
 
 def test_a_hostile_tls_relay_cannot_forward_a_real_clients_challenge(tmp_path):
     """Issue 13 item 11 with a real ``msgr chat`` process: the forwarding relay
     gets the real relay's refusal, and the client exits with one line."""
-    (tmp_path / "real").mkdir()
-    (tmp_path / "evil").mkdir()
-    real_server, real_client = tls_contexts(tmp_path / "real")
-    evil_server, _ = tls_contexts(tmp_path / "evil")
-    answers: list[dict] = []
-
     async def main():
-        async with relay_running(ssl_context=real_server) as real:
-            evil = await asyncio.start_server(
-                lambda r, w: _forward(r, w, real.address[1], real_client, answers),
-                "127.0.0.1", 0, ssl=evil_server)
-            port = evil.sockets[0].getsockname()[1]
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *chat_argv(port, "alice", "bob", "--tls", "--cafile",
-                               str(tmp_path / "evil" / "cert.pem")),
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    env={**os.environ, "MSGR_PASSCODE": "correct horse battery staple"})
-                out, err = await asyncio.wait_for(proc.communicate(b"hello\n"), 30)
-                assert proc.returncode not in (0, None), (out, err)
-                assert [a["type"] for a in answers] == ["challenge", "error"], answers
-                assert answers[1]["code"] == "bad_signature", answers
-                assert "alice" not in real.relay.claims
-                lines = err.decode().strip().splitlines()
-                assert lines and "Traceback" not in err.decode(), err
-                assert b"hello" not in out
-            finally:
-                evil.close()
+        async with _forwarding_relay(tmp_path) as (real, port, cafile, answers):
+            proc = await asyncio.create_subprocess_exec(
+                *chat_argv(port, "alice", "bob", "--tls", "--cafile", cafile),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "MSGR_PASSCODE": "correct horse battery staple"})
+            out, err = await asyncio.wait_for(proc.communicate(b"hello\n"), 30)
+            assert proc.returncode not in (0, None), (out, err)
+            assert [a["type"] for a in answers] == ["challenge", "error"], answers
+            assert answers[1]["code"] == "bad_signature", answers
+            assert "alice" not in real.relay.claims
+            lines = err.decode().strip().splitlines()
+            assert lines and "Traceback" not in err.decode(), err
+            assert b"hello" not in out
     run(main(), timeout=60)
