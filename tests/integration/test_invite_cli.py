@@ -45,6 +45,19 @@ async def code_of(inviter: Chat) -> str:
     return match.group(1)
 
 
+async def send_and_join(home: Any, what: str, out: Any, port: int, *,
+                        send: tuple[str, ...] = (), receive: tuple[str, ...] = (),
+                        receive_port: int | None = None) -> tuple[Chat, Chat]:
+    """``msgr send WHAT`` and ``msgr receive --dir OUT`` (each with its extra
+    options), the receiver typing the sender's code: (sender, receiver)."""
+    sender = await start(["send", what, *send], str(home), port, name="sender")
+    code = await code_of(sender)
+    receiver = await start(["receive", "--dir", str(out), *receive], str(home),
+                           port if receive_port is None else receive_port, name="receiver")
+    await receiver.say(code)
+    return sender, receiver
+
+
 def wrong_words(code: str) -> str:
     parsed = parse_code(code)
     first = words_for_position(0)
@@ -159,12 +172,8 @@ def test_a_file_over_tls_arrives_byte_identical_within_the_window(tmp_path: Any)
         async with relay_running(ssl_context=server_ctx) as srv:
             port = srv.address[1]
             tls = ["--tls", "--cafile", str(tmp_path / "cert.pem")]
-            sender = await start(["send", "big.bin", *tls], str(tmp_path), port,
-                                 name="sender")
-            code = await code_of(sender)
-            receiver = await start(["receive", "--dir", str(out), "--json", *tls],
-                                   str(tmp_path), port, name="receiver")
-            await receiver.say(code)
+            sender, receiver = await send_and_join(tmp_path, "big.bin", out, port,
+                                                   send=(*tls,), receive=("--json", *tls))
             await receiver.wait_for(r"offers a file named 'big.bin' \(100\.0 MiB",
                                     stream="stderr")
             await receiver.say("y")
@@ -200,10 +209,7 @@ def test_a_relay_with_larger_frames_gets_larger_chunks(tmp_path: Any) -> None:
     async def main() -> None:
         async with relay_running(RelayConfig(max_frame=256 * 1024)) as srv:
             port = srv.address[1]
-            sender = await start(["send", "big.bin"], str(tmp_path), port, name="sender")
-            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), port,
-                                   name="receiver")
-            await receiver.say(await code_of(sender))
+            sender, receiver = await send_and_join(tmp_path, "big.bin", out, port)
             await receiver.say("y")
             assert await receiver.exit_code() == 0, receiver.stderr
             assert await sender.exit_code() == 0, sender.stderr
@@ -229,10 +235,7 @@ def test_a_relay_whose_frames_outgrow_its_mailbox_still_carries_a_file(tmp_path:
         config = RelayConfig(max_frame=1024 * 1024, mailbox_bytes=512 * 1024)
         async with relay_running(config) as srv:
             port = srv.address[1]
-            sender = await start(["send", "big.bin"], str(tmp_path), port, name="sender")
-            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), port,
-                                   name="receiver")
-            await receiver.say(await code_of(sender))
+            sender, receiver = await send_and_join(tmp_path, "big.bin", out, port)
             await receiver.say("y")
             assert await receiver.exit_code() == 0, receiver.stderr
             assert await sender.exit_code() == 0, sender.stderr
@@ -249,11 +252,7 @@ def test_a_receiver_that_declines_leaves_nothing_on_disk(tmp_path: Any) -> None:
     async def main() -> None:
         async with relay_running() as srv:
             port = srv.address[1]
-            sender = await start(["send", "f.txt"], str(tmp_path), port, name="sender")
-            code = await code_of(sender)
-            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), port,
-                                   name="receiver")
-            await receiver.say(code)
+            sender, receiver = await send_and_join(tmp_path, "f.txt", out, port)
             await receiver.say("n")
             await receiver.wait_for(r"declined; nothing was written", stream="stderr")
             assert await receiver.exit_code() == 1
@@ -326,11 +325,8 @@ def test_a_receiver_stopped_mid_file_keeps_nothing_and_the_sender_is_told(
     async def main() -> None:
         async with relay_running(slow) as srv:
             port = srv.address[1]
-            sender = await start(["send", "big.bin"], str(tmp_path), port, name="sender")
-            code = await code_of(sender)
-            receiver = await start(["receive", "--dir", str(out), "--json"], str(tmp_path),
-                                   port, name="receiver")
-            await receiver.say(code)
+            sender, receiver = await send_and_join(tmp_path, "big.bin", out, port,
+                                                   receive=("--json",))
             await receiver.say("y")
             await receiver.wait_for(r'"event": "progress"')
             assert any(p.name.endswith(".part") for p in out.iterdir())
@@ -372,11 +368,8 @@ def test_a_connection_cut_mid_file_resumes(tmp_path: Any, side: str) -> None:
             port = srv.address[1]
             proxy = await Proxy(port, hook).start()
             ports = (proxy.port, port) if side == "sender" else (port, proxy.port)
-            sender = await start(["send", "big.bin"], str(tmp_path), ports[0], name="sender")
-            code = await code_of(sender)
-            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), ports[1],
-                                   name="receiver")
-            await receiver.say(code)
+            sender, receiver = await send_and_join(tmp_path, "big.bin", out, ports[0],
+                                                   receive_port=ports[1])
             await receiver.say("y")
             assert await receiver.exit_code() == 0, "\n".join(receiver.stderr)
             assert await sender.exit_code() == 0, "\n".join(sender.stderr)
@@ -521,11 +514,7 @@ def test_a_directory_arrives_as_a_directory(tmp_path: Any) -> None:
     async def main() -> None:
         async with relay_running() as srv:
             port = srv.address[1]
-            sender = await start(["send", "album"], str(tmp_path), port, name="sender")
-            code = await code_of(sender)
-            receiver = await start(["receive", "--dir", str(out)], str(tmp_path), port,
-                                   name="receiver")
-            await receiver.say(code)
+            sender, receiver = await send_and_join(tmp_path, "album", out, port)
             await receiver.wait_for(r"offers a directory named 'album'", stream="stderr")
             await receiver.say("y")
             assert await receiver.exit_code() == 0, receiver.stderr
