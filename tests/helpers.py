@@ -332,7 +332,9 @@ class Proxy:
     Decodes frames in both directions and passes each through ``hook(direction,
     frame, conn) -> list of frames`` ("up" is client->relay); the default
     forwards unchanged; a returned frame with ``"_back": True`` is sent back
-    the way it came. Records every byte that crosses it.
+    the way it came. ``conn["user"]`` names the connection's user from its
+    ``hello`` on (set before the hook sees that frame). Records every byte
+    that crosses it.
     """
 
     def __init__(self, relay_port: int, hook: Any = None) -> None:
@@ -361,6 +363,8 @@ class Proxy:
                 while data := await reader.read(65536):
                     self.recorded.extend(data)
                     for frame in decoder.feed(data):
+                        if direction == "up" and frame.get("type") == "hello":
+                            conn["user"] = frame.get("user")
                         for out in self.hook(direction, frame, conn):
                             # A frame marked "_back" goes back where it came from.
                             target = back if out.pop("_back", False) else writer

@@ -30,8 +30,6 @@ class Attacker:
         self.done: set[str] = set()
 
     def hook(self, direction: str, frame: dict, conn: dict) -> list[dict]:
-        if direction == "up" and frame.get("type") == "hello":
-            conn["user"] = frame["user"]
         body = frame.get("body")
         if not isinstance(body, str) or not body.startswith("r1."):
             return [frame]

@@ -29,11 +29,6 @@ async def until(check: Any, what: str, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def _login(direction: str, frame: dict[str, Any], conn: dict[str, Any]) -> None:
-    if direction == "up" and frame.get("type") == "hello":
-        conn["user"] = frame["user"]
-
-
 # -- issue 14 item 8: a restarted peer --------------------------------------------------
 
 def test_a_restarted_peer_process_says_nothing_about_messages_that_will_be_resent():
@@ -44,7 +39,6 @@ def test_a_restarted_peer_process_says_nothing_about_messages_that_will_be_resen
     state: dict[str, Any] = {"held": set(), "redelivered": set(), "bob_runs": 0}
 
     def hook(direction: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[dict]:
-        _login(direction, frame, conn)
         if direction == "up" and frame.get("type") == "hello" and frame["user"] == "bob":
             state["bob_runs"] += 1
             conn["run"] = state["bob_runs"]
@@ -103,7 +97,6 @@ def test_more_than_4096_messages_resent_after_withheld_receipts_show_once_with_r
     state: dict[str, Any] = {"withheld": 0, "resent": 0}
 
     def hook(direction: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[dict]:
-        _login(direction, frame, conn)
         if conn.get("user") != "alice":
             return [frame]
         if direction == "up" and frame.get("type") == "hello":
@@ -184,7 +177,6 @@ def test_a_flood_of_handshake_starts_under_tiny_rates_leaves_a_real_client_idle(
     state: dict[str, Any] = {"hs_sends": 0, "acked": set(), "cpu": []}
 
     def hook(direction: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[dict]:
-        _login(direction, frame, conn)
         kind = frame.get("type")
         if direction == "down" and kind == "welcome":
             frame["limits"] = {**frame["limits"], "rate_messages": 0.001, "burst_messages": 1}
@@ -267,7 +259,6 @@ def test_after_the_relays_handshake_limit_real_clients_retry_when_the_relay_says
     state: dict[str, Any] = {"bob_runs": 0}
 
     def hook(direction: str, frame: dict[str, Any], conn: dict[str, Any]) -> list[dict]:
-        _login(direction, frame, conn)
         kind = frame.get("type")
         if direction == "up" and kind == "hello" and frame["user"] == "alice":
             state["alice"] = conn

@@ -70,10 +70,8 @@ def test_a_relay_holding_a_message_past_not_delivered_cannot_get_it_shown():
     state: dict = {"held": None, "bob_conn": None}
 
     def hook(direction: str, frame: dict, conn: dict) -> list[dict]:
-        if direction == "up" and frame.get("type") == "hello":
-            conn["user"] = frame["user"]
-            if frame["user"] == "bob":
-                state["bob_conn"] = conn
+        if direction == "up" and frame.get("type") == "hello" and frame["user"] == "bob":
+            state["bob_conn"] = conn
         if (direction == "down" and conn.get("user") == "alice"
                 and frame.get("type") == "accepted" and "m1_id" not in state
                 and state["held"] is not None):
@@ -128,10 +126,8 @@ def test_a_static_relay_reporting_an_early_expiry_cannot_get_a_message_shown_aft
     state: dict = {"held": None, "bob_conn": None}
 
     def hook(direction: str, frame: dict, conn: dict) -> list[dict]:
-        if direction == "up" and frame.get("type") == "hello":
-            conn["user"] = frame["user"]
-            if frame["user"] == "bob":
-                state["bob_conn"] = conn
+        if direction == "up" and frame.get("type") == "hello" and frame["user"] == "bob":
+            state["bob_conn"] = conn
         if (direction == "down" and conn.get("user") == "alice"
                 and frame.get("type") == "accepted"):
             return [frame, {"type": "expired", "id": frame["id"], "to": "bob"}]
@@ -205,8 +201,6 @@ def test_a_relay_reordering_two_messages_gets_the_first_shown_marked_late():
     state: dict = {"held": None, "bob_conn": None}
 
     def hook(direction: str, frame: dict, conn: dict) -> list[dict]:
-        if direction == "up" and frame.get("type") == "hello":
-            conn["user"] = frame["user"]
         if (direction == "down" and conn.get("user") == "bob" and frame.get("type") == "deliver"
                 and frame.get("kind") == "msg" and state.get("armed")):
             if state["held"] is None:
