@@ -104,6 +104,22 @@ if current ~= ARGV[2] then
 end
 local NOW = now_ms()
 local function K(name, what) return P .. ':{' .. name .. '}:' .. what end
+-- Take one token from the bucket at key (the relay's TokenBucket, kept in the
+-- engine so every node shares it): ok, and the tokens left.
+local function take(key, rate, burst)
+  local h = redis.call('HMGET', key, 'tokens', 'stamp')
+  local tokens = burst
+  if h[1] then
+    tokens = tonumber(h[1]) + (NOW - tonumber(h[2])) / 1000 * rate
+    if tokens > burst then tokens = burst end
+  end
+  local ok = tokens >= 1
+  if ok then tokens = tokens - 1 end
+  redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'stamp', S(NOW))
+  -- A full bucket is the same as no bucket: let the key go once it would be full.
+  redis.call('PEXPIRE', key, S(math.ceil((burst - tokens) / rate * 1000) + 1000))
+  return ok, tokens
+end
 local function parse(rec)
   local id, sender, kind, ttl, exp, size, shares, origin, body = string.match(rec,
     '^(%d+)\n([^\n]*)\n([^\n]*)\n(%d+)\n(%d+)\n(%d+)\n([^\n]*)\n([^\n]*)\n(.*)$')
@@ -473,23 +489,9 @@ return (conn and conn ~= '') and 1 or 0
 #: milliseconds until the bucket holds that many (at most the burst), or 0
 #: if it never refills or no attempt size was given.
 HANDSHAKE = PRELUDE + r"""
-local key = K(ARGV[4], 'hs:' .. ARGV[5])
 local rate, burst = tonumber(ARGV[6]), tonumber(ARGV[7])
-local h = redis.call('HMGET', key, 'tokens', 'stamp')
-local tokens = burst
-if h[1] then
-  tokens = tonumber(h[1]) + (NOW - tonumber(h[2])) / 1000 * rate
-  if tokens > burst then tokens = burst end
-end
-local ok = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  ok = 1
-end
-redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'stamp', S(NOW))
--- A full bucket is the same as no bucket: let the key go once it would be full.
-redis.call('PEXPIRE', key, S(math.ceil((burst - tokens) / rate * 1000) + 1000))
-if ok == 1 then return 1 end
+local ok, tokens = take(K(ARGV[4], 'hs:' .. ARGV[5]), rate, burst)
+if ok then return 1 end
 local need = tonumber(ARGV[8])
 if not need or not (rate > 0) then return 0 end
 if need > burst then need = burst end
@@ -552,20 +554,8 @@ return {tonumber(n), exp}
 #: {'rate'} (the address's budget is spent; nothing else changed).
 NP_JOIN = PRELUDE + r"""
 local n, joiner = ARGV[4], ARGV[5]
-if ARGV[6] then
-  local key = P .. ':npjr:' .. ARGV[6]
-  local rate, burst = tonumber(ARGV[7]), tonumber(ARGV[8])
-  local h = redis.call('HMGET', key, 'tokens', 'stamp')
-  local tokens = burst
-  if h[1] then
-    tokens = tonumber(h[1]) + (NOW - tonumber(h[2])) / 1000 * rate
-    if tokens > burst then tokens = burst end
-  end
-  if tokens < 1 then return {'rate'} end
-  tokens = tokens - 1
-  redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'stamp', S(NOW))
-  -- A full bucket is the same as no bucket: let the key go once it would be full.
-  redis.call('PEXPIRE', key, S(math.ceil((burst - tokens) / rate * 1000) + 1000))
+if ARGV[6] and not take(P .. ':npjr:' .. ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])) then
+  return {'rate'}
 end
 expire_plates(1000)
 local owner = redis.call('HGET', P .. ':np:' .. n, 'owner')
