@@ -102,6 +102,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[Any] | None) -> None:
+    """SIGTERM, then SIGKILL after 10 s, unless it has already exited."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def die_with_parent() -> None:
     """In a child, before exec: SIGTERM when the soak dies (Linux), so a soak
     killed by a test's timeout leaves no relay or redis-server behind."""
@@ -171,13 +182,7 @@ class Engine:
         return out
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 class Relay:
@@ -232,12 +237,7 @@ class Relay:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.cpu += self.proc_cpu()
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            stop_process(self.proc)
         self.alive = False
 
     def tracebacks(self) -> list[str]:
