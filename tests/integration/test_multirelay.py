@@ -380,3 +380,25 @@ def test_an_invite_made_on_one_relay_is_joined_from_another(tmp_path):
             assert await sender.exit_code() == 0, sender.stderr
             assert (out / "note.txt").read_bytes() == src.read_bytes()
     run(main(), timeout=120)
+
+
+def test_an_address_has_one_budget_of_invite_codes_across_relays():
+    """Each join uses an invite up, right code or not, so an address may try
+    10 codes in a burst (then one every 6 s). With the budget kept by each
+    relay alone, a client on two relays had 20; it is kept in the engine."""
+    async def main():
+        async with cluster(2) as (_engine, relays):
+            (_p1, port1), (_p2, port2) = relays
+            clients = [await RawClient.login(port, f"mallory{n}")
+                       for n, port in enumerate((port1, port2))]
+            codes = []
+            for n in range(11):  # alternating relays: 6 on one, 5 on the other
+                guesser = clients[n % 2]
+                await guesser.send({"type": "join", "nameplate": 900_000 + n})
+                answer = await guesser.recv_type("error")
+                codes.append(answer["code"])
+                assert "\x1b" not in answer["message"]
+            assert codes == ["no_nameplate"] * 10 + ["rate_limited"], codes
+            for c in clients:
+                await c.close()
+    run(main(), timeout=60)
